@@ -1,0 +1,55 @@
+// Adafactor as GLaM trains with it: no first moment (beta1 = 0), second moment
+// factored into row and column statistics for matrices whose two last dims are
+// both >= factored_min_dim (per leading index, i.e. per expert for [E, M, H]),
+// decay rho_t = 1 - (t+1)^-decay_pow, update clipping U /= max(1, RMS(U)/clip),
+// and the parameter-scaled step W -= lr * max(min_param_scale, RMS(W)) * U.
+// RMS(U) and RMS(W) are over the whole (global) tensor.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "glam/config.h"
+#include "glam/mesh.h"
+#include "glam/params.h"
+
+namespace glam {
+
+struct AdafactorOptions {
+  double decay_pow = 0.8;
+  double clip_threshold = 1.0;
+  double min_param_scale = 1e-3;
+  double eps = 1e-30;              // added to g^2
+  int64_t factored_min_dim = 128;
+  static AdafactorOptions from(const TrainConfig& t);
+};
+
+// Per-parameter second-moment statistics.
+struct AdafactorSlot {
+  bool factored = false;
+  int64_t lead = 1, rows = 1, cols = 1;   // local [lead, rows, cols] view of the tensor
+  std::vector<float> v;     // [size] full second moment (not factored)
+  std::vector<float> vr;    // [lead, rows] row statistics (factored)
+  std::vector<float> vc;    // [lead, cols] column statistics (factored)
+};
+
+class Adafactor {
+ public:
+  Adafactor(const ParamTable& table, const AdafactorOptions& opt);
+  // One update of every parameter from its gradient. t: updates made before this one.
+  void step(ParamTable& table, double lr, int64_t t, const Mesh& mesh);
+  const std::vector<AdafactorSlot>& slots() const { return slots_; }
+  std::vector<AdafactorSlot>& slots() { return slots_; }
+
+ private:
+  void update(Param& p, AdafactorSlot& s, double rho, double lr, const Mesh& mesh);
+  AdafactorOptions opt_;
+  std::vector<AdafactorSlot> slots_;  // one per parameter, in table order
+};
+
+// Learning rate at 1-based step t: lr for t <= warmup, then lr * sqrt(warmup / t).
+double learning_rate(const TrainConfig& t, int64_t step);
+
+// sqrt(sum of g^2) over the whole mesh, every shard counted once.
+double global_grad_norm(const ParamTable& table, const Mesh& mesh);
+
+}  // namespace glam

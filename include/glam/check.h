@@ -1,0 +1,47 @@
+// Errors go through one place with two paths (LAMMPS style):
+//  - UserError: bad configuration or input that every rank detects the same way.
+//    main() catches it, rank 0 prints "glam: error: ..." once, all ranks exit(2).
+//  - fatal(): an error only this rank sees (I/O, device). Prints the rank and aborts the job.
+// Every external call (MPI, HDF5, BLAS setup) is checked with a macro naming file and line.
+#pragma once
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace glam {
+
+struct UserError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void fatal(const std::string& what, const char* file, int line);
+
+// Builds a message from stream pieces: throw UserError(msg("bad value ", x)).
+template <typename... A>
+std::string msg(const A&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return os.str();
+}
+
+}  // namespace glam
+
+#define GLAM_REQUIRE(cond, ...) \
+  do { if (!(cond)) throw ::glam::UserError(::glam::msg(__VA_ARGS__)); } while (0)
+
+#define GLAM_ASSERT(cond) \
+  do { if (!(cond)) ::glam::fatal("internal check failed: " #cond, __FILE__, __LINE__); } while (0)
+
+#define GLAM_CHECK_MPI(call)                                                   \
+  do {                                                                         \
+    int glam_rc_ = (call);                                                     \
+    if (glam_rc_ != MPI_SUCCESS) ::glam::fatal("MPI call failed: " #call, __FILE__, __LINE__); \
+  } while (0)
+
+// HDF5 calls return a negative value on failure.
+#define GLAM_CHECK_H5(call)                                                    \
+  ([&]() {                                                                     \
+    auto glam_rc_ = (call);                                                    \
+    if (glam_rc_ < 0) ::glam::fatal("HDF5 call failed: " #call, __FILE__, __LINE__); \
+    return glam_rc_;                                                           \
+  }())

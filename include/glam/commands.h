@@ -1,0 +1,12 @@
+// The subcommands of the `glam` executable. Each takes its arguments without the
+// subcommand name, returns the process exit code, and throws UserError for bad input.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace glam {
+
+int train_main(const std::vector<std::string>& args);
+int generate_main(const std::vector<std::string>& args);
+
+}  // namespace glam

@@ -1,0 +1,78 @@
+// The run configuration: INI files read by Boost.Program_options, every key
+// overridable on the command line as --section.key value. Field names follow the
+// GLaM paper (d_model = M, d_ff = H, n_experts = E).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+namespace glam {
+
+struct ModelConfig {
+  int64_t vocab_size = 8000;     // V (tied embedding rows)
+  int64_t d_model = 256;         // M
+  int64_t n_layers = 4;          // L; MoE on even layers when n_experts > 0
+  int64_t n_heads = 4;
+  int64_t d_head = 64;
+  int64_t d_ff = 1024;           // H: GEGLU hidden and each expert's hidden
+  int64_t n_experts = 8;         // E; 0 = dense model (GEGLU in every layer)
+  int64_t group_size = 512;      // tokens per routing group S (fixed in tokens)
+  double capacity_factor = 2.0;
+  std::string expert_act = "relu";        // relu | gelu
+  std::string second_policy = "all";      // all | random (GShard)
+  int64_t seq_len = 256;
+  double aux_loss_weight = 0.01;
+  double z_loss_weight = 1e-4;
+
+  bool is_moe_layer(int64_t l) const { return n_experts > 0 && l % 2 == 0; }
+  int64_t n_moe_layers() const { return n_experts > 0 ? (n_layers + 1) / 2 : 0; }
+};
+
+struct TrainConfig {
+  int64_t steps = 100;
+  int64_t batch_rows = 8;        // global batch: rows of seq_len tokens per step
+  double lr = 0.01;              // constant for warmup_steps, then lr*sqrt(warmup/t)
+  int64_t warmup_steps = 10000;
+  double decay_pow = 0.8;        // Adafactor: rho_t = 1 - (t+1)^-decay_pow
+  double clip_threshold = 1.0;   // Adafactor update clipping
+  double min_param_scale = 1e-3; // Adafactor: step scaled by max(this, RMS(W))
+  int64_t factored_min_dim = 128;
+  uint64_t seed = 1234;
+  int64_t log_every = 1;
+};
+
+struct DataConfig {
+  std::string corpus;            // HDF5 corpus written by glam-tokenize
+  std::string tokenizer;         // SentencePiece model file
+};
+
+struct Config {
+  ModelConfig model;
+  TrainConfig train;
+  DataConfig data;
+  std::string mesh;              // "DxM"; empty = all ranks on data
+  std::string source;            // the file it came from (for messages)
+
+  // Checks shapes and values; throws UserError naming the key.
+  void validate() const;
+  // The effective configuration in the same INI syntax it is read from.
+  std::string to_ini() const;
+};
+
+// Adds every config key, named "section.key", bound to the fields of cfg.
+void add_config_options(boost::program_options::options_description& desc, Config& cfg);
+
+// Parses a subcommand's arguments: its own options in `cli` plus every config key,
+// from the file named by --config (if `cli` declares it and it is given) and from
+// the command line, which wins. Unknown keys, bad values and impossible shapes
+// throw UserError naming the key or flag. Returns the parsed variables.
+boost::program_options::variables_map parse_args(
+    const std::vector<std::string>& args,
+    const boost::program_options::options_description& cli, Config& cfg);
+
+// Reads a config file alone (e.g. the one saved in a run dir) and validates it.
+Config load_config_file(const std::string& path);
+
+}  // namespace glam

@@ -1,0 +1,85 @@
+// CPU layers of GLaM: the readable fp32 reference. Conventions (llm.c style):
+//  - arguments are outputs, then inputs, then sizes;
+//  - forward overwrites its outputs; backward ACCUMULATES (+=) into input
+//    gradients and weight gradients, so a residual stream or a tied weight
+//    simply receives several contributions;
+//  - T = tokens on this rank (B*S), row-major tensors, shapes in comments.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace glam::cpu {
+
+// ---- matmul.cpp: out[T,N] = in[T,K] @ w[K,N] (BLAS) --------------------------
+void matmul_forward(float* out, const float* in, const float* w, int64_t T, int64_t K, int64_t N);
+// din[T,K] += dout @ w^T ; dw[K,N] += in^T @ dout  (either may be null)
+void matmul_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
+                     int64_t T, int64_t K, int64_t N);
+
+// ---- embedding.cpp: out[T,M] = emb[ids[t] - row0] for ids in this vocab shard --
+void embedding_forward(float* out, const int32_t* ids, const float* emb, int64_t T, int64_t M,
+                       int64_t row0, int64_t rows);
+void embedding_backward(float* demb, const float* dout, const int32_t* ids, int64_t T, int64_t M,
+                        int64_t row0, int64_t rows);
+// Tied output layer: logits[T, Vl] = (h[T, M] * scale) @ emb[Vl, M]^T, scale = M^-1/2.
+void logits_forward(float* logits, const float* h, const float* emb, int64_t T, int64_t M,
+                    int64_t Vl, float scale);
+void logits_backward(float* dh, float* demb, const float* dlogits, const float* h, const float* emb,
+                     int64_t T, int64_t M, int64_t Vl, float scale);
+
+// ---- rmsnorm.cpp: y = x * rsqrt(mean(x^2) + eps) * g ---------------------------
+constexpr float kRmsEps = 1e-6f;
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* g, int64_t T, int64_t M);
+void rmsnorm_backward(float* dx, float* dg, const float* dout, const float* x, const float* g,
+                      const float* rstd, int64_t T, int64_t M);
+
+// ---- activations.cpp ----------------------------------------------------------
+float gelu_tanh(float x);
+float gelu_tanh_grad(float x);
+// GEGLU gate: h[n] = gelu(a0[n]) * a1[n]
+void geglu_forward(float* h, const float* a0, const float* a1, int64_t n);
+void geglu_backward(float* da0, float* da1, const float* dh, const float* a0, const float* a1, int64_t n);
+// Expert activation: relu or gelu_tanh, out-of-place.
+enum class Act { relu, gelu };
+void act_forward(float* y, const float* x, int64_t n, Act act);
+void act_backward(float* dx, const float* dy, const float* x, int64_t n, Act act);
+
+// ---- relpos.cpp: T5 buckets for the per-layer relative position bias ---------
+constexpr int kRelposBuckets = 32;
+int relpos_bucket(int64_t i_minus_j);
+
+// ---- attention.cpp: causal attention over packed rows ------------------------
+// q, k, v, out: [B, S, nh, dh] (= [T, nh*dh]); rb: [nh, 32] relative bias;
+// segments: [B, S]; probs: [B, nh, S, S] saved for backward.
+// a[h,i,j] = q_i . k_j + rb[h, bucket(i-j)] (no 1/sqrt(dh)), j <= i, same segment;
+// p = softmax with one extra logit fixed at 0 in the denominator.
+void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
+                       const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
+                       int64_t dh);
+void attention_backward(float* dq, float* dk, float* dv, float* drb, const float* dout,
+                        const float* probs, const float* q, const float* k, const float* v,
+                        const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh);
+
+}  // namespace glam::cpu
+
+namespace glam { struct Mesh; }
+
+namespace glam::cpu {
+
+// ---- loss.cpp: output softmax, cross-entropy and z-loss over a vocabulary shard --
+// logits [T, Vl]: this rank's columns [v0, v0 + Vl) of the scaled logits;
+// targets [T], -1 where no loss is taken. The max and sum of the log-softmax run
+// over the model axis of the mesh (the vocabulary split). lse [T] is saved.
+struct LossSums {
+  double ce = 0.0;     // sum over valid targets of lse - logit[target]
+  double z = 0.0;      // sum over valid targets of lse^2
+  int64_t count = 0;   // valid targets on this rank's rows
+};
+LossSums softmax_xent_forward(float* lse, const float* logits, const int32_t* targets, int64_t T,
+                              int64_t Vl, int64_t v0, const Mesh& mesh);
+// dlogits [T, Vl] overwritten: ce_scale * (p - onehot) + z_scale * 2 * lse * p.
+void softmax_xent_backward(float* dlogits, const float* logits, const float* lse,
+                           const int32_t* targets, int64_t T, int64_t Vl, int64_t v0,
+                           float ce_scale, float z_scale);
+
+}  // namespace glam::cpu

@@ -1,0 +1,89 @@
+// A GLaM decoder on this rank's shard of the mesh: forward is a flat list of layer
+// calls over the residual stream, backward its mirror in reverse order. Every
+// activation the backward needs is a named buffer with its shape.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "glam/config.h"
+#include "glam/corpus.h"
+#include "glam/mesh.h"
+#include "glam/moe.h"
+#include "glam/params.h"
+
+namespace glam {
+
+// Loss terms of one forward pass, already averaged over the global batch.
+struct LossParts {
+  double loss = 0.0, ce = 0.0, aux = 0.0, z = 0.0;  // loss = ce + w_aux*aux + w_z*z
+  int64_t n_targets = 0;                            // targets in the global batch
+  int64_t choices = 0, dropped = 0;                 // routing choices, dropped for capacity
+  std::vector<std::vector<int64_t>> load_before, load_after;  // [moe layer][E]
+};
+
+struct LayerActs {
+  std::vector<float> x;         // [T, M] residual stream entering the layer
+  std::vector<float> xn1;       // [T, M] RMSNorm before attention
+  std::vector<float> rstd1;     // [T]
+  std::vector<float> q, k, v;   // [T, nh*dh] this rank's heads
+  std::vector<float> probs;     // [B, nh, S, S] attention probabilities
+  std::vector<float> att;       // [T, nh*dh] attention output before Wo
+  std::vector<float> x_mid;     // [T, M] residual after attention
+  std::vector<float> xn2;       // [T, M] RMSNorm before the FFN
+  std::vector<float> rstd2;     // [T]
+  // dense GEGLU layers
+  std::vector<float> a0, a1, h; // [T, H] gelu(a0) * a1 = h
+  // MoE layers
+  std::vector<float> router_logits;  // [T, E]
+  cpu::RoutingPlan plan;
+  std::vector<float> ein;       // [rows, M] dispatched tokens
+  std::vector<float> pre, eh;   // [rows, H] expert pre-activation and activation
+  std::vector<float> eout;      // [rows, M] expert outputs
+};
+
+class Model {
+ public:
+  Model(const Config& cfg, const Mesh& mesh);
+  ParamTable& params() { return params_; }
+  const ParamTable& params() const { return params_; }
+  const ModelConfig& config() const { return cfg_; }
+
+  // Forward over this rank's rows of the batch; returns the loss terms.
+  // no_drop: route every choice (inference). frozen: reuse routing plans of the
+  // previous forward (finite-difference tests hold the top-2 choice fixed this way).
+  LossParts forward(const Batch& batch, bool no_drop = false, bool frozen = false);
+  // Accumulates dLoss/dparam into params().g for the batch of the last forward.
+  void backward();
+  // The training step, for decisions that vary per step (GShard's random second-expert policy).
+  void set_step(int64_t step) { step_ = step; }
+  // Logits [T, Vl] of the last forward (this rank's vocabulary shard).
+  const std::vector<float>& logits() const { return logits_; }
+  // Named activations of the last forward, for debugging and tests.
+  const std::vector<LayerActs>& layer_acts() const { return acts_; }
+
+ private:
+  void attention_forward(int64_t l);
+  void attention_backward(int64_t l, std::vector<float>& dx);
+  void dense_forward(int64_t l, std::vector<float>& out);
+  void dense_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn);
+  void moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool frozen);
+  void moe_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn);
+  std::string pname(int64_t l, const char* what) const;
+
+  ModelConfig cfg_;
+  const Mesh& mesh_;
+  uint64_t seed_;
+  int64_t step_ = 0;
+  ParamTable params_;
+  int64_t nh_, H_, E_, V_, v0_;    // local heads, local hidden, local experts, local vocab, first vocab id
+  const Batch* batch_ = nullptr;
+  int64_t B_ = 0, S_ = 0, T_ = 0;
+  LossParts parts_;
+  std::vector<LayerActs> acts_;   // [L]
+  std::vector<float> x_final;     // [T, M] residual after the last layer
+  std::vector<float> xnf, rstdf;  // [T, M], [T] final RMSNorm
+  std::vector<float> logits_;     // [T, Vl] (h * M^-0.5) @ Emb^T
+  std::vector<float> lse_;        // [T]
+};
+
+}  // namespace glam

@@ -1,0 +1,51 @@
+// The parameter table: one entry per tensor of the model, named as in the
+// checkpoint ("layer_00/attn/wq"), in global (unsharded) shape and in the local
+// shard shape the mesh implies. The same table drives allocation, initialisation,
+// the optimizer and the weights file.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "glam/config.h"
+#include "glam/mesh.h"
+
+namespace glam {
+
+enum class Init { ones, normal, uniform };
+
+struct Param {
+  std::string name;
+  std::vector<int64_t> global_shape;
+  std::vector<int64_t> shape;     // local shard shape
+  int model_axis = -1;            // dim split over the mesh's model axis, -1 if replicated there
+  int data_axis = -1;             // dim split over the data axis (experts), -1 if replicated there
+  Init init = Init::normal;
+  double scale = 1.0;             // std for normal, bound for uniform
+  std::vector<float> w;           // [shape] fp32 master weights
+  std::vector<float> g;           // [shape] gradient
+
+  int64_t size() const;
+  int64_t global_size() const;
+  // Offset of this rank's shard along each dim of the global shape.
+  std::vector<int64_t> shard_offset(const Mesh& mesh) const;
+};
+
+struct ParamTable {
+  std::vector<Param> params;
+  Param& get(const std::string& name);
+  const Param& get(const std::string& name) const;
+  void zero_grad();
+  int64_t local_size() const;
+};
+
+// All parameters of a GLaM model described by cfg, with shapes sharded for mesh.
+// Throws UserError when the config cannot be sharded on that mesh.
+ParamTable build_params(const ModelConfig& cfg, const Mesh& mesh);
+// Deterministic init from (seed, name, global index): the same weights on any mesh.
+void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh);
+// Parameter counts in the paper's sense (reference section 5).
+int64_t count_params(const ModelConfig& cfg);
+int64_t count_activated_params(const ModelConfig& cfg);
+
+}  // namespace glam

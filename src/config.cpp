@@ -1,0 +1,161 @@
+// Configuration: INI files and command-line overrides through Boost.Program_options.
+// Every key lives in a section ([model], [train], [data]) and is spelled
+// section.key on the command line: --model.d_model 512.
+#include "glam/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "glam/check.h"
+
+namespace po = boost::program_options;
+
+namespace glam {
+
+void add_config_options(po::options_description& desc, Config& c) {
+  ModelConfig& m = c.model;
+  TrainConfig& t = c.train;
+  // clang-format off
+  desc.add_options()
+    ("model.vocab_size", po::value(&m.vocab_size)->default_value(m.vocab_size), "V: vocabulary size (tied embedding rows)")
+    ("model.d_model", po::value(&m.d_model)->default_value(m.d_model), "M: model width")
+    ("model.n_layers", po::value(&m.n_layers)->default_value(m.n_layers), "L: layers (MoE on even layers)")
+    ("model.n_heads", po::value(&m.n_heads)->default_value(m.n_heads), "attention heads")
+    ("model.d_head", po::value(&m.d_head)->default_value(m.d_head), "width of one head")
+    ("model.d_ff", po::value(&m.d_ff)->default_value(m.d_ff), "H: hidden width of GEGLU and of each expert")
+    ("model.n_experts", po::value(&m.n_experts)->default_value(m.n_experts), "E: experts per MoE layer (0 = dense)")
+    ("model.group_size", po::value(&m.group_size)->default_value(m.group_size), "tokens per routing group")
+    ("model.capacity_factor", po::value(&m.capacity_factor)->default_value(m.capacity_factor), "expert capacity factor")
+    ("model.expert_act", po::value(&m.expert_act)->default_value(m.expert_act), "expert activation: relu | gelu")
+    ("model.second_policy", po::value(&m.second_policy)->default_value(m.second_policy), "second expert: all | random")
+    ("model.seq_len", po::value(&m.seq_len)->default_value(m.seq_len), "tokens per training row")
+    ("model.aux_loss_weight", po::value(&m.aux_loss_weight)->default_value(m.aux_loss_weight), "weight of the load-balancing loss")
+    ("model.z_loss_weight", po::value(&m.z_loss_weight)->default_value(m.z_loss_weight), "weight of the output z-loss")
+    ("train.steps", po::value(&t.steps)->default_value(t.steps), "optimizer steps")
+    ("train.batch_rows", po::value(&t.batch_rows)->default_value(t.batch_rows), "rows of seq_len tokens per step (global)")
+    ("train.lr", po::value(&t.lr)->default_value(t.lr), "learning rate for the first warmup_steps")
+    ("train.warmup_steps", po::value(&t.warmup_steps)->default_value(t.warmup_steps), "steps at constant lr before lr*sqrt(warmup/t)")
+    ("train.decay_pow", po::value(&t.decay_pow)->default_value(t.decay_pow), "Adafactor second-moment decay exponent")
+    ("train.clip_threshold", po::value(&t.clip_threshold)->default_value(t.clip_threshold), "Adafactor update clipping")
+    ("train.min_param_scale", po::value(&t.min_param_scale)->default_value(t.min_param_scale), "Adafactor minimum parameter scale")
+    ("train.factored_min_dim", po::value(&t.factored_min_dim)->default_value(t.factored_min_dim), "factor the second moment when both last dims >= this")
+    ("train.seed", po::value(&t.seed)->default_value(t.seed), "seed for initialisation and sampling")
+    ("train.log_every", po::value(&t.log_every)->default_value(t.log_every), "steps between progress lines")
+    ("data.corpus", po::value(&c.data.corpus)->default_value(c.data.corpus), "HDF5 corpus file from glam-tokenize")
+    ("data.tokenizer", po::value(&c.data.tokenizer)->default_value(c.data.tokenizer), "SentencePiece model file");
+  // clang-format on
+}
+
+namespace {
+
+std::string where(const std::string& source) { return source.empty() ? "" : " in " + source; }
+
+void require_positive(int64_t v, const char* key) {
+  GLAM_REQUIRE(v > 0, key, " must be positive, got ", v);
+}
+
+}  // namespace
+
+void Config::validate() const {
+  const ModelConfig& m = model;
+  require_positive(m.vocab_size, "model.vocab_size");
+  require_positive(m.d_model, "model.d_model");
+  require_positive(m.n_layers, "model.n_layers");
+  require_positive(m.n_heads, "model.n_heads");
+  require_positive(m.d_head, "model.d_head");
+  require_positive(m.d_ff, "model.d_ff");
+  require_positive(m.seq_len, "model.seq_len");
+  require_positive(train.batch_rows, "train.batch_rows");
+  GLAM_REQUIRE(m.n_experts == 0 || m.n_experts >= 2,
+               "model.n_experts must be 0 (dense) or at least 2 (top-2 gating), got ", m.n_experts);
+  GLAM_REQUIRE(m.expert_act == "relu" || m.expert_act == "gelu",
+               "model.expert_act must be relu or gelu, got '", m.expert_act, "'");
+  GLAM_REQUIRE(m.second_policy == "all" || m.second_policy == "random",
+               "model.second_policy must be all or random, got '", m.second_policy, "'");
+  GLAM_REQUIRE(m.capacity_factor > 0, "model.capacity_factor must be positive, got ", m.capacity_factor);
+  GLAM_REQUIRE(m.aux_loss_weight >= 0 && m.z_loss_weight >= 0, "model.aux_loss_weight and model.z_loss_weight must be >= 0");
+  if (m.n_experts > 0) {
+    require_positive(m.group_size, "model.group_size");
+    const int64_t tokens = train.batch_rows * m.seq_len;
+    GLAM_REQUIRE(tokens % m.group_size == 0, "model.group_size ", m.group_size,
+                 " must divide the tokens of a batch (train.batch_rows * model.seq_len = ", tokens, ")");
+  }
+  GLAM_REQUIRE(train.steps >= 0, "train.steps must be >= 0, got ", train.steps);
+  GLAM_REQUIRE(train.lr > 0, "train.lr must be positive, got ", train.lr);
+  GLAM_REQUIRE(train.warmup_steps >= 0, "train.warmup_steps must be >= 0, got ", train.warmup_steps);
+  GLAM_REQUIRE(train.decay_pow > 0 && train.decay_pow <= 1, "train.decay_pow must be in (0, 1], got ", train.decay_pow);
+  GLAM_REQUIRE(train.clip_threshold > 0, "train.clip_threshold must be positive");
+  require_positive(train.log_every, "train.log_every");
+  require_positive(train.factored_min_dim, "train.factored_min_dim");
+}
+
+std::string Config::to_ini() const {
+  Config copy = *this;
+  po::options_description desc;
+  add_config_options(desc, copy);
+  std::ostringstream os;
+  std::string section;
+  for (const auto& opt : desc.options()) {
+    const std::string& key = opt->long_name();
+    const std::string sec = key.substr(0, key.find('.'));
+    if (sec != section) {
+      os << (section.empty() ? "" : "\n") << "[" << sec << "]\n";
+      section = sec;
+    }
+    boost::any value;
+    opt->semantic()->apply_default(value);
+    os << key.substr(key.find('.') + 1) << " = ";
+    if (auto* i = boost::any_cast<int64_t>(&value)) os << *i;
+    else if (auto* u = boost::any_cast<uint64_t>(&value)) os << *u;
+    else if (auto* d = boost::any_cast<double>(&value)) os << *d;
+    else if (auto* s = boost::any_cast<std::string>(&value)) os << *s;
+    os << "\n";
+  }
+  return os.str();
+}
+
+po::variables_map parse_args(const std::vector<std::string>& args, const po::options_description& cli,
+                             Config& cfg) {
+  po::options_description keys("Configuration keys (config file [section] key, or --section.key)");
+  add_config_options(keys, cfg);
+  po::options_description all;
+  all.add(cli).add(keys);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(all).run(), vm);
+  } catch (const po::error& e) {
+    throw UserError(msg("command line: ", e.what()));
+  }
+  if (vm.count("help")) return vm;
+  if (cli.find_nothrow("config", false) && vm.count("config")) {
+    cfg.source = vm["config"].as<std::string>();
+    std::ifstream in(cfg.source);
+    GLAM_REQUIRE(in, "cannot open config file '", cfg.source, "'");
+    try {
+      po::store(po::parse_config_file(in, keys, false), vm);
+    } catch (const po::error& e) {
+      throw UserError(msg("config file ", cfg.source, ": ", e.what()));
+    }
+  }
+  try {
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UserError(msg(e.what(), where(cfg.source)));
+  }
+  try {
+    cfg.validate();
+  } catch (const UserError& e) {
+    throw UserError(msg(e.what(), where(cfg.source)));
+  }
+  return vm;
+}
+
+Config load_config_file(const std::string& path) {
+  po::options_description cli;
+  cli.add_options()("config", po::value<std::string>(), "config file");
+  Config cfg;
+  parse_args({"--config", path}, cli, cfg);
+  return cfg;
+}
+
+}  // namespace glam

@@ -1,0 +1,46 @@
+// glam: train, serve and evaluate GLaM-style Mixture-of-Experts language models.
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "glam/check.h"
+#include "glam/commands.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: glam <command> [options]\n"
+    "  train      train a model:  glam train --config input/glam-tiny.cfg --run-dir runs/tiny\n"
+    "  generate   continue a prompt:  glam generate --run-dir runs/tiny --prompt \"The\"\n"
+    "Each command takes --help.\n";
+
+int dispatch(const std::string& cmd, const std::vector<std::string>& args) {
+  if (cmd == "train") return glam::train_main(args);
+  if (cmd == "generate") return glam::generate_main(args);
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") { std::fputs(kUsage, stdout); return 0; }
+  throw glam::UserError("unknown command '" + cmd + "'\n" + kUsage);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int rc = 0;
+  try {
+    if (argc < 2) throw glam::UserError(std::string("no command given\n") + kUsage);
+    rc = dispatch(argv[1], std::vector<std::string>(argv + 2, argv + argc));
+  } catch (const glam::UserError& e) {
+    if (rank == 0) std::fprintf(stderr, "glam: error: %s\n", e.what());
+    rc = 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "glam: error on rank %d: %s\n", rank, e.what());
+    MPI_Abort(MPI_COMM_WORLD, 3);
+  }
+  MPI_Finalize();
+  return rc;
+}

@@ -1,0 +1,254 @@
+// GLaM forward and backward on this rank's shard. Conventions: T = B*S tokens of
+// this rank's rows, M = d_model, A = local heads * d_head, H = local hidden.
+// Tensor-parallel reductions (model axis) sit right after the row-parallel
+// matmuls (attention Wo, FFN Wo, expert Wo) and after the input gradients of the
+// column-parallel ones; each layer's backward does its own, so a replicated path
+// (the router) is never summed twice.
+#include "glam/model.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "glam/check.h"
+
+namespace glam {
+
+namespace {
+void zeros(std::vector<float>& v, int64_t n) { v.assign(n, 0.0f); }
+void add_into(std::vector<float>& y, const std::vector<float>& x) {
+  for (size_t i = 0; i < y.size(); i++) y[i] += x[i];
+}
+}  // namespace
+
+Model::Model(const Config& cfg, const Mesh& mesh)
+    : cfg_(cfg.model), mesh_(mesh), seed_(cfg.train.seed), params_(build_params(cfg.model, mesh)) {
+  init_params(params_, seed_, mesh);
+  nh_ = cfg_.n_heads / mesh.model_size;
+  H_ = cfg_.d_ff / mesh.model_size;
+  E_ = cfg_.n_experts / mesh.data_size;
+  V_ = cfg_.vocab_size / mesh.model_size;
+  v0_ = V_ * mesh.model_rank;
+  acts_.resize(cfg_.n_layers);
+}
+
+std::string Model::pname(int64_t l, const char* what) const {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "layer_%02lld/%s", static_cast<long long>(l), what);
+  return buf;
+}
+
+// ---- forward -------------------------------------------------------------------
+
+LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
+  const int64_t M = cfg_.d_model, L = cfg_.n_layers;
+  batch_ = &batch;
+  B_ = batch.rows; S_ = batch.seq_len; T_ = B_ * S_;
+  parts_ = LossParts{};
+  for (int32_t id : batch.ids)
+    GLAM_REQUIRE(id >= 0 && id < cfg_.vocab_size, "token id ", id, " outside the vocabulary [0, ",
+                 cfg_.vocab_size, ")");
+
+  std::vector<float>& x0 = acts_[0].x;  // [T, M]
+  x0.resize(T_ * M);
+  cpu::embedding_forward(x0.data(), batch.ids.data(), params_.get("embedding").w.data(), T_, M, v0_, V_);
+  mesh_.allreduce_sum_model(x0.data(), T_ * M);
+
+  std::vector<float> ffn_out;  // [T, M]
+  for (int64_t l = 0; l < L; l++) {
+    LayerActs& a = acts_[l];
+    attention_forward(l);
+    a.xn2.resize(T_ * M); a.rstd2.resize(T_);
+    cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(),
+                         params_.get(pname(l, "ffn/norm_scale")).w.data(), T_, M);
+    if (cfg_.is_moe_layer(l)) moe_forward(l, ffn_out, no_drop, frozen);
+    else dense_forward(l, ffn_out);
+    std::vector<float>& next = l + 1 < L ? acts_[l + 1].x : x_final;
+    next = a.x_mid;
+    add_into(next, ffn_out);
+  }
+
+  xnf.resize(T_ * M); rstdf.resize(T_);
+  cpu::rmsnorm_forward(xnf.data(), rstdf.data(), x_final.data(),
+                       params_.get("final_norm_scale").w.data(), T_, M);
+  logits_.resize(T_ * V_); lse_.resize(T_);
+  cpu::logits_forward(logits_.data(), xnf.data(), params_.get("embedding").w.data(), T_, M, V_,
+                      1.0f / std::sqrt(static_cast<float>(M)));
+  cpu::LossSums sums = cpu::softmax_xent_forward(lse_.data(), logits_.data(), batch.targets.data(),
+                                                 T_, V_, v0_, mesh_);
+  double global[3] = {sums.ce, sums.z, static_cast<double>(sums.count)};
+  mesh_.allreduce_sum_data(global, 3);
+  parts_.n_targets = static_cast<int64_t>(global[2]);
+  const double n = std::max(1.0, global[2]);
+  parts_.ce = global[0] / n;
+  parts_.z = global[1] / n;
+  parts_.loss = parts_.ce + cfg_.aux_loss_weight * parts_.aux + cfg_.z_loss_weight * parts_.z;
+  return parts_;
+}
+
+void Model::attention_forward(int64_t l) {
+  const int64_t M = cfg_.d_model, dh = cfg_.d_head, A = nh_ * dh;
+  LayerActs& a = acts_[l];
+  a.xn1.resize(T_ * M); a.rstd1.resize(T_);
+  cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), a.x.data(),
+                       params_.get(pname(l, "attn/norm_scale")).w.data(), T_, M);
+  a.q.resize(T_ * A); a.k.resize(T_ * A); a.v.resize(T_ * A);
+  cpu::matmul_forward(a.q.data(), a.xn1.data(), params_.get(pname(l, "attn/wq")).w.data(), T_, M, A);
+  cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A);
+  cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A);
+  a.probs.resize(B_ * nh_ * S_ * S_); a.att.resize(T_ * A);
+  cpu::attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
+                         params_.get(pname(l, "attn/rel_bias")).w.data(), batch_->segments.data(),
+                         B_, S_, nh_, dh);
+  a.x_mid.resize(T_ * M);
+  cpu::matmul_forward(a.x_mid.data(), a.att.data(), params_.get(pname(l, "attn/wo")).w.data(), T_, A, M);
+  mesh_.allreduce_sum_model(a.x_mid.data(), T_ * M);
+  add_into(a.x_mid, a.x);
+}
+
+void Model::dense_forward(int64_t l, std::vector<float>& out) {
+  const int64_t M = cfg_.d_model;
+  LayerActs& a = acts_[l];
+  a.a0.resize(T_ * H_); a.a1.resize(T_ * H_); a.h.resize(T_ * H_); out.resize(T_ * M);
+  cpu::matmul_forward(a.a0.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi0")).w.data(), T_, M, H_);
+  cpu::matmul_forward(a.a1.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi1")).w.data(), T_, M, H_);
+  cpu::geglu_forward(a.h.data(), a.a0.data(), a.a1.data(), T_ * H_);
+  cpu::matmul_forward(out.data(), a.h.data(), params_.get(pname(l, "ffn/wo")).w.data(), T_, H_, M);
+  mesh_.allreduce_sum_model(out.data(), T_ * M);
+}
+
+void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool frozen) {
+  const int64_t M = cfg_.d_model, E = cfg_.n_experts;
+  LayerActs& a = acts_[l];
+  // route
+  a.router_logits.resize(T_ * E);
+  cpu::matmul_forward(a.router_logits.data(), a.xn2.data(), params_.get(pname(l, "moe/router")).w.data(),
+                      T_, M, E);
+  cpu::RouterOptions opt;
+  opt.n_experts = E;
+  opt.group_size = cfg_.group_size;
+  opt.capacity_factor = cfg_.capacity_factor;
+  opt.second = cfg_.second_policy == "random" ? cpu::SecondPolicy::random : cpu::SecondPolicy::all;
+  opt.no_drop = no_drop;
+  opt.n_groups_global = no_drop ? 0 : T_ * mesh_.data_size / cfg_.group_size;
+  opt.seed = seed_ ^ (0x51ed270b27f0a5c3ULL * static_cast<uint64_t>(step_ * 1024 + l + 1));
+  if (frozen) {
+    const cpu::RoutingPlan previous = a.plan;
+    cpu::router_forward(a.plan, a.router_logits.data(), T_, opt, &previous);
+  } else {
+    cpu::router_forward(a.plan, a.router_logits.data(), T_, opt);
+  }
+  // dispatch (the exchange over the data axis joins here with the mesh issue)
+  GLAM_REQUIRE(mesh_.data_size == 1, "expert parallelism over the data axis is not available yet");
+  const int64_t rows = a.plan.expert_offset[E];
+  a.ein.resize(rows * M);
+  cpu::dispatch_forward(a.ein.data(), a.xn2.data(), a.plan, M);
+  // experts
+  a.pre.resize(rows * H_); a.eh.resize(rows * H_); a.eout.resize(rows * M);
+  cpu::experts_forward(a.eout.data(), a.pre.data(), a.eh.data(), a.ein.data(),
+                       params_.get(pname(l, "moe/wi")).w.data(), params_.get(pname(l, "moe/wo")).w.data(),
+                       a.plan.expert_offset, M, H_, cfg_.expert_act == "gelu" ? cpu::Act::gelu : cpu::Act::relu);
+  mesh_.allreduce_sum_model(a.eout.data(), rows * M);
+  // combine
+  out.resize(T_ * M);
+  cpu::combine_forward(out.data(), a.eout.data(), a.plan, M);
+
+  double aux = a.plan.aux;
+  mesh_.allreduce_sum_data(&aux, 1);
+  parts_.aux += aux;
+  parts_.choices += 2 * T_;
+  parts_.dropped += a.plan.dropped;
+  parts_.load_before.push_back(a.plan.load_before);
+  parts_.load_after.push_back(a.plan.load_after);
+}
+
+// ---- backward ------------------------------------------------------------------
+
+void Model::backward() {
+  const int64_t M = cfg_.d_model, L = cfg_.n_layers;
+  const Batch& batch = *batch_;
+  Param& emb = params_.get("embedding");
+  const double n = std::max<int64_t>(1, parts_.n_targets);
+  std::vector<float> dlogits(T_ * V_);
+  cpu::softmax_xent_backward(dlogits.data(), logits_.data(), lse_.data(), batch.targets.data(), T_, V_,
+                             v0_, static_cast<float>(1.0 / n), static_cast<float>(cfg_.z_loss_weight / n));
+  std::vector<float> dxnf(T_ * M, 0.0f), dx(T_ * M, 0.0f);  // dx: gradient of the residual stream
+  cpu::logits_backward(dxnf.data(), emb.g.data(), dlogits.data(), xnf.data(), emb.w.data(), T_, M, V_,
+                       1.0f / std::sqrt(static_cast<float>(M)));
+  mesh_.allreduce_sum_model(dxnf.data(), T_ * M);
+  Param& gf = params_.get("final_norm_scale");
+  cpu::rmsnorm_backward(dx.data(), gf.g.data(), dxnf.data(), x_final.data(), gf.w.data(), rstdf.data(), T_, M);
+
+  std::vector<float> dxn;
+  for (int64_t l = L - 1; l >= 0; l--) {
+    LayerActs& a = acts_[l];
+    zeros(dxn, T_ * M);
+    if (cfg_.is_moe_layer(l)) moe_backward(l, dx, dxn);
+    else dense_backward(l, dx, dxn);
+    Param& g2 = params_.get(pname(l, "ffn/norm_scale"));
+    cpu::rmsnorm_backward(dx.data(), g2.g.data(), dxn.data(), a.x_mid.data(), g2.w.data(), a.rstd2.data(), T_, M);
+    attention_backward(l, dx);
+  }
+  cpu::embedding_backward(emb.g.data(), dx.data(), batch.ids.data(), T_, M, v0_, V_);
+}
+
+// dx holds d x_mid on entry and d x on exit (residual plus the normed path).
+void Model::attention_backward(int64_t l, std::vector<float>& dx) {
+  const int64_t M = cfg_.d_model, dh = cfg_.d_head, A = nh_ * dh;
+  LayerActs& a = acts_[l];
+  Param& wq = params_.get(pname(l, "attn/wq"));
+  Param& wk = params_.get(pname(l, "attn/wk"));
+  Param& wv = params_.get(pname(l, "attn/wv"));
+  Param& wo = params_.get(pname(l, "attn/wo"));
+  std::vector<float> datt(T_ * A, 0.0f), dq(T_ * A, 0.0f), dk(T_ * A, 0.0f), dv(T_ * A, 0.0f);
+  cpu::matmul_backward(datt.data(), wo.g.data(), dx.data(), a.att.data(), wo.w.data(), T_, A, M);
+  cpu::attention_backward(dq.data(), dk.data(), dv.data(), params_.get(pname(l, "attn/rel_bias")).g.data(),
+                          datt.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
+                          batch_->segments.data(), B_, S_, nh_, dh);
+  std::vector<float> dxn(T_ * M, 0.0f);
+  cpu::matmul_backward(dxn.data(), wq.g.data(), dq.data(), a.xn1.data(), wq.w.data(), T_, M, A);
+  cpu::matmul_backward(dxn.data(), wk.g.data(), dk.data(), a.xn1.data(), wk.w.data(), T_, M, A);
+  cpu::matmul_backward(dxn.data(), wv.g.data(), dv.data(), a.xn1.data(), wv.w.data(), T_, M, A);
+  mesh_.allreduce_sum_model(dxn.data(), T_ * M);
+  Param& g1 = params_.get(pname(l, "attn/norm_scale"));
+  cpu::rmsnorm_backward(dx.data(), g1.g.data(), dxn.data(), a.x.data(), g1.w.data(), a.rstd1.data(), T_, M);
+}
+
+void Model::dense_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn) {
+  const int64_t M = cfg_.d_model;
+  LayerActs& a = acts_[l];
+  Param& wi0 = params_.get(pname(l, "ffn/wi0"));
+  Param& wi1 = params_.get(pname(l, "ffn/wi1"));
+  Param& wo = params_.get(pname(l, "ffn/wo"));
+  std::vector<float> dh(T_ * H_, 0.0f), da0(T_ * H_, 0.0f), da1(T_ * H_, 0.0f);
+  cpu::matmul_backward(dh.data(), wo.g.data(), dout.data(), a.h.data(), wo.w.data(), T_, H_, M);
+  cpu::geglu_backward(da0.data(), da1.data(), dh.data(), a.a0.data(), a.a1.data(), T_ * H_);
+  cpu::matmul_backward(dxn.data(), wi0.g.data(), da0.data(), a.xn2.data(), wi0.w.data(), T_, M, H_);
+  cpu::matmul_backward(dxn.data(), wi1.g.data(), da1.data(), a.xn2.data(), wi1.w.data(), T_, M, H_);
+  mesh_.allreduce_sum_model(dxn.data(), T_ * M);
+}
+
+void Model::moe_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn) {
+  const int64_t M = cfg_.d_model, E = cfg_.n_experts;
+  LayerActs& a = acts_[l];
+  const cpu::RoutingPlan& plan = a.plan;
+  const int64_t rows = plan.expert_offset[E];
+  Param& wi = params_.get(pname(l, "moe/wi"));
+  Param& wo = params_.get(pname(l, "moe/wo"));
+  Param& wg = params_.get(pname(l, "moe/router"));
+  // combine backward: gradients for the expert outputs and the combine weights
+  std::vector<float> deout(rows * M), dweight(T_ * 2);
+  cpu::combine_backward(deout.data(), dweight.data(), dout.data(), a.eout.data(), plan, M);
+  // experts backward (hidden dim split over model: reduce the input gradient)
+  std::vector<float> dein(rows * M, 0.0f), scratch(rows * H_);
+  cpu::experts_backward(dein.data(), wi.g.data(), wo.g.data(), scratch.data(), deout.data(), a.ein.data(),
+                        a.pre.data(), a.eh.data(), wi.w.data(), wo.w.data(), plan.expert_offset, M, H_,
+                        cfg_.expert_act == "gelu" ? cpu::Act::gelu : cpu::Act::relu);
+  mesh_.allreduce_sum_model(dein.data(), rows * M);
+  cpu::dispatch_backward(dxn.data(), dein.data(), plan, M);
+  // router backward (replicated over model: no reduction)
+  std::vector<float> dlogits(T_ * E, 0.0f);
+  cpu::router_backward(dlogits.data(), dweight.data(), cfg_.aux_loss_weight, plan);
+  cpu::matmul_backward(dxn.data(), wg.g.data(), dlogits.data(), a.xn2.data(), wg.w.data(), T_, M, E);
+}
+
+}  // namespace glam

@@ -1,0 +1,174 @@
+// The parameter table of a GLaM model: names, shapes (global and local shard),
+// sharding axes and initialisation, following the reference's public-code init.
+#include "glam/params.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "glam/check.h"
+
+namespace glam {
+
+int64_t Param::size() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+int64_t Param::global_size() const {
+  int64_t n = 1;
+  for (int64_t d : global_shape) n *= d;
+  return n;
+}
+
+std::vector<int64_t> Param::shard_offset(const Mesh& mesh) const {
+  std::vector<int64_t> off(shape.size(), 0);
+  if (model_axis >= 0) off[model_axis] = shape[model_axis] * mesh.model_rank;
+  if (data_axis >= 0) off[data_axis] = shape[data_axis] * mesh.data_rank;
+  return off;
+}
+
+Param& ParamTable::get(const std::string& name) {
+  for (auto& p : params) if (p.name == name) return p;
+  fatal("no parameter named " + name, __FILE__, __LINE__);
+}
+
+const Param& ParamTable::get(const std::string& name) const {
+  return const_cast<ParamTable*>(this)->get(name);
+}
+
+void ParamTable::zero_grad() {
+  for (auto& p : params) std::fill(p.g.begin(), p.g.end(), 0.0f);
+}
+
+int64_t ParamTable::local_size() const {
+  int64_t n = 0;
+  for (const auto& p : params) n += p.size();
+  return n;
+}
+
+namespace {
+
+struct Builder {
+  const Mesh& mesh;
+  ParamTable table;
+
+  void add(const std::string& name, std::vector<int64_t> shape, Init init, double scale,
+           int model_axis = -1, int data_axis = -1) {
+    Param p;
+    p.name = name;
+    p.global_shape = shape;
+    p.model_axis = model_axis;
+    p.data_axis = data_axis;
+    p.init = init;
+    p.scale = scale;
+    if (model_axis >= 0) {
+      GLAM_REQUIRE(shape[model_axis] % mesh.model_size == 0, "parameter ", name, ": dim ",
+                   shape[model_axis], " does not split over ", mesh.model_size, " model ranks");
+      shape[model_axis] /= mesh.model_size;
+    }
+    if (data_axis >= 0) {
+      GLAM_REQUIRE(shape[data_axis] % mesh.data_size == 0, "parameter ", name, ": ",
+                   shape[data_axis], " experts do not split over ", mesh.data_size, " data ranks");
+      shape[data_axis] /= mesh.data_size;
+    }
+    p.shape = shape;
+    p.w.assign(p.size(), 0.0f);
+    p.g.assign(p.size(), 0.0f);
+    table.params.push_back(std::move(p));
+  }
+};
+
+std::string layer_name(int64_t l, const char* what) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "layer_%02lld/%s", static_cast<long long>(l), what);
+  return buf;
+}
+
+// splitmix64 of (seed, name hash, index): a counter-based generator, so a shard
+// can draw its elements without drawing anyone else's.
+uint64_t mix(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+double unit(uint64_t bits) { return (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+
+float draw(const Param& p, uint64_t key, int64_t index) {
+  if (p.init == Init::ones) return 1.0f;
+  uint64_t a = mix(key ^ mix(static_cast<uint64_t>(index)));
+  double u1 = unit(a);
+  if (p.init == Init::uniform) return static_cast<float>((2.0 * u1 - 1.0) * p.scale);
+  double u2 = unit(mix(a));
+  return static_cast<float>(p.scale * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
+}  // namespace
+
+ParamTable build_params(const ModelConfig& c, const Mesh& mesh) {
+  Builder b{mesh, {}};
+  const int64_t M = c.d_model, A = c.n_heads * c.d_head, H = c.d_ff, E = c.n_experts;
+  const double u_in = std::sqrt(3.0 / M), u_out = std::sqrt(3.0 / H);
+  b.add("embedding", {c.vocab_size, M}, Init::normal, 1.0, 0);
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    b.add(layer_name(l, "attn/norm_scale"), {M}, Init::ones, 1.0);
+    b.add(layer_name(l, "attn/wq"), {M, A}, Init::normal, 1.0 / std::sqrt(double(M) * c.d_head), 1);
+    b.add(layer_name(l, "attn/wk"), {M, A}, Init::normal, 1.0 / std::sqrt(double(M)), 1);
+    b.add(layer_name(l, "attn/wv"), {M, A}, Init::normal, 1.0 / std::sqrt(double(M)), 1);
+    b.add(layer_name(l, "attn/wo"), {A, M}, Init::normal, 1.0 / std::sqrt(double(A)), 0);
+    b.add(layer_name(l, "attn/rel_bias"), {c.n_heads, 32}, Init::normal,
+          1.0 / std::sqrt(32.0 * c.n_heads), 0);
+    b.add(layer_name(l, "ffn/norm_scale"), {M}, Init::ones, 1.0);
+    if (c.is_moe_layer(l)) {
+      b.add(layer_name(l, "moe/router"), {M, E}, Init::uniform, u_in);
+      b.add(layer_name(l, "moe/wi"), {E, M, H}, Init::uniform, u_in, 2, 0);
+      b.add(layer_name(l, "moe/wo"), {E, H, M}, Init::uniform, u_out, 1, 0);
+    } else {
+      b.add(layer_name(l, "ffn/wi0"), {M, H}, Init::uniform, u_in, 1);
+      b.add(layer_name(l, "ffn/wi1"), {M, H}, Init::uniform, u_in, 1);
+      b.add(layer_name(l, "ffn/wo"), {H, M}, Init::uniform, u_out, 0);
+    }
+  }
+  b.add("final_norm_scale", {M}, Init::ones, 1.0);
+  return std::move(b.table);
+}
+
+void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh) {
+  for (auto& p : table.params) {
+    uint64_t key = mix(seed);
+    for (char ch : p.name) key = mix(key ^ static_cast<unsigned char>(ch));
+    const std::vector<int64_t> off = p.shard_offset(mesh);
+    const int64_t nd = static_cast<int64_t>(p.shape.size());
+    std::vector<int64_t> idx(nd, 0);  // local multi-index, row-major walk
+    for (int64_t i = 0; i < p.size(); i++) {
+      int64_t global = 0;
+      for (int64_t d = 0; d < nd; d++) global = global * p.global_shape[d] + idx[d] + off[d];
+      p.w[i] = draw(p, key, global);
+      for (int64_t d = nd - 1; d >= 0 && ++idx[d] == p.shape[d]; d--) idx[d] = 0;
+    }
+  }
+}
+
+namespace {
+int64_t attention_params(const ModelConfig& c) {
+  return 4 * c.d_model * c.n_heads * c.d_head + c.n_heads * 32 + 2 * c.d_model;
+}
+}  // namespace
+
+int64_t count_params(const ModelConfig& c) {
+  const int64_t M = c.d_model, H = c.d_ff, E = c.n_experts;
+  const int64_t n_moe = c.n_moe_layers(), n_dense = c.n_layers - n_moe;
+  return c.vocab_size * M + c.n_layers * attention_params(c) + n_dense * 3 * M * H +
+         n_moe * (E * 2 * M * H + M * E) + M;
+}
+
+int64_t count_activated_params(const ModelConfig& c) {
+  const int64_t M = c.d_model, H = c.d_ff, E = c.n_experts;
+  const int64_t n_moe = c.n_moe_layers(), n_dense = c.n_layers - n_moe;
+  return c.vocab_size * M + c.n_layers * attention_params(c) + n_dense * 3 * M * H +
+         n_moe * (2 * 2 * M * H + M * E) + M;
+}
+
+}  // namespace glam

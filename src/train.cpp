@@ -1,0 +1,154 @@
+// `glam train`: read the config, build the mesh and the model, then for each step
+// read this rank's rows, forward, backward, check the gradients, update; log a
+// progress line and a metrics.jsonl record; write the weights at the end.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "glam/adafactor.h"
+#include "glam/check.h"
+#include "glam/commands.h"
+#include "glam/corpus.h"
+#include "glam/model.h"
+#include "glam/tokenizer.h"
+#include "glam/weights.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace glam {
+
+namespace {
+
+struct StepRecord {
+  int64_t step = 0;
+  LossParts parts;
+  double lr = 0, grad_norm = 0, tokens_per_s = 0, eta_s = 0;
+  bool skipped = false;
+  int64_t skipped_total = 0;
+};
+
+std::string json_line(const StepRecord& r) {
+  const double dropped = r.parts.choices ? double(r.parts.dropped) / r.parts.choices : 0.0;
+  std::ostringstream os;
+  os.precision(8);
+  os << "{\"step\": " << r.step << ", \"loss\": " << r.parts.loss << ", \"ce\": " << r.parts.ce
+     << ", \"aux\": " << r.parts.aux << ", \"z\": " << r.parts.z << ", \"lr\": " << r.lr
+     << ", \"grad_norm\": " << (std::isfinite(r.grad_norm) ? r.grad_norm : -1.0)
+     << ", \"tokens_per_s\": " << r.tokens_per_s << ", \"dropped_frac\": " << dropped
+     << ", \"skipped\": " << (r.skipped ? "true" : "false") << ", \"skipped_total\": " << r.skipped_total
+     << ", \"load_before\": [";
+  for (size_t l = 0; l < r.parts.load_before.size(); l++) {
+    os << (l ? ", [" : "[");
+    for (size_t e = 0; e < r.parts.load_before[l].size(); e++) os << (e ? ", " : "") << r.parts.load_before[l][e];
+    os << "]";
+  }
+  os << "]}";
+  return os.str();
+}
+
+void print_progress(const StepRecord& r, int64_t steps) {
+  std::printf("step %5lld/%lld | loss %.4f | ce %.4f | aux %.3f | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %.0fs%s\n",
+              static_cast<long long>(r.step), static_cast<long long>(steps), r.parts.loss, r.parts.ce,
+              r.parts.aux, r.lr, r.grad_norm, r.tokens_per_s, r.eta_s, r.skipped ? " | SKIPPED (non-finite grad)" : "");
+  std::fflush(stdout);
+}
+
+// The run dir gets the effective config and a copy of the tokenizer, so that
+// `glam generate --run-dir` needs nothing else.
+void prepare_run_dir(const std::string& dir, const Config& cfg, bool overwrite) {
+  fs::create_directories(dir);
+  GLAM_REQUIRE(overwrite || !fs::exists(fs::path(dir) / "weights.h5"), "run dir '", dir,
+               "' already holds a finished run (weights.h5); choose another --run-dir or pass --overwrite");
+  std::ofstream(fs::path(dir) / "config.cfg") << cfg.to_ini();
+  fs::copy_file(cfg.data.tokenizer, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing);
+}
+
+}  // namespace
+
+int train_main(const std::vector<std::string>& args) {
+  po::options_description cli("glam train [options] [--section.key value ...]");
+  cli.add_options()
+    ("help,h", "show this help")
+    ("config", po::value<std::string>(), "INI config file (e.g. input/glam-tiny.cfg)")
+    ("run-dir", po::value<std::string>(), "directory for metrics.jsonl, config.cfg and weights.h5")
+    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
+    ("overwrite", po::bool_switch(), "allow replacing the weights of a finished run in --run-dir");
+  Config cfg;
+  po::variables_map vm = parse_args(args, cli, cfg);
+  if (vm.count("help")) {
+    po::options_description keys("Configuration keys");
+    add_config_options(keys, cfg);
+    std::cout << cli << "\n" << keys << "\n";
+    return 0;
+  }
+  GLAM_REQUIRE(vm.count("run-dir"), "glam train: --run-dir is required");
+  GLAM_REQUIRE(!cfg.data.corpus.empty(), "data.corpus is not set (config file [data] corpus = FILE)");
+  GLAM_REQUIRE(!cfg.data.tokenizer.empty(), "data.tokenizer is not set (config file [data] tokenizer = FILE)");
+  const std::string run_dir = vm["run-dir"].as<std::string>();
+  cfg.mesh = vm["mesh"].as<std::string>();
+  Mesh mesh = Mesh::create(cfg.mesh);
+  GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
+               " must be a multiple of the data axis size ", mesh.data_size);
+
+  Corpus corpus(cfg.data.corpus, cfg.model.vocab_size);
+  Tokenizer tokenizer(cfg.data.tokenizer);
+  GLAM_REQUIRE(corpus.info().tokenizer_hash == tokenizer.hash(), "corpus '", cfg.data.corpus,
+               "' was tokenized with another SentencePiece model than '", cfg.data.tokenizer,
+               "' (hash ", corpus.info().tokenizer_hash, " vs ", tokenizer.hash(), ")");
+  GLAM_REQUIRE(tokenizer.vocab_size() <= cfg.model.vocab_size, "tokenizer '", cfg.data.tokenizer, "' has ",
+               tokenizer.vocab_size(), " pieces but model.vocab_size is ", cfg.model.vocab_size);
+  if (mesh.is_root()) {
+    std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
+    prepare_run_dir(run_dir, cfg, vm["overwrite"].as<bool>());
+  }
+
+  Model model(cfg, mesh);
+  Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
+  if (mesh.is_root())
+    std::printf("# model: %lld parameters, %lld activated per token; corpus: %lld tokens in %lld documents\n",
+                static_cast<long long>(count_params(cfg.model)), static_cast<long long>(count_activated_params(cfg.model)),
+                static_cast<long long>(corpus.info().n_tokens), static_cast<long long>(corpus.info().n_docs));
+  std::ofstream metrics;
+  if (mesh.is_root()) metrics.open(fs::path(run_dir) / "metrics.jsonl");
+
+  const int64_t rows = cfg.train.batch_rows / mesh.data_size;
+  const int64_t tokens_per_step = cfg.train.batch_rows * cfg.model.seq_len;
+  const auto start = std::chrono::steady_clock::now();
+  StepRecord r;
+  int64_t updates = 0;
+  for (int64_t step = 0; step < cfg.train.steps; step++) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Batch batch = corpus.rows(step * cfg.train.batch_rows + mesh.data_rank * rows, rows, cfg.model.seq_len);
+    model.set_step(step);
+    model.params().zero_grad();
+    r.parts = model.forward(batch);
+    model.backward();
+    r.step = step + 1;
+    r.grad_norm = global_grad_norm(model.params(), mesh);
+    r.skipped = !std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss);
+    r.lr = learning_rate(cfg.train, step + 1);
+    if (r.skipped) r.skipped_total++;
+    else optimizer.step(model.params(), r.lr, updates++, mesh);
+    const auto t1 = std::chrono::steady_clock::now();
+    r.tokens_per_s = tokens_per_step / std::chrono::duration<double>(t1 - t0).count();
+    const double elapsed = std::chrono::duration<double>(t1 - start).count();
+    r.eta_s = elapsed / (step + 1) * (cfg.train.steps - step - 1);
+    if (mesh.is_root()) {
+      metrics << json_line(r) << "\n" << std::flush;
+      if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
+    }
+  }
+  if (mesh.is_root()) {
+    save_weights((fs::path(run_dir) / "weights.h5").string(), model.params(), cfg, mesh);
+    std::printf("# done: %lld steps (%lld skipped) in %.1fs; weights in %s/weights.h5\n",
+                static_cast<long long>(cfg.train.steps), static_cast<long long>(r.skipped_total),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), run_dir.c_str());
+  }
+  return 0;
+}
+
+}  // namespace glam
