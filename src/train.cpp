@@ -91,6 +91,8 @@ int train_main(const std::vector<std::string>& args) {
   const std::string run_dir = vm["run-dir"].as<std::string>();
   cfg.mesh = vm["mesh"].as<std::string>();
   Mesh mesh = Mesh::create(cfg.mesh);
+  GLAM_REQUIRE(mesh.world_size == 1, "glam train runs on one MPI rank until the data x model mesh lands "
+               "(started with ", mesh.world_size, " ranks); use mpirun -np 1");
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
                " must be a multiple of the data axis size ", mesh.data_size);
 
