@@ -3,6 +3,7 @@
 // section.key on the command line: --model.d_model 512.
 #include "glam/config.h"
 
+#include <charconv>
 #include <fstream>
 #include <sstream>
 
@@ -49,6 +50,13 @@ void add_config_options(po::options_description& desc, Config& c) {
 namespace {
 
 std::string where(const std::string& source) { return source.empty() ? "" : " in " + source; }
+
+// The shortest text that reads back as exactly d.
+std::string shortest(double d) {
+  char buf[32];
+  auto res = std::to_chars(buf, buf + sizeof buf, d);
+  return std::string(buf, res.ptr);
+}
 
 void require_positive(int64_t v, const char* key) {
   GLAM_REQUIRE(v > 0, key, " must be positive, got ", v);
@@ -107,7 +115,7 @@ std::string Config::to_ini() const {
     os << key.substr(key.find('.') + 1) << " = ";
     if (auto* i = boost::any_cast<int64_t>(&value)) os << *i;
     else if (auto* u = boost::any_cast<uint64_t>(&value)) os << *u;
-    else if (auto* d = boost::any_cast<double>(&value)) os << *d;
+    else if (auto* d = boost::any_cast<double>(&value)) os << shortest(*d);
     else if (auto* s = boost::any_cast<std::string>(&value)) os << *s;
     os << "\n";
   }
