@@ -18,12 +18,6 @@ AdafactorOptions AdafactorOptions::from(const TrainConfig& t) {
 
 namespace {
 
-// Sum a per-shard partial over the mesh axes the parameter is split on.
-void reduce_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n) {
-  if (p.model_axis >= 0) mesh.allreduce_sum_model(v, n);
-  if (p.data_axis >= 0) mesh.allreduce_sum_data(v, n);
-}
-
 double sum_squares(const std::vector<float>& x) {
   double s = 0.0;
   for (float v : x) s += static_cast<double>(v) * v;
@@ -101,7 +95,7 @@ void Adafactor::update(Param& p, AdafactorSlot& s, double rho, double lr, const 
     }
   }
   double sums[2] = {sum_squares(u), sum_squares(p.w)};
-  reduce_over_shards(p, mesh, sums, 2);
+  sum_over_shards(p, mesh, sums, 2);
   const double count = static_cast<double>(p.global_size());
   const double rms_u = std::sqrt(sums[0] / count), rms_w = std::sqrt(sums[1] / count);
   const double clip = std::max(1.0, rms_u / opt_.clip_threshold);
@@ -118,7 +112,7 @@ double global_grad_norm(const ParamTable& table, const Mesh& mesh) {
   double sum = 0.0;
   for (const Param& p : table.params) {
     double s = sum_squares(p.g);
-    reduce_over_shards(p, mesh, &s, 1);  // whole tensor, identical on the replicas
+    sum_over_shards(p, mesh, &s, 1);  // whole tensor, identical on the replicas
     sum += s;
   }
   return std::sqrt(sum);

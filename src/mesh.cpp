@@ -3,7 +3,9 @@
 // group stays inside a node when ranks are placed node by node.
 #include "glam/mesh.h"
 
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 
 #include "glam/check.h"
 
@@ -21,6 +23,18 @@ void parse_shape(const std::string& shape, int world, int* D, int* M) {
                " MPI ranks were started; use mpirun -np ", d * m);
   *D = d; *M = m;
 }
+
+// Adds the wall time of one MPI call to the mesh's statistics.
+class CommTimer {
+ public:
+  explicit CommTimer(CommStats& s) : stats_(s), t0_(std::chrono::steady_clock::now()) {}
+  ~CommTimer() { stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+ private:
+  CommStats& stats_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+int to_int(int64_t v) { return static_cast<int>(v); }
 
 }  // namespace
 
@@ -47,34 +61,115 @@ Mesh Mesh::single() {
   return mesh;
 }
 
+void Mesh::allreduce_sum(float* buf, int64_t n, MPI_Comm comm) const {
+  int size = 1;
+  GLAM_CHECK_MPI(MPI_Comm_size(comm, &size));
+  if (size == 1 || n == 0) return;
+  CommTimer timer(stats);
+  stats.allreduce_bytes += n * static_cast<int64_t>(sizeof(float));
+  stats.allreduce_calls++;
+  for (int64_t done = 0; done < n; done += count_limit) {  // chunks keep each count an int
+    const int64_t part = std::min<int64_t>(count_limit, n - done);
+    GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf + done, to_int(part), MPI_FLOAT, MPI_SUM, comm));
+  }
+}
+
 void Mesh::allreduce_sum_model(float* buf, int64_t n) const {
-  if (model_size == 1) return;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_FLOAT, MPI_SUM, model_comm));
+  if (model_size > 1) allreduce_sum(buf, n, model_comm);
 }
 
 void Mesh::allreduce_sum_model(double* buf, int64_t n) const {
   if (model_size == 1) return;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, model_comm));
+  CommTimer timer(stats);
+  stats.allreduce_calls++;
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_DOUBLE, MPI_SUM, model_comm));
 }
 
 void Mesh::allreduce_max_model(float* buf, int64_t n) const {
   if (model_size == 1) return;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_FLOAT, MPI_MAX, model_comm));
+  CommTimer timer(stats);
+  stats.allreduce_calls++;
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_FLOAT, MPI_MAX, model_comm));
 }
 
 void Mesh::allreduce_sum_data(float* buf, int64_t n) const {
-  if (data_size == 1) return;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_FLOAT, MPI_SUM, data_comm));
+  if (data_size > 1) allreduce_sum(buf, n, data_comm);
 }
 
 void Mesh::allreduce_sum_data(double* buf, int64_t n) const {
   if (data_size == 1) return;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, data_comm));
+  CommTimer timer(stats);
+  stats.allreduce_calls++;
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_DOUBLE, MPI_SUM, data_comm));
 }
 
 void Mesh::allreduce_sum_world(double* buf, int64_t n) const {
   if (world_size == 1) return;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, world));
+  CommTimer timer(stats);
+  stats.allreduce_calls++;
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_DOUBLE, MPI_SUM, world));
+}
+
+ExpertPlacement Mesh::place_experts(int64_t E) const {
+  ExpertPlacement p;
+  p.n_experts = E;
+  const int64_t D = data_size;
+  GLAM_REQUIRE(E % D == 0 || D % E == 0, "mesh ", data_size, "x", model_size, ": ", E,
+               " experts cannot be placed on a data axis of ", D,
+               " (model.n_experts must be a multiple or a divisor of the data axis size)");
+  p.replicas = E >= D ? 1 : D / E;
+  p.local = E >= D ? E / D : 1;
+  p.first = (data_rank / p.replicas) * p.local;
+  if (p.replicas > 1) {
+    GLAM_CHECK_MPI(MPI_Comm_split(data_comm, static_cast<int>(data_rank / p.replicas), data_rank, &p.replica_comm));
+  } else {
+    p.replica_comm = MPI_COMM_SELF;
+  }
+  return p;
+}
+
+void Mesh::alltoall_counts_data(const std::vector<int64_t>& send, std::vector<int64_t>& recv, int64_t k) const {
+  recv.resize(send.size());
+  if (data_size == 1) { recv = send; return; }
+  CommTimer timer(stats);
+  GLAM_CHECK_MPI(MPI_Alltoall(send.data(), to_int(k), MPI_INT64_T, recv.data(), to_int(k), MPI_INT64_T, data_comm));
+}
+
+// Counts and displacements go to MPI as ints: in floats while they fit under
+// count_limit, otherwise in rows of a contiguous datatype of `width` floats.
+void Mesh::alltoallv_rows_data(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                               const std::vector<int64_t>& recv_rows, int64_t width) const {
+  const int D = data_size;
+  if (D == 1) {
+    if (send_rows[0] > 0) std::memcpy(recv, send, sizeof(float) * send_rows[0] * width);
+    return;
+  }
+  CommTimer timer(stats);
+  int64_t send_total = 0, recv_total = 0;
+  for (int r = 0; r < D; r++) {
+    send_total += send_rows[r];
+    recv_total += recv_rows[r];
+    if (r != data_rank) stats.alltoall_bytes += send_rows[r] * width * static_cast<int64_t>(sizeof(float));
+  }
+  stats.alltoall_calls++;
+  const bool in_floats = std::max(send_total, recv_total) * width <= count_limit;
+  const int64_t unit = in_floats ? width : 1;  // floats per counted element
+  GLAM_REQUIRE(std::max(send_total, recv_total) * unit <= count_limit,
+               "all-to-all of ", std::max(send_total, recv_total), " rows exceeds the MPI count limit ",
+               count_limit, " even in row units");
+  MPI_Datatype type = MPI_FLOAT;
+  if (!in_floats) {
+    GLAM_CHECK_MPI(MPI_Type_contiguous(to_int(width), MPI_FLOAT, &type));
+    GLAM_CHECK_MPI(MPI_Type_commit(&type));
+  }
+  std::vector<int> sc(D), sd(D), rc(D), rd(D);
+  int64_t so = 0, ro = 0;
+  for (int r = 0; r < D; r++) {
+    sc[r] = to_int(send_rows[r] * unit); sd[r] = to_int(so * unit); so += send_rows[r];
+    rc[r] = to_int(recv_rows[r] * unit); rd[r] = to_int(ro * unit); ro += recv_rows[r];
+  }
+  GLAM_CHECK_MPI(MPI_Alltoallv(send, sc.data(), sd.data(), type, recv, rc.data(), rd.data(), type, data_comm));
+  if (!in_floats) MPI_Type_free(&type);
 }
 
 }  // namespace glam

@@ -25,7 +25,7 @@ Model::Model(const Config& cfg, const Mesh& mesh)
   init_params(params_, seed_, mesh);
   nh_ = cfg_.n_heads / mesh.model_size;
   H_ = cfg_.d_ff / mesh.model_size;
-  E_ = cfg_.n_experts / mesh.data_size;
+  if (cfg_.n_experts > 0) place_ = mesh.place_experts(cfg_.n_experts);
   V_ = cfg_.vocab_size / mesh.model_size;
   v0_ = V_ * mesh.model_rank;
   acts_.resize(cfg_.n_layers);
@@ -56,17 +56,25 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   std::vector<float> ffn_out;  // [T, M]
   for (int64_t l = 0; l < L; l++) {
     LayerActs& a = acts_[l];
-    attention_forward(l);
+    {
+      ScopedPhase phase(timers, "attention");
+      attention_forward(l);
+    }
     a.xn2.resize(T_ * M); a.rstd2.resize(T_);
     cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(),
                          params_.get(pname(l, "ffn/norm_scale")).w.data(), T_, M);
-    if (cfg_.is_moe_layer(l)) moe_forward(l, ffn_out, no_drop, frozen);
-    else dense_forward(l, ffn_out);
+    if (cfg_.is_moe_layer(l)) {
+      moe_forward(l, ffn_out, no_drop, frozen);
+    } else {
+      ScopedPhase phase(timers, "dense_ffn");
+      dense_forward(l, ffn_out);
+    }
     std::vector<float>& next = l + 1 < L ? acts_[l + 1].x : x_final;
     next = a.x_mid;
     add_into(next, ffn_out);
   }
 
+  ScopedPhase phase(timers, "output");
   xnf.resize(T_ * M); rstdf.resize(T_);
   cpu::rmsnorm_forward(xnf.data(), rstdf.data(), x_final.data(),
                        params_.get("final_norm_scale").w.data(), T_, M);
@@ -119,46 +127,67 @@ void Model::dense_forward(int64_t l, std::vector<float>& out) {
 void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool frozen) {
   const int64_t M = cfg_.d_model, E = cfg_.n_experts;
   LayerActs& a = acts_[l];
-  // route
-  a.router_logits.resize(T_ * E);
-  cpu::matmul_forward(a.router_logits.data(), a.xn2.data(), params_.get(pname(l, "moe/router")).w.data(),
-                      T_, M, E);
-  cpu::RouterOptions opt;
-  opt.n_experts = E;
-  opt.group_size = cfg_.group_size;
-  opt.capacity_factor = cfg_.capacity_factor;
-  opt.second = cfg_.second_policy == "random" ? cpu::SecondPolicy::random : cpu::SecondPolicy::all;
-  opt.no_drop = no_drop;
-  opt.n_groups_global = no_drop ? 0 : T_ * mesh_.data_size / cfg_.group_size;
-  opt.seed = seed_ ^ (0x51ed270b27f0a5c3ULL * static_cast<uint64_t>(step_ * 1024 + l + 1));
-  if (frozen) {
-    const cpu::RoutingPlan previous = a.plan;
-    cpu::router_forward(a.plan, a.router_logits.data(), T_, opt, &previous);
-  } else {
-    cpu::router_forward(a.plan, a.router_logits.data(), T_, opt);
+  {  // route
+    ScopedPhase phase(timers, "router");
+    a.router_logits.resize(T_ * E);
+    cpu::matmul_forward(a.router_logits.data(), a.xn2.data(), params_.get(pname(l, "moe/router")).w.data(),
+                        T_, M, E);
+    cpu::RouterOptions opt;
+    opt.n_experts = E;
+    opt.group_size = cfg_.group_size;
+    opt.capacity_factor = cfg_.capacity_factor;
+    opt.second = cfg_.second_policy == "random" ? cpu::SecondPolicy::random : cpu::SecondPolicy::all;
+    opt.no_drop = no_drop;
+    opt.n_groups_global = no_drop ? 0 : T_ * mesh_.data_size / cfg_.group_size;
+    opt.seed = seed_ ^ (0x51ed270b27f0a5c3ULL * static_cast<uint64_t>(step_ * 1024 + l + 1));
+    if (frozen) {
+      const cpu::RoutingPlan previous = a.plan;
+      cpu::router_forward(a.plan, a.router_logits.data(), T_, opt, &previous);
+    } else {
+      cpu::router_forward(a.plan, a.router_logits.data(), T_, opt);
+    }
   }
-  // dispatch (the exchange over the data axis joins here with the mesh issue)
-  GLAM_REQUIRE(mesh_.data_size == 1, "expert parallelism over the data axis is not available yet");
-  const int64_t rows = a.plan.expert_offset[E];
-  a.ein.resize(rows * M);
-  cpu::dispatch_forward(a.ein.data(), a.xn2.data(), a.plan, M);
-  // experts
-  a.pre.resize(rows * H_); a.eh.resize(rows * H_); a.eout.resize(rows * M);
-  cpu::experts_forward(a.eout.data(), a.pre.data(), a.eh.data(), a.ein.data(),
-                       params_.get(pname(l, "moe/wi")).w.data(), params_.get(pname(l, "moe/wo")).w.data(),
-                       a.plan.expert_offset, M, H_, cfg_.expert_act == "gelu" ? cpu::Act::gelu : cpu::Act::relu);
-  mesh_.allreduce_sum_model(a.eout.data(), rows * M);
-  // combine
-  out.resize(T_ * M);
-  cpu::combine_forward(out.data(), a.eout.data(), a.plan, M);
-
-  double aux = a.plan.aux;
-  mesh_.allreduce_sum_data(&aux, 1);
-  parts_.aux += aux;
-  parts_.choices += 2 * T_;
-  parts_.dropped += a.plan.dropped;
-  parts_.load_before.push_back(a.plan.load_before);
-  parts_.load_after.push_back(a.plan.load_after);
+  {  // dispatch: router order -> rows of this rank's experts
+    ScopedPhase phase(timers, "dispatch");
+    a.ein.resize(a.plan.expert_offset[E] * M);
+    cpu::dispatch_forward(a.ein.data(), a.xn2.data(), a.plan, M);
+    a.xplan = plan_exchange(a.plan, place_, mesh_);
+    send_to_experts(a.xin, a.ein, a.xplan, mesh_, M);
+  }
+  {  // experts (hidden dim split over model: sum the partial outputs)
+    ScopedPhase phase(timers, "experts");
+    const int64_t n = a.xplan.n_recv();
+    a.pre.resize(n * H_); a.eh.resize(n * H_); a.xout.resize(n * M);
+    cpu::experts_forward(a.xout.data(), a.pre.data(), a.eh.data(), a.xin.data(),
+                         params_.get(pname(l, "moe/wi")).w.data(), params_.get(pname(l, "moe/wo")).w.data(),
+                         a.xplan.local_offsets, M, H_, expert_act());
+    mesh_.allreduce_sum_model(a.xout.data(), n * M);
+  }
+  {  // combine: back to router order, then weight and sum the two choices
+    ScopedPhase phase(timers, "combine");
+    return_from_experts(a.eout, a.xout, a.xplan, mesh_, M);
+    out.resize(T_ * M);
+    cpu::combine_forward(out.data(), a.eout.data(), a.plan, M);
+  }
+  // statistics of the global batch: aux share, loads, drops
+  std::vector<double> stats(2 * E + 2);  // [aux, dropped, load_before[E], load_after[E]]
+  stats[0] = a.plan.aux;
+  stats[1] = static_cast<double>(a.plan.dropped);
+  for (int64_t e = 0; e < E; e++) {
+    stats[2 + e] = static_cast<double>(a.plan.load_before[e]);
+    stats[2 + E + e] = static_cast<double>(a.plan.load_after[e]);
+  }
+  mesh_.allreduce_sum_data(stats.data(), static_cast<int64_t>(stats.size()));
+  parts_.aux += stats[0];
+  parts_.choices += 2 * T_ * mesh_.data_size;
+  parts_.dropped += static_cast<int64_t>(stats[1]);
+  parts_.layer_dropped.push_back(static_cast<int64_t>(stats[1]));
+  parts_.load_before.emplace_back(E);
+  parts_.load_after.emplace_back(E);
+  for (int64_t e = 0; e < E; e++) {
+    parts_.load_before.back()[e] = static_cast<int64_t>(stats[2 + e]);
+    parts_.load_after.back()[e] = static_cast<int64_t>(stats[2 + E + e]);
+  }
 }
 
 // ---- backward ------------------------------------------------------------------
@@ -167,28 +196,48 @@ void Model::backward() {
   const int64_t M = cfg_.d_model, L = cfg_.n_layers;
   const Batch& batch = *batch_;
   Param& emb = params_.get("embedding");
-  const double n = std::max<int64_t>(1, parts_.n_targets);
-  std::vector<float> dlogits(T_ * V_);
-  cpu::softmax_xent_backward(dlogits.data(), logits_.data(), lse_.data(), batch.targets.data(), T_, V_,
-                             v0_, static_cast<float>(1.0 / n), static_cast<float>(cfg_.z_loss_weight / n));
-  std::vector<float> dxnf(T_ * M, 0.0f), dx(T_ * M, 0.0f);  // dx: gradient of the residual stream
-  cpu::logits_backward(dxnf.data(), emb.g.data(), dlogits.data(), xnf.data(), emb.w.data(), T_, M, V_,
-                       1.0f / std::sqrt(static_cast<float>(M)));
-  mesh_.allreduce_sum_model(dxnf.data(), T_ * M);
-  Param& gf = params_.get("final_norm_scale");
-  cpu::rmsnorm_backward(dx.data(), gf.g.data(), dxnf.data(), x_final.data(), gf.w.data(), rstdf.data(), T_, M);
+  std::vector<float> dx(T_ * M, 0.0f);  // gradient of the residual stream
+  {
+    ScopedPhase phase(timers, "output");
+    const double n = std::max<int64_t>(1, parts_.n_targets);
+    std::vector<float> dlogits(T_ * V_), dxnf(T_ * M, 0.0f);
+    cpu::softmax_xent_backward(dlogits.data(), logits_.data(), lse_.data(), batch.targets.data(), T_, V_,
+                               v0_, static_cast<float>(1.0 / n), static_cast<float>(cfg_.z_loss_weight / n));
+    cpu::logits_backward(dxnf.data(), emb.g.data(), dlogits.data(), xnf.data(), emb.w.data(), T_, M, V_,
+                         1.0f / std::sqrt(static_cast<float>(M)));
+    mesh_.allreduce_sum_model(dxnf.data(), T_ * M);
+    Param& gf = params_.get("final_norm_scale");
+    cpu::rmsnorm_backward(dx.data(), gf.g.data(), dxnf.data(), x_final.data(), gf.w.data(), rstdf.data(), T_, M);
+  }
 
   std::vector<float> dxn;
   for (int64_t l = L - 1; l >= 0; l--) {
     LayerActs& a = acts_[l];
     zeros(dxn, T_ * M);
-    if (cfg_.is_moe_layer(l)) moe_backward(l, dx, dxn);
-    else dense_backward(l, dx, dxn);
+    if (cfg_.is_moe_layer(l)) {
+      moe_backward(l, dx, dxn);
+    } else {
+      ScopedPhase phase(timers, "dense_ffn");
+      dense_backward(l, dx, dxn);
+    }
     Param& g2 = params_.get(pname(l, "ffn/norm_scale"));
     cpu::rmsnorm_backward(dx.data(), g2.g.data(), dxn.data(), a.x_mid.data(), g2.w.data(), a.rstd2.data(), T_, M);
+    ScopedPhase phase(timers, "attention");
     attention_backward(l, dx);
   }
   cpu::embedding_backward(emb.g.data(), dx.data(), batch.ids.data(), T_, M, v0_, V_);
+  ScopedPhase phase(timers, "grad_reduce");
+  reduce_gradients();
+}
+
+// Data parallelism: parameters replicated over the data axis sum their gradients
+// over it; experts sum over the ranks holding the same expert (if replicated).
+// Over the model axis replicated parameters already hold identical gradients.
+void Model::reduce_gradients() {
+  for (Param& p : params_.params) {
+    if (p.data_axis < 0) mesh_.allreduce_sum_data(p.g.data(), p.size());
+    else if (p.data_replicas > 1) mesh_.allreduce_sum(p.g.data(), p.size(), place_.replica_comm);
+  }
 }
 
 // dx holds d x_mid on entry and d x on exit (residual plus the normed path).
@@ -231,21 +280,30 @@ void Model::moe_backward(int64_t l, const std::vector<float>& dout, std::vector<
   const int64_t M = cfg_.d_model, E = cfg_.n_experts;
   LayerActs& a = acts_[l];
   const cpu::RoutingPlan& plan = a.plan;
-  const int64_t rows = plan.expert_offset[E];
+  const int64_t rows = plan.expert_offset[E], n = a.xplan.n_recv();
   Param& wi = params_.get(pname(l, "moe/wi"));
   Param& wo = params_.get(pname(l, "moe/wo"));
   Param& wg = params_.get(pname(l, "moe/router"));
-  // combine backward: gradients for the expert outputs and the combine weights
-  std::vector<float> deout(rows * M), dweight(T_ * 2);
-  cpu::combine_backward(deout.data(), dweight.data(), dout.data(), a.eout.data(), plan, M);
-  // experts backward (hidden dim split over model: reduce the input gradient)
-  std::vector<float> dein(rows * M, 0.0f), scratch(rows * H_);
-  cpu::experts_backward(dein.data(), wi.g.data(), wo.g.data(), scratch.data(), deout.data(), a.ein.data(),
-                        a.pre.data(), a.eh.data(), wi.w.data(), wo.w.data(), plan.expert_offset, M, H_,
-                        cfg_.expert_act == "gelu" ? cpu::Act::gelu : cpu::Act::relu);
-  mesh_.allreduce_sum_model(dein.data(), rows * M);
-  cpu::dispatch_backward(dxn.data(), dein.data(), plan, M);
-  // router backward (replicated over model: no reduction)
+  std::vector<float> deout(rows * M), dweight(T_ * 2), dxout, dxin(n * M, 0.0f), dein;
+  {  // combine backward: gradients of the expert outputs and of the combine weights
+    ScopedPhase phase(timers, "combine");
+    cpu::combine_backward(deout.data(), dweight.data(), dout.data(), a.eout.data(), plan, M);
+    send_to_experts(dxout, deout, a.xplan, mesh_, M);
+  }
+  {  // experts backward (hidden dim split over model: sum the input gradient)
+    ScopedPhase phase(timers, "experts");
+    std::vector<float> scratch(n * H_);
+    cpu::experts_backward(dxin.data(), wi.g.data(), wo.g.data(), scratch.data(), dxout.data(), a.xin.data(),
+                          a.pre.data(), a.eh.data(), wi.w.data(), wo.w.data(), a.xplan.local_offsets, M, H_,
+                          expert_act());
+    mesh_.allreduce_sum_model(dxin.data(), n * M);
+  }
+  {  // dispatch backward
+    ScopedPhase phase(timers, "dispatch");
+    return_from_experts(dein, dxin, a.xplan, mesh_, M);
+    cpu::dispatch_backward(dxn.data(), dein.data(), plan, M);
+  }
+  ScopedPhase phase(timers, "router");  // replicated over model: no reduction
   std::vector<float> dlogits(T_ * E, 0.0f);
   cpu::router_backward(dlogits.data(), dweight.data(), cfg_.aux_loss_weight, plan);
   cpu::matmul_backward(dxn.data(), wg.g.data(), dlogits.data(), a.xn2.data(), wg.w.data(), T_, M, E);

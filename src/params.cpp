@@ -24,7 +24,7 @@ int64_t Param::global_size() const {
 std::vector<int64_t> Param::shard_offset(const Mesh& mesh) const {
   std::vector<int64_t> off(shape.size(), 0);
   if (model_axis >= 0) off[model_axis] = shape[model_axis] * mesh.model_rank;
-  if (data_axis >= 0) off[data_axis] = shape[data_axis] * mesh.data_rank;
+  if (data_axis >= 0) off[data_axis] = shape[data_axis] * (mesh.data_rank / data_replicas);
   return off;
 }
 
@@ -49,6 +49,28 @@ int64_t ParamTable::local_size() const {
 
 namespace {
 
+// Calls f(local index, global flat index) for every element of this rank's shard.
+template <typename F>
+void for_each_element(const Param& p, const Mesh& mesh, F f) {
+  const std::vector<int64_t> off = p.shard_offset(mesh);
+  const int64_t nd = static_cast<int64_t>(p.shape.size());
+  std::vector<int64_t> idx(nd, 0);  // local multi-index, row-major walk
+  for (int64_t i = 0; i < p.size(); i++) {
+    int64_t global = 0;
+    for (int64_t d = 0; d < nd; d++) global = global * p.global_shape[d] + idx[d] + off[d];
+    f(i, global);
+    for (int64_t d = nd - 1; d >= 0 && ++idx[d] == p.shape[d]; d--) idx[d] = 0;
+  }
+}
+
+// What a sharded dim holds, for error messages.
+std::string axis_meaning(const std::string& name, int axis) {
+  if (name == "embedding") return "vocabulary rows (model.vocab_size)";
+  if (name.find("attn/") != std::string::npos) return "head columns (model.n_heads)";
+  (void)axis;
+  return "hidden units (model.d_ff)";
+}
+
 struct Builder {
   const Mesh& mesh;
   ParamTable table;
@@ -63,14 +85,17 @@ struct Builder {
     p.init = init;
     p.scale = scale;
     if (model_axis >= 0) {
-      GLAM_REQUIRE(shape[model_axis] % mesh.model_size == 0, "parameter ", name, ": dim ",
-                   shape[model_axis], " does not split over ", mesh.model_size, " model ranks");
+      GLAM_REQUIRE(shape[model_axis] % mesh.model_size == 0, "mesh ", mesh.data_size, "x", mesh.model_size,
+                   ": parameter ", name, " has ", shape[model_axis], " ", axis_meaning(name, model_axis),
+                   " which do not split over ", mesh.model_size, " model ranks");
       shape[model_axis] /= mesh.model_size;
     }
-    if (data_axis >= 0) {
-      GLAM_REQUIRE(shape[data_axis] % mesh.data_size == 0, "parameter ", name, ": ",
-                   shape[data_axis], " experts do not split over ", mesh.data_size, " data ranks");
-      shape[data_axis] /= mesh.data_size;
+    if (data_axis >= 0) {  // experts: split over data, or replicated when fewer than ranks
+      const int64_t E = shape[data_axis], D = mesh.data_size;
+      GLAM_REQUIRE(E % D == 0 || D % E == 0, "parameter ", name, ": ", E, " experts cannot be placed on ",
+                   D, " data ranks (model.n_experts must be a multiple or a divisor of the data axis size)");
+      p.data_replicas = E >= D ? 1 : D / E;
+      shape[data_axis] = E >= D ? E / D : 1;
     }
     p.shape = shape;
     p.w.assign(p.size(), 0.0f);
@@ -139,16 +164,27 @@ void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh) {
   for (auto& p : table.params) {
     uint64_t key = mix(seed);
     for (char ch : p.name) key = mix(key ^ static_cast<unsigned char>(ch));
-    const std::vector<int64_t> off = p.shard_offset(mesh);
-    const int64_t nd = static_cast<int64_t>(p.shape.size());
-    std::vector<int64_t> idx(nd, 0);  // local multi-index, row-major walk
-    for (int64_t i = 0; i < p.size(); i++) {
-      int64_t global = 0;
-      for (int64_t d = 0; d < nd; d++) global = global * p.global_shape[d] + idx[d] + off[d];
-      p.w[i] = draw(p, key, global);
-      for (int64_t d = nd - 1; d >= 0 && ++idx[d] == p.shape[d]; d--) idx[d] = 0;
-    }
+    for_each_element(p, mesh, [&](int64_t i, int64_t global) { p.w[i] = draw(p, key, global); });
   }
+}
+
+void sum_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n) {
+  if (p.model_axis >= 0) mesh.allreduce_sum_model(v, n);
+  if (p.data_axis >= 0) {
+    mesh.allreduce_sum_data(v, n);
+    for (int64_t i = 0; i < n; i++) v[i] /= static_cast<double>(p.data_replicas);
+  }
+}
+
+std::vector<float> gather_global(const Param& p, const std::vector<float>& local, const Mesh& mesh) {
+  std::vector<float> global(p.global_size(), 0.0f);
+  const bool primary = (p.model_axis >= 0 || mesh.model_rank == 0) &&
+                       (p.data_axis >= 0 ? mesh.data_rank % p.data_replicas == 0 : mesh.data_rank == 0);
+  if (primary) {
+    for_each_element(p, mesh, [&](int64_t i, int64_t g) { global[g] = local[i]; });
+  }
+  mesh.allreduce_sum(global.data(), p.global_size(), mesh.world);
+  return global;
 }
 
 namespace {

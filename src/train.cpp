@@ -2,7 +2,9 @@
 // read this rank's rows, forward, backward, check the gradients, update; log a
 // progress line and a metrics.jsonl record; write the weights at the end.
 #include <chrono>
+#include <csignal>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -31,6 +33,40 @@ struct StepRecord {
   int64_t skipped_total = 0;
 };
 
+// Expert load of one MoE layer over the global batch.
+struct LayerLoad {
+  double dropped_frac = 0.0;   // choices dropped for capacity / choices
+  double max_over_mean = 0.0;  // busiest expert's choices before capacity / mean
+};
+
+std::vector<LayerLoad> layer_loads(const LossParts& parts) {
+  std::vector<LayerLoad> out;
+  const size_t n_moe = parts.load_before.size();
+  for (size_t l = 0; l < n_moe; l++) {
+    const std::vector<int64_t>& load = parts.load_before[l];
+    int64_t total = 0, most = 0;
+    for (int64_t v : load) { total += v; most = std::max(most, v); }
+    LayerLoad ll;
+    ll.dropped_frac = total ? double(parts.layer_dropped[l]) / total : 0.0;
+    ll.max_over_mean = total ? double(most) * load.size() / total : 0.0;
+    out.push_back(ll);
+  }
+  return out;
+}
+
+template <typename T>
+std::string nested(const std::vector<std::vector<T>>& v) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < v.size(); i++) {
+    os << (i ? ", [" : "[");
+    for (size_t j = 0; j < v[i].size(); j++) os << (j ? ", " : "") << v[i][j];
+    os << "]";
+  }
+  os << "]";
+  return os.str();
+}
+
 std::string json_line(const StepRecord& r) {
   const double dropped = r.parts.choices ? double(r.parts.dropped) / r.parts.choices : 0.0;
   std::ostringstream os;
@@ -40,31 +76,69 @@ std::string json_line(const StepRecord& r) {
      << ", \"grad_norm\": " << (std::isfinite(r.grad_norm) ? r.grad_norm : -1.0)
      << ", \"tokens_per_s\": " << r.tokens_per_s << ", \"dropped_frac\": " << dropped
      << ", \"skipped\": " << (r.skipped ? "true" : "false") << ", \"skipped_total\": " << r.skipped_total
-     << ", \"load_before\": [";
-  for (size_t l = 0; l < r.parts.load_before.size(); l++) {
-    os << (l ? ", [" : "[");
-    for (size_t e = 0; e < r.parts.load_before[l].size(); e++) os << (e ? ", " : "") << r.parts.load_before[l][e];
-    os << "]";
-  }
+     << ", \"load_before\": " << nested(r.parts.load_before) << ", \"load_after\": " << nested(r.parts.load_after)
+     << ", \"layer_dropped_frac\": [";
+  const std::vector<LayerLoad> loads = layer_loads(r.parts);
+  for (size_t l = 0; l < loads.size(); l++) os << (l ? ", " : "") << loads[l].dropped_frac;
+  os << "], \"layer_max_mean_load\": [";
+  for (size_t l = 0; l < loads.size(); l++) os << (l ? ", " : "") << loads[l].max_over_mean;
   os << "]}";
   return os.str();
+}
+
+// "moe L0 drop 3.1% max/mean 1.42 | L2 ..." for the progress log.
+std::string load_line(const LossParts& parts) {
+  std::string out;
+  char buf[96];
+  const std::vector<LayerLoad> loads = layer_loads(parts);
+  for (size_t l = 0; l < loads.size(); l++) {
+    std::snprintf(buf, sizeof buf, "%sL%zu drop %.1f%% max/mean %.2f", l ? " | " : "      moe ", 2 * l,
+                  100.0 * loads[l].dropped_frac, loads[l].max_over_mean);
+    out += buf;
+  }
+  return out;
 }
 
 void print_progress(const StepRecord& r, int64_t steps) {
   std::printf("step %5lld/%lld | loss %.4f | ce %.4f | aux %.3f | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %.0fs%s\n",
               static_cast<long long>(r.step), static_cast<long long>(steps), r.parts.loss, r.parts.ce,
               r.parts.aux, r.lr, r.grad_norm, r.tokens_per_s, r.eta_s, r.skipped ? " | SKIPPED (non-finite grad)" : "");
+  if (!r.parts.load_before.empty()) std::printf("%s\n", load_line(r.parts).c_str());
   std::fflush(stdout);
 }
 
 // The run dir gets the effective config and a copy of the tokenizer, so that
 // `glam generate --run-dir` needs nothing else.
-void prepare_run_dir(const std::string& dir, const Config& cfg, bool overwrite) {
+void prepare_run_dir(const std::string& dir, const Config& cfg) {
   fs::create_directories(dir);
-  GLAM_REQUIRE(overwrite || !fs::exists(fs::path(dir) / "weights.h5"), "run dir '", dir,
-               "' already holds a finished run (weights.h5); choose another --run-dir or pass --overwrite");
   std::ofstream(fs::path(dir) / "config.cfg") << cfg.to_ini();
   fs::copy_file(cfg.data.tokenizer, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing);
+}
+
+// Test hook: GLAM_DEBUG_KILL_AT="RANK:STEP" kills that rank with SIGKILL at that
+// step, to check that a dead rank ends the whole job instead of hanging it.
+void debug_kill_point(const Mesh& mesh, int64_t step) {
+  static const char* spec = std::getenv("GLAM_DEBUG_KILL_AT");
+  if (!spec) return;
+  int rank = -1;
+  long long at = -1;
+  if (std::sscanf(spec, "%d:%lld", &rank, &at) == 2 && rank == mesh.world_rank && at == step) std::raise(SIGKILL);
+}
+
+// Phase times of rank 0 and the communication of every rank, per step.
+void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double total, int64_t steps) {
+  double comm[3] = {mesh.stats.seconds, static_cast<double>(mesh.stats.alltoall_bytes),
+                    static_cast<double>(mesh.stats.allreduce_bytes)};
+  double max_mpi = comm[0];
+  MPI_Allreduce(MPI_IN_PLACE, &max_mpi, 1, MPI_DOUBLE, MPI_MAX, mesh.world);
+  mesh.allreduce_sum_world(comm, 3);
+  if (!mesh.is_root()) return;
+  const double per = 1.0 / std::max<int64_t>(1, steps);
+  std::printf("# phases (rank 0, %.1f s in all):\n%s", total, timers.report(total).c_str());
+  std::printf("  %-12s %9.2f s %6.1f%%   (inside MPI, rank 0; max over ranks %.2f s)\n", "mpi", mesh.stats.seconds,
+              total > 0 ? 100.0 * mesh.stats.seconds / total : 0.0, max_mpi);
+  std::printf("# communication per step, all ranks together: alltoallv %.3f MB, allreduce %.3f MB\n",
+              comm[1] * per / 1e6, comm[2] * per / 1e6);
 }
 
 }  // namespace
@@ -91,8 +165,6 @@ int train_main(const std::vector<std::string>& args) {
   const std::string run_dir = vm["run-dir"].as<std::string>();
   cfg.mesh = vm["mesh"].as<std::string>();
   Mesh mesh = Mesh::create(cfg.mesh);
-  GLAM_REQUIRE(mesh.world_size == 1, "glam train runs on one MPI rank until the data x model mesh lands "
-               "(started with ", mesh.world_size, " ranks); use mpirun -np 1");
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
                " must be a multiple of the data axis size ", mesh.data_size);
 
@@ -103,9 +175,13 @@ int train_main(const std::vector<std::string>& args) {
                "' (hash ", corpus.info().tokenizer_hash, " vs ", tokenizer.hash(), ")");
   GLAM_REQUIRE(tokenizer.vocab_size() <= cfg.model.vocab_size, "tokenizer '", cfg.data.tokenizer, "' has ",
                tokenizer.vocab_size(), " pieces but model.vocab_size is ", cfg.model.vocab_size);
+  // checked on every rank, so every rank stops with the same error
+  GLAM_REQUIRE(vm["overwrite"].as<bool>() || !fs::exists(fs::path(run_dir) / "weights.h5"), "run dir '", run_dir,
+               "' already holds a finished run (weights.h5); choose another --run-dir or pass --overwrite");
   if (mesh.is_root()) {
     std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
-    prepare_run_dir(run_dir, cfg, vm["overwrite"].as<bool>());
+    std::printf("# mesh %dx%d (data x model) on %d ranks\n", mesh.data_size, mesh.model_size, mesh.world_size);
+    prepare_run_dir(run_dir, cfg);
   }
 
   Model model(cfg, mesh);
@@ -124,17 +200,25 @@ int train_main(const std::vector<std::string>& args) {
   int64_t updates = 0;
   for (int64_t step = 0; step < cfg.train.steps; step++) {
     const auto t0 = std::chrono::steady_clock::now();
-    Batch batch = corpus.rows(step * cfg.train.batch_rows + mesh.data_rank * rows, rows, cfg.model.seq_len);
+    debug_kill_point(mesh, step);
+    Batch batch;
+    {
+      ScopedPhase phase(model.timers, "io");
+      batch = corpus.rows(step * cfg.train.batch_rows + mesh.data_rank * rows, rows, cfg.model.seq_len);
+    }
     model.set_step(step);
     model.params().zero_grad();
     r.parts = model.forward(batch);
     model.backward();
     r.step = step + 1;
-    r.grad_norm = global_grad_norm(model.params(), mesh);
-    r.skipped = !std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss);
-    r.lr = learning_rate(cfg.train, step + 1);
-    if (r.skipped) r.skipped_total++;
-    else optimizer.step(model.params(), r.lr, updates++, mesh);
+    {
+      ScopedPhase phase(model.timers, "optimizer");
+      r.grad_norm = global_grad_norm(model.params(), mesh);
+      r.skipped = !std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss);
+      r.lr = learning_rate(cfg.train, step + 1);
+      if (r.skipped) r.skipped_total++;
+      else optimizer.step(model.params(), r.lr, updates++, mesh);
+    }
     const auto t1 = std::chrono::steady_clock::now();
     r.tokens_per_s = tokens_per_step / std::chrono::duration<double>(t1 - t0).count();
     const double elapsed = std::chrono::duration<double>(t1 - start).count();
@@ -144,12 +228,17 @@ int train_main(const std::vector<std::string>& args) {
       if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
     }
   }
-  if (mesh.is_root()) {
+  {
+    ScopedPhase phase(model.timers, "io");
     save_weights((fs::path(run_dir) / "weights.h5").string(), model.params(), cfg, mesh);
+  }
+  if (mesh.is_root()) {
     std::printf("# done: %lld steps (%lld skipped) in %.1fs; weights in %s/weights.h5\n",
                 static_cast<long long>(cfg.train.steps), static_cast<long long>(r.skipped_total),
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), run_dir.c_str());
   }
+  print_phase_report(model.timers, mesh, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                     cfg.train.steps);
   return 0;
 }
 

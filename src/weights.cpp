@@ -31,39 +31,42 @@ void write_int_attr(hid_t obj, const char* name, int64_t value) {
   H5Aclose(attr); H5Sclose(space);
 }
 
-void require_single_cell(const Mesh& mesh, const char* what) {
-  GLAM_REQUIRE(mesh.world_size == 1, what, " on a multi-rank mesh arrives with the checkpoint issue; "
-               "run on one rank");
-}
-
 }  // namespace
 
+// Collective: every shard is gathered to its global shape and rank 0 writes.
+// (Parallel HDF5 with per-rank hyperslabs replaces the gather with the checkpoint issue.)
 void save_weights(const std::string& path, const ParamTable& table, const Config& cfg, const Mesh& mesh) {
-  require_single_cell(mesh, "writing weights");
   const std::string tmp = path + ".tmp";
-  hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  GLAM_REQUIRE(file >= 0, "cannot create weights file '", tmp, "'");
-  write_string_attr(file, "format", kFormat);
-  write_int_attr(file, "version", kVersion);
-  write_string_attr(file, "config", cfg.to_ini());
-  hid_t lcpl = GLAM_CHECK_H5(H5Pcreate(H5P_LINK_CREATE));
-  GLAM_CHECK_H5(H5Pset_create_intermediate_group(lcpl, 1));
+  hid_t file = -1, lcpl = -1;
+  if (mesh.is_root()) {
+    file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file < 0) fatal("cannot create weights file '" + tmp + "'", __FILE__, __LINE__);
+    write_string_attr(file, "format", kFormat);
+    write_int_attr(file, "version", kVersion);
+    write_string_attr(file, "config", cfg.to_ini());
+    lcpl = GLAM_CHECK_H5(H5Pcreate(H5P_LINK_CREATE));
+    GLAM_CHECK_H5(H5Pset_create_intermediate_group(lcpl, 1));
+  }
   for (const Param& p : table.params) {
+    const std::vector<float> global = gather_global(p, p.w, mesh);
+    if (!mesh.is_root()) continue;
     std::vector<hsize_t> dims(p.global_shape.begin(), p.global_shape.end());
     hid_t space = GLAM_CHECK_H5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
     const std::string name = "/params/" + p.name;
     hid_t ds = GLAM_CHECK_H5(H5Dcreate2(file, name.c_str(), H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT));
-    GLAM_CHECK_H5(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.w.data()));
+    GLAM_CHECK_H5(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, global.data()));
     H5Dclose(ds); H5Sclose(space);
   }
-  H5Pclose(lcpl);
-  GLAM_CHECK_H5(H5Fflush(file, H5F_SCOPE_GLOBAL));
-  GLAM_CHECK_H5(H5Fclose(file));
-  std::filesystem::rename(tmp, path);
+  if (mesh.is_root()) {
+    H5Pclose(lcpl);
+    GLAM_CHECK_H5(H5Fflush(file, H5F_SCOPE_GLOBAL));
+    GLAM_CHECK_H5(H5Fclose(file));
+    std::filesystem::rename(tmp, path);
+  }
 }
 
+// Every rank reads only its own hyperslab of each dataset.
 void load_weights(const std::string& path, ParamTable& table, const Mesh& mesh) {
-  require_single_cell(mesh, "reading weights");
   GLAM_REQUIRE(std::filesystem::exists(path), "weights file '", path, "' does not exist");
   H5E_auto2_t old_func; void* old_data;
   H5Eget_auto2(H5E_DEFAULT, &old_func, &old_data);
@@ -78,7 +81,15 @@ void load_weights(const std::string& path, ParamTable& table, const Mesh& mesh) 
     std::vector<hsize_t> dims(H5Sget_simple_extent_ndims(space));
     H5Sget_simple_extent_dims(space, dims.data(), nullptr);
     const std::vector<hsize_t> want(p.global_shape.begin(), p.global_shape.end());
-    const bool ok = dims == want && H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.w.data()) >= 0;
+    bool ok = dims == want;
+    if (ok) {
+      const std::vector<int64_t> off64 = p.shard_offset(mesh);
+      const std::vector<hsize_t> off(off64.begin(), off64.end()), count(p.shape.begin(), p.shape.end());
+      hid_t mem = H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr);
+      ok = H5Sselect_hyperslab(space, H5S_SELECT_SET, off.data(), nullptr, count.data(), nullptr) >= 0 &&
+           H5Dread(ds, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, p.w.data()) >= 0;
+      H5Sclose(mem);
+    }
     H5Sclose(space); H5Dclose(ds);
     if (!ok) { H5Fclose(file); throw UserError(msg("weights file '", path, "': dataset ", name,
                                                    " has another shape than the config implies or is unreadable")); }

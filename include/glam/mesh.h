@@ -4,10 +4,36 @@
 // All MPI traffic of the model goes through this module.
 #pragma once
 #include <mpi.h>
+#include <climits>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace glam {
+
+// Time and bytes spent in MPI by this rank, for the phase report and the benchmark.
+struct CommStats {
+  double seconds = 0.0;            // wall time inside MPI calls of the mesh
+  int64_t alltoall_bytes = 0;      // bytes this rank sent through Alltoallv (payload)
+  int64_t allreduce_bytes = 0;     // bytes this rank contributed to all-reduces
+  int64_t alltoall_calls = 0, allreduce_calls = 0;
+};
+
+// Where the E experts of a MoE layer live on the data axis (experts with the same
+// index in different layers live on the same ranks).
+//   E >= D: E % D == 0, data rank d holds experts [d*E/D, (d+1)*E/D), no replicas.
+//   E <  D: D % E == 0, each expert has R = D/E replicas; data rank d holds expert
+//           d / R, tokens of rank d go to the replica d % R of their expert, and
+//           the replicas' gradients are summed over replica_comm.
+struct ExpertPlacement {
+  int64_t n_experts = 0;     // E
+  int64_t local = 0;         // experts held by this rank
+  int64_t replicas = 1;      // R
+  int64_t first = 0;         // global index of this rank's first expert
+  MPI_Comm replica_comm = MPI_COMM_NULL;  // ranks holding the same experts (same model rank)
+  // Data rank that computes expert e for tokens of data rank d.
+  int owner(int64_t e, int d) const { return static_cast<int>((e / local) * replicas + d % replicas); }
+};
 
 struct Mesh {
   int data_size = 1, model_size = 1;   // mesh shape D x M
@@ -24,6 +50,18 @@ struct Mesh {
 
   bool is_root() const { return world_rank == 0; }
 
+  // Splits E experts over the data axis; UserError when neither divides the other.
+  ExpertPlacement place_experts(int64_t n_experts) const;
+
+  // All-to-all over the data axis of rows of `width` floats. send holds the rows for
+  // data rank 0, then 1, ... (send_rows[r] of them); recv receives recv_rows[r] rows
+  // from each rank r in the same order. Counts beyond count_limit elements switch
+  // to a row datatype so no int count overflows.
+  void alltoallv_rows_data(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                           const std::vector<int64_t>& recv_rows, int64_t width) const;
+  // Every data rank sends k counts to every other: send [D, k] -> recv [D, k].
+  void alltoall_counts_data(const std::vector<int64_t>& send, std::vector<int64_t>& recv, int64_t k) const;
+
   // Sum (or max) in place over one axis or over the whole mesh.
   void allreduce_sum_model(float* buf, int64_t n) const;
   void allreduce_sum_model(double* buf, int64_t n) const;
@@ -31,6 +69,12 @@ struct Mesh {
   void allreduce_sum_data(float* buf, int64_t n) const;
   void allreduce_sum_data(double* buf, int64_t n) const;
   void allreduce_sum_world(double* buf, int64_t n) const;
+  void allreduce_sum(float* buf, int64_t n, MPI_Comm comm) const;
+
+  // Largest element count passed to MPI as an int; tests lower it to exercise the
+  // large-count path.
+  int64_t count_limit = INT_MAX;
+  mutable CommStats stats;
 
   // Which share of a global dim of size n this rank holds on an axis.
   static int64_t shard_size(int64_t n, int parts) { return n / parts; }

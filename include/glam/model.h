@@ -7,9 +7,11 @@
 
 #include "glam/config.h"
 #include "glam/corpus.h"
+#include "glam/exchange.h"
 #include "glam/mesh.h"
 #include "glam/moe.h"
 #include "glam/params.h"
+#include "glam/timers.h"
 
 namespace glam {
 
@@ -17,8 +19,9 @@ namespace glam {
 struct LossParts {
   double loss = 0.0, ce = 0.0, aux = 0.0, z = 0.0;  // loss = ce + w_aux*aux + w_z*z
   int64_t n_targets = 0;                            // targets in the global batch
-  int64_t choices = 0, dropped = 0;                 // routing choices, dropped for capacity
-  std::vector<std::vector<int64_t>> load_before, load_after;  // [moe layer][E]
+  int64_t choices = 0, dropped = 0;                 // routing choices, dropped for capacity (global)
+  std::vector<std::vector<int64_t>> load_before, load_after;  // [moe layer][E] global batch
+  std::vector<int64_t> layer_dropped;                         // [moe layer] choices dropped
 };
 
 struct LayerActs {
@@ -36,9 +39,12 @@ struct LayerActs {
   // MoE layers
   std::vector<float> router_logits;  // [T, E]
   cpu::RoutingPlan plan;
-  std::vector<float> ein;       // [rows, M] dispatched tokens
-  std::vector<float> pre, eh;   // [rows, H] expert pre-activation and activation
-  std::vector<float> eout;      // [rows, M] expert outputs
+  std::vector<float> ein;       // [rows, M] dispatched tokens, router order (all E experts)
+  ExchangePlan xplan;           // who sends how many rows to whom over the data axis
+  std::vector<float> xin;       // [n_recv, M] rows for this rank's experts, local expert-major
+  std::vector<float> pre, eh;   // [n_recv, H] expert pre-activation and activation
+  std::vector<float> xout;      // [n_recv, M] this rank's expert outputs
+  std::vector<float> eout;      // [rows, M] expert outputs back in router order
 };
 
 class Model {
@@ -52,7 +58,9 @@ class Model {
   // no_drop: route every choice (inference). frozen: reuse routing plans of the
   // previous forward (finite-difference tests hold the top-2 choice fixed this way).
   LossParts forward(const Batch& batch, bool no_drop = false, bool frozen = false);
-  // Accumulates dLoss/dparam into params().g for the batch of the last forward.
+  // Accumulates dLoss/dparam into params().g for the batch of the last forward and
+  // sums them over the data axis (replicas of experts over their replica group):
+  // afterwards every shard holds the gradient of the global batch's loss.
   void backward();
   // The training step, for decisions that vary per step (GShard's random second-expert policy).
   void set_step(int64_t step) { step_ = step; }
@@ -60,6 +68,9 @@ class Model {
   const std::vector<float>& logits() const { return logits_; }
   // Named activations of the last forward, for debugging and tests.
   const std::vector<LayerActs>& layer_acts() const { return acts_; }
+  const ExpertPlacement& experts() const { return place_; }
+  // Seconds per phase (attention, router, dispatch, experts, combine, dense_ffn, output).
+  PhaseTimers timers;
 
  private:
   void attention_forward(int64_t l);
@@ -69,13 +80,16 @@ class Model {
   void moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool frozen);
   void moe_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn);
   std::string pname(int64_t l, const char* what) const;
+  void reduce_gradients();
+  cpu::Act expert_act() const { return cfg_.expert_act == "gelu" ? cpu::Act::gelu : cpu::Act::relu; }
 
   ModelConfig cfg_;
   const Mesh& mesh_;
   uint64_t seed_;
   int64_t step_ = 0;
   ParamTable params_;
-  int64_t nh_, H_, E_, V_, v0_;    // local heads, local hidden, local experts, local vocab, first vocab id
+  ExpertPlacement place_;
+  int64_t nh_, H_, V_, v0_;        // local heads, local hidden, local vocab, first vocab id
   const Batch* batch_ = nullptr;
   int64_t B_ = 0, S_ = 0, T_ = 0;
   LossParts parts_;

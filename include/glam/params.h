@@ -20,6 +20,7 @@ struct Param {
   std::vector<int64_t> shape;     // local shard shape
   int model_axis = -1;            // dim split over the mesh's model axis, -1 if replicated there
   int data_axis = -1;             // dim split over the data axis (experts), -1 if replicated there
+  int64_t data_replicas = 1;      // ranks of the data axis holding the same shard (experts < D)
   Init init = Init::normal;
   double scale = 1.0;             // std for normal, bound for uniform
   std::vector<float> w;           // [shape] fp32 master weights
@@ -42,6 +43,13 @@ struct ParamTable {
 // All parameters of a GLaM model described by cfg, with shapes sharded for mesh.
 // Throws UserError when the config cannot be sharded on that mesh.
 ParamTable build_params(const ModelConfig& cfg, const Mesh& mesh);
+// Sums per-shard partial values v[n] of p (e.g. sums of squares) into whole-tensor
+// values on every rank: over the axes p is split on, each shard counted once.
+void sum_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n);
+// The whole tensor [global_shape] assembled from every rank's shard `local`
+// (collective over the mesh; for tests and the weights file of small models).
+std::vector<float> gather_global(const Param& p, const std::vector<float>& local, const Mesh& mesh);
+
 // Deterministic init from (seed, name, global index): the same weights on any mesh.
 void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh);
 // Parameter counts in the paper's sense (reference section 5).

@@ -12,6 +12,7 @@
 
 namespace glam {
 
+// Collective over the mesh; rank 0 writes the file.
 void save_weights(const std::string& path, const ParamTable& table, const Config& cfg, const Mesh& mesh);
 // Reads every parameter of table from path; throws UserError naming the file and
 // the dataset when one is missing or has another shape.

@@ -1,0 +1,35 @@
+// Moving dispatched rows to the ranks that hold their experts and back, over the
+// data axis with MPI_Alltoallv (expert parallelism). The router's dispatched
+// buffer is expert-major in global expert order, so the rows for one data rank
+// are contiguous; a receiving rank regroups what it got from every source into
+// its own expert-major order, runs its experts, and sends the results back the
+// same way. Counts are exchanged first and buffers sized from them.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "glam/mesh.h"
+#include "glam/moe.h"
+
+namespace glam {
+
+struct ExchangePlan {
+  int64_t D = 1, E_local = 1;
+  std::vector<int64_t> send_rows;     // [D] rows this rank sends to each data rank
+  std::vector<int64_t> recv_counts;   // [D, E_local] rows from source s for local expert e
+  std::vector<int64_t> recv_rows;     // [D] rows received from each source
+  std::vector<int64_t> local_offsets; // [E_local + 1] rows of local expert e after regrouping
+  int64_t n_recv() const { return local_offsets.empty() ? 0 : local_offsets.back(); }
+};
+
+// Collective over the data axis: exchanges the per-expert counts of the plan.
+ExchangePlan plan_exchange(const cpu::RoutingPlan& plan, const ExpertPlacement& place, const Mesh& mesh);
+
+// dispatched [rows, M] (router order) -> expert_rows [n_recv, M] (local expert-major).
+void send_to_experts(std::vector<float>& expert_rows, const std::vector<float>& dispatched,
+                     const ExchangePlan& x, const Mesh& mesh, int64_t M);
+// expert_rows [n_recv, M] -> dispatched [rows, M]: the inverse permutation.
+void return_from_experts(std::vector<float>& dispatched, const std::vector<float>& expert_rows,
+                         const ExchangePlan& x, const Mesh& mesh, int64_t M);
+
+}  // namespace glam
