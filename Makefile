@@ -3,7 +3,10 @@
 BUILD    ?= build
 JOBS     ?= $(shell nproc)
 GLAM_CUDA ?= AUTO
-NP       ?= 1
+# The demo trains on a 2x2 mesh: 4 ranks (data x model), one thread each.
+NP       ?= 4
+MESH     ?= 2x2
+RANK_THREADS ?= 1
 # Open MPI refuses root without this; --oversubscribe allows more ranks than cores.
 MPIRUN   ?= mpirun --allow-run-as-root --oversubscribe
 DEMO_DIR ?= data/demo
@@ -14,7 +17,7 @@ PROMPT   ?= The meaning of
 export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: all build deps configure test demo corpus clean
+.PHONY: all build deps configure test demo corpus bench clean
 
 all: build
 
@@ -36,10 +39,16 @@ corpus: build
 	scripts/make-corpus.sh $(DEMO_DIR) $(BUILD)
 
 demo: corpus
-	$(MPIRUN) -np $(NP) $(BUILD)/glam train --config input/glam-tiny.cfg --run-dir $(RUN_DIR) \
+	OMP_NUM_THREADS=$(RANK_THREADS) OPENBLAS_NUM_THREADS=$(RANK_THREADS) \
+	$(MPIRUN) -np $(NP) -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS \
+	    $(BUILD)/glam train --config input/glam-tiny.cfg --run-dir $(RUN_DIR) --mesh $(MESH) \
 	    --train.steps $(DEMO_STEPS) --overwrite
 	$(BUILD)/glam generate --run-dir $(RUN_DIR) --prompt "$(PROMPT)" --max-tokens 48
 	$(BUILD)/glam generate --run-dir $(RUN_DIR) --prompt "$(PROMPT)" --max-tokens 48 --temperature 0.8 --top-k 40 --seed 7
+
+# Benchmarks print figures and ratios against a peer measured in the same run.
+bench: corpus
+	python3 bench/mesh_bench.py --build $(BUILD)
 
 clean:
 	rm -rf $(BUILD)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the demo on this machine with mpirun: corpus, training, generation.
-# usage: jobs/local-demo.sh [NP]   (make demo NP=... does the same)
+# usage: jobs/local-demo.sh [NP] [MESH]   (make demo NP=4 MESH=2x2 does the same)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make demo NP="${1:-1}"
+make demo NP="${1:-4}" MESH="${2:-2x2}"

@@ -66,7 +66,10 @@ void Mesh::allreduce_sum(float* buf, int64_t n, MPI_Comm comm) const {
   GLAM_CHECK_MPI(MPI_Comm_size(comm, &size));
   if (size == 1 || n == 0) return;
   CommTimer timer(stats);
-  stats.allreduce_bytes += n * static_cast<int64_t>(sizeof(float));
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(float));
+  if (comm == model_comm) stats.allreduce_model_bytes += bytes;
+  else if (comm == data_comm) stats.allreduce_data_bytes += bytes;
+  else stats.allreduce_other_bytes += bytes;
   stats.allreduce_calls++;
   for (int64_t done = 0; done < n; done += count_limit) {  // chunks keep each count an int
     const int64_t part = std::min<int64_t>(count_limit, n - done);
@@ -108,6 +111,14 @@ void Mesh::allreduce_sum_world(double* buf, int64_t n) const {
   CommTimer timer(stats);
   stats.allreduce_calls++;
   GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_DOUBLE, MPI_SUM, world));
+}
+
+bool Mesh::any(bool flag) const {
+  if (world_size == 1) return flag;
+  int v = flag ? 1 : 0;
+  CommTimer timer(stats);
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MAX, world));
+  return v != 0;
 }
 
 ExpertPlacement Mesh::place_experts(int64_t E) const {
@@ -152,11 +163,13 @@ void Mesh::alltoallv_rows_data(const float* send, const std::vector<int64_t>& se
     if (r != data_rank) stats.alltoall_bytes += send_rows[r] * width * static_cast<int64_t>(sizeof(float));
   }
   stats.alltoall_calls++;
-  const bool in_floats = std::max(send_total, recv_total) * width <= count_limit;
+  // one decision for all ranks of the axis, so they all take the same path (or all stop)
+  int64_t most_rows = std::max(send_total, recv_total);
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &most_rows, 1, MPI_INT64_T, MPI_MAX, data_comm));
+  const bool in_floats = most_rows * width <= count_limit;
   const int64_t unit = in_floats ? width : 1;  // floats per counted element
-  GLAM_REQUIRE(std::max(send_total, recv_total) * unit <= count_limit,
-               "all-to-all of ", std::max(send_total, recv_total), " rows exceeds the MPI count limit ",
-               count_limit, " even in row units");
+  GLAM_REQUIRE(most_rows * unit <= count_limit, "all-to-all of ", most_rows,
+               " rows exceeds the MPI count limit ", count_limit, " even in row units");
   MPI_Datatype type = MPI_FLOAT;
   if (!in_floats) {
     GLAM_CHECK_MPI(MPI_Type_contiguous(to_int(width), MPI_FLOAT, &type));

@@ -140,6 +140,7 @@ void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool f
     opt.no_drop = no_drop;
     opt.n_groups_global = no_drop ? 0 : T_ * mesh_.data_size / cfg_.group_size;
     opt.seed = seed_ ^ (0x51ed270b27f0a5c3ULL * static_cast<uint64_t>(step_ * 1024 + l + 1));
+    opt.token_offset = T_ * mesh_.data_rank;
     if (frozen) {
       const cpu::RoutingPlan previous = a.plan;
       cpu::router_forward(a.plan, a.router_logits.data(), T_, opt, &previous);

@@ -127,18 +127,21 @@ void debug_kill_point(const Mesh& mesh, int64_t step) {
 
 // Phase times of rank 0 and the communication of every rank, per step.
 void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double total, int64_t steps) {
-  double comm[3] = {mesh.stats.seconds, static_cast<double>(mesh.stats.alltoall_bytes),
-                    static_cast<double>(mesh.stats.allreduce_bytes)};
+  double comm[5] = {mesh.stats.seconds, static_cast<double>(mesh.stats.alltoall_bytes),
+                    static_cast<double>(mesh.stats.allreduce_data_bytes),
+                    static_cast<double>(mesh.stats.allreduce_model_bytes),
+                    static_cast<double>(mesh.stats.allreduce_other_bytes)};
   double max_mpi = comm[0];
   MPI_Allreduce(MPI_IN_PLACE, &max_mpi, 1, MPI_DOUBLE, MPI_MAX, mesh.world);
-  mesh.allreduce_sum_world(comm, 3);
+  mesh.allreduce_sum_world(comm, 5);
   if (!mesh.is_root()) return;
   const double per = 1.0 / std::max<int64_t>(1, steps);
   std::printf("# phases (rank 0, %.1f s in all):\n%s", total, timers.report(total).c_str());
   std::printf("  %-12s %9.2f s %6.1f%%   (inside MPI, rank 0; max over ranks %.2f s)\n", "mpi", mesh.stats.seconds,
               total > 0 ? 100.0 * mesh.stats.seconds / total : 0.0, max_mpi);
-  std::printf("# communication per step, all ranks together: alltoallv %.3f MB, allreduce %.3f MB\n",
-              comm[1] * per / 1e6, comm[2] * per / 1e6);
+  std::printf("# communication per step, all ranks together: alltoallv %.3f MB; allreduce over data %.3f MB, "
+              "over model %.3f MB, other %.3f MB\n",
+              comm[1] * per / 1e6, comm[2] * per / 1e6, comm[3] * per / 1e6, comm[4] * per / 1e6);
 }
 
 }  // namespace
@@ -167,6 +170,10 @@ int train_main(const std::vector<std::string>& args) {
   Mesh mesh = Mesh::create(cfg.mesh);
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
                " must be a multiple of the data axis size ", mesh.data_size);
+  const int64_t local_tokens = cfg.train.batch_rows / mesh.data_size * cfg.model.seq_len;
+  GLAM_REQUIRE(cfg.model.n_experts == 0 || local_tokens % cfg.model.group_size == 0, "model.group_size ",
+               cfg.model.group_size, " must divide the tokens of each data rank (", local_tokens,
+               " = train.batch_rows / ", mesh.data_size, " * model.seq_len): routing groups may not span ranks");
 
   Corpus corpus(cfg.data.corpus, cfg.model.vocab_size);
   Tokenizer tokenizer(cfg.data.tokenizer);
@@ -214,7 +221,7 @@ int train_main(const std::vector<std::string>& args) {
     {
       ScopedPhase phase(model.timers, "optimizer");
       r.grad_norm = global_grad_norm(model.params(), mesh);
-      r.skipped = !std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss);
+      r.skipped = mesh.any(!std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss));
       r.lr = learning_rate(cfg.train, step + 1);
       if (r.skipped) r.skipped_total++;
       else optimizer.step(model.params(), r.lr, updates++, mesh);

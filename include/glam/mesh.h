@@ -15,7 +15,9 @@ namespace glam {
 struct CommStats {
   double seconds = 0.0;            // wall time inside MPI calls of the mesh
   int64_t alltoall_bytes = 0;      // bytes this rank sent through Alltoallv (payload)
-  int64_t allreduce_bytes = 0;     // bytes this rank contributed to all-reduces
+  int64_t allreduce_data_bytes = 0;   // bytes this rank contributed to all-reduces over data
+  int64_t allreduce_model_bytes = 0;  // ... over model (tensor-parallel activations)
+  int64_t allreduce_other_bytes = 0;  // ... over expert replicas or the whole mesh
   int64_t alltoall_calls = 0, allreduce_calls = 0;
 };
 
@@ -70,6 +72,8 @@ struct Mesh {
   void allreduce_sum_data(double* buf, int64_t n) const;
   void allreduce_sum_world(double* buf, int64_t n) const;
   void allreduce_sum(float* buf, int64_t n, MPI_Comm comm) const;
+  // True on every rank when `flag` is true on any rank (one decision for the mesh).
+  bool any(bool flag) const;
 
   // Largest element count passed to MPI as an int; tests lower it to exercise the
   // large-count path.

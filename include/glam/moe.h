@@ -19,9 +19,11 @@ struct RouterOptions {
   int64_t group_size = 512;     // S: tokens per routing group, fixed in tokens
   double capacity_factor = 2.0;
   SecondPolicy second = SecondPolicy::all;
-  bool no_drop = false;         // inference: capacity = group size, nothing dropped
+  bool no_drop = false;         // inference: one group, capacity = group size, every choice
+                                // routed (both policies), no aux loss
   int64_t n_groups_global = 0;  // groups in the global batch (aux is their mean); 0 = local
-  uint64_t seed = 0;            // for SecondPolicy::random: U(0,1) from (seed, token)
+  uint64_t seed = 0;            // for SecondPolicy::random: U(0,1) from (seed, global token)
+  int64_t token_offset = 0;     // global index of this rank's first token (mesh-independent draws)
 };
 
 // C = int(S * capacity_factor / E) rounded up to a multiple of 4 (at least 4).

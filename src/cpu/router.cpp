@@ -55,8 +55,8 @@ void assign_slots(RoutingPlan& p, int64_t t0, int64_t S, const RouterOptions& op
       int64_t i = t * 2 + k;
       int32_t e = p.expert[i];
       p.load_before[e]++;
-      bool wanted = k == 0 || opt.second == SecondPolicy::all ||
-                    2.0 * p.g[i] > uniform01(opt.seed, static_cast<uint64_t>(t));
+      bool wanted = k == 0 || opt.second == SecondPolicy::all || opt.no_drop ||
+                    2.0 * p.g[i] > uniform01(opt.seed, static_cast<uint64_t>(opt.token_offset + t));
       if (wanted && fill[e] < p.capacity) {
         p.slot[i] = fill[e]++;
         p.kept[i] = 1;
@@ -91,7 +91,7 @@ void assign_rows(RoutingPlan& p) {
     }
 }
 
-void aux_statistics(RoutingPlan& p) {
+void aux_statistics(RoutingPlan& p, bool no_drop) {
   const int64_t G = p.T / p.group_size, S = p.group_size, E = p.E;
   double sum = 0.0;
   for (int64_t g = 0; g < G; g++)
@@ -101,8 +101,9 @@ void aux_statistics(RoutingPlan& p) {
       p.mean_gate[g * E + e] = P / S;
       sum += static_cast<double>(p.first_frac[g * E + e]) * p.mean_gate[g * E + e];
     }
-  // E^2 * mean over (G_global * E) entries = E * sum / G_global
-  p.aux = static_cast<double>(E) * sum / static_cast<double>(p.n_groups_global);
+  // E^2 * mean over (G_global * E) entries = E * sum / G_global; none at inference,
+  // where groups are per rank and would make it depend on the mesh
+  p.aux = no_drop ? 0.0 : static_cast<double>(E) * sum / static_cast<double>(p.n_groups_global);
 }
 
 }  // namespace
@@ -153,7 +154,7 @@ void router_forward(RoutingPlan& p, const float* logits, int64_t T, const Router
     for (int64_t g = 0; g < G; g++) assign_slots(p, g * S, S, opt);
   }
   assign_rows(p);
-  aux_statistics(p);
+  aux_statistics(p, opt.no_drop);
 }
 
 void router_backward(float* dlogits, const float* dweight, double aux_grad, const RoutingPlan& p) {
