@@ -2,8 +2,10 @@
 #include "glam/check.h"
 
 #include <mpi.h>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 namespace glam {
 
@@ -15,6 +17,18 @@ namespace glam {
   std::fflush(stderr);
   if (initialised) MPI_Abort(MPI_COMM_WORLD, 3);
   std::exit(3);
+}
+
+void debug_kill_point(const char* where, int64_t step, int64_t index) {
+  static const char* spec = std::getenv("GLAM_DEBUG_KILL_AT");
+  if (!spec) return;
+  int rank = -1, world_rank = 0;
+  long long at = -1, at_index = 0;
+  char point[32] = "step";
+  const int n = std::sscanf(spec, "%d:%lld:%31[a-z]:%lld", &rank, &at, point, &at_index);
+  if (n < 2) return;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  if (rank == world_rank && at == step && std::strcmp(point, where) == 0 && at_index == index) std::raise(SIGKILL);
 }
 
 }  // namespace glam

@@ -42,6 +42,9 @@ void add_config_options(po::options_description& desc, Config& c) {
     ("train.factored_min_dim", po::value(&t.factored_min_dim)->default_value(t.factored_min_dim), "factor the second moment when both last dims >= this")
     ("train.seed", po::value(&t.seed)->default_value(t.seed), "seed for initialisation and sampling")
     ("train.log_every", po::value(&t.log_every)->default_value(t.log_every), "steps between progress lines")
+    ("checkpoint.every_steps", po::value(&c.checkpoint.every_steps)->default_value(c.checkpoint.every_steps), "checkpoint every N steps (0: only at the end)")
+    ("checkpoint.every_minutes", po::value(&c.checkpoint.every_minutes)->default_value(c.checkpoint.every_minutes), "also checkpoint every T minutes (0: off)")
+    ("checkpoint.keep", po::value(&c.checkpoint.keep)->default_value(c.checkpoint.keep), "newest checkpoints kept (0: all)")
     ("data.corpus", po::value(&c.data.corpus)->default_value(c.data.corpus), "HDF5 corpus file from glam-tokenize")
     ("data.tokenizer", po::value(&c.data.tokenizer)->default_value(c.data.tokenizer), "SentencePiece model file");
   // clang-format on
@@ -95,6 +98,9 @@ void Config::validate() const {
   GLAM_REQUIRE(train.clip_threshold > 0, "train.clip_threshold must be positive");
   require_positive(train.log_every, "train.log_every");
   require_positive(train.factored_min_dim, "train.factored_min_dim");
+  GLAM_REQUIRE(checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0, got ", checkpoint.every_steps);
+  GLAM_REQUIRE(checkpoint.every_minutes >= 0, "checkpoint.every_minutes must be >= 0, got ", checkpoint.every_minutes);
+  GLAM_REQUIRE(checkpoint.keep >= 0, "checkpoint.keep must be >= 0, got ", checkpoint.keep);
 }
 
 std::string Config::to_ini() const {

@@ -49,20 +49,6 @@ int64_t ParamTable::local_size() const {
 
 namespace {
 
-// Calls f(local index, global flat index) for every element of this rank's shard.
-template <typename F>
-void for_each_element(const Param& p, const Mesh& mesh, F f) {
-  const std::vector<int64_t> off = p.shard_offset(mesh);
-  const int64_t nd = static_cast<int64_t>(p.shape.size());
-  std::vector<int64_t> idx(nd, 0);  // local multi-index, row-major walk
-  for (int64_t i = 0; i < p.size(); i++) {
-    int64_t global = 0;
-    for (int64_t d = 0; d < nd; d++) global = global * p.global_shape[d] + idx[d] + off[d];
-    f(i, global);
-    for (int64_t d = nd - 1; d >= 0 && ++idx[d] == p.shape[d]; d--) idx[d] = 0;
-  }
-}
-
 // What a sharded dim holds, for error messages.
 std::string axis_meaning(const std::string& name, int axis) {
   if (name == "embedding") return "vocabulary rows (model.vocab_size)";
@@ -168,6 +154,23 @@ void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh) {
   }
 }
 
+void for_each_element(const Param& p, const Mesh& mesh, const std::function<void(int64_t, int64_t)>& f) {
+  const std::vector<int64_t> off = p.shard_offset(mesh);
+  const int64_t nd = static_cast<int64_t>(p.shape.size());
+  std::vector<int64_t> idx(nd, 0);  // local multi-index, row-major walk
+  for (int64_t i = 0; i < p.size(); i++) {
+    int64_t global = 0;
+    for (int64_t d = 0; d < nd; d++) global = global * p.global_shape[d] + idx[d] + off[d];
+    f(i, global);
+    for (int64_t d = nd - 1; d >= 0 && ++idx[d] == p.shape[d]; d--) idx[d] = 0;
+  }
+}
+
+bool is_primary(const Param& p, const Mesh& mesh) {
+  return (p.model_axis >= 0 || mesh.model_rank == 0) &&
+         (p.data_axis >= 0 ? mesh.data_rank % p.data_replicas == 0 : mesh.data_rank == 0);
+}
+
 void sum_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n) {
   if (p.model_axis >= 0) mesh.allreduce_sum_model(v, n);
   if (p.data_axis >= 0) {
@@ -178,9 +181,7 @@ void sum_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n) {
 
 std::vector<float> gather_global(const Param& p, const std::vector<float>& local, const Mesh& mesh) {
   std::vector<float> global(p.global_size(), 0.0f);
-  const bool primary = (p.model_axis >= 0 || mesh.model_rank == 0) &&
-                       (p.data_axis >= 0 ? mesh.data_rank % p.data_replicas == 0 : mesh.data_rank == 0);
-  if (primary) {
+  if (is_primary(p, mesh)) {
     for_each_element(p, mesh, [&](int64_t i, int64_t g) { global[g] = local[i]; });
   }
   mesh.allreduce_sum(global.data(), p.global_size(), mesh.world);

@@ -12,6 +12,7 @@
 
 #include "glam/adafactor.h"
 #include "glam/check.h"
+#include "glam/checkpoint.h"
 #include "glam/commands.h"
 #include "glam/corpus.h"
 #include "glam/model.h"
@@ -115,16 +116,6 @@ void prepare_run_dir(const std::string& dir, const Config& cfg) {
   fs::copy_file(cfg.data.tokenizer, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing);
 }
 
-// Test hook: GLAM_DEBUG_KILL_AT="RANK:STEP" kills that rank with SIGKILL at that
-// step, to check that a dead rank ends the whole job instead of hanging it.
-void debug_kill_point(const Mesh& mesh, int64_t step) {
-  static const char* spec = std::getenv("GLAM_DEBUG_KILL_AT");
-  if (!spec) return;
-  int rank = -1;
-  long long at = -1;
-  if (std::sscanf(spec, "%d:%lld", &rank, &at) == 2 && rank == mesh.world_rank && at == step) std::raise(SIGKILL);
-}
-
 // Phase times of rank 0 and the communication of every rank, per step.
 void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double total, int64_t steps) {
   double comm[5] = {mesh.stats.seconds, static_cast<double>(mesh.stats.alltoall_bytes),
@@ -144,6 +135,41 @@ void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double tota
               comm[1] * per / 1e6, comm[2] * per / 1e6, comm[3] * per / 1e6, comm[4] * per / 1e6);
 }
 
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Keeps the metrics of steps <= step (a resumed run repeats the steps after its checkpoint).
+void truncate_metrics(const fs::path& path, int64_t step) {
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    long long s = -1;
+    if (std::sscanf(line.c_str(), "{\"step\": %lld", &s) == 1 && s <= step) kept += line + "\n";
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
+// Resumes from the newest checkpoint of the run dir, or starts at step 0.
+TrainState resume_or_start(const std::string& run_dir, bool overwrite, Model& model, Adafactor& opt,
+                           const Config& cfg, const Mesh& mesh) {
+  TrainState st;
+  st.seed = cfg.train.seed;
+  const std::string latest = overwrite ? "" : latest_checkpoint(run_dir);
+  if (latest.empty()) {
+    GLAM_REQUIRE(overwrite || !fs::exists(fs::path(run_dir) / "weights.h5"), "run dir '", run_dir,
+                 "' holds a finished run (weights.h5) but no checkpoint; choose another --run-dir or pass --overwrite");
+    if (mesh.is_root() && overwrite) fs::remove_all(fs::path(run_dir) / "checkpoints");
+    return st;
+  }
+  st = load_checkpoint(latest, model.params(), opt, mesh);
+  GLAM_REQUIRE(st.seed == cfg.train.seed, "checkpoint '", latest, "' was written with train.seed ", st.seed,
+               " but the config has ", cfg.train.seed, "; resuming needs the same seed");
+  if (mesh.is_root()) std::printf("# resumed from %s at step %lld\n", latest.c_str(), static_cast<long long>(st.step));
+  return st;
+}
+
 }  // namespace
 
 int train_main(const std::vector<std::string>& args) {
@@ -151,9 +177,9 @@ int train_main(const std::vector<std::string>& args) {
   cli.add_options()
     ("help,h", "show this help")
     ("config", po::value<std::string>(), "INI config file (e.g. input/glam-tiny.cfg)")
-    ("run-dir", po::value<std::string>(), "directory for metrics.jsonl, config.cfg and weights.h5")
+    ("run-dir", po::value<std::string>(), "run directory; a run dir holding a checkpoint is resumed")
     ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
-    ("overwrite", po::bool_switch(), "allow replacing the weights of a finished run in --run-dir");
+    ("overwrite", po::bool_switch(), "start afresh in --run-dir, discarding its checkpoints and weights");
   Config cfg;
   po::variables_map vm = parse_args(args, cli, cfg);
   if (vm.count("help")) {
@@ -166,6 +192,7 @@ int train_main(const std::vector<std::string>& args) {
   GLAM_REQUIRE(!cfg.data.corpus.empty(), "data.corpus is not set (config file [data] corpus = FILE)");
   GLAM_REQUIRE(!cfg.data.tokenizer.empty(), "data.tokenizer is not set (config file [data] tokenizer = FILE)");
   const std::string run_dir = vm["run-dir"].as<std::string>();
+  const bool overwrite = vm["overwrite"].as<bool>();
   cfg.mesh = vm["mesh"].as<std::string>();
   Mesh mesh = Mesh::create(cfg.mesh);
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
@@ -182,32 +209,36 @@ int train_main(const std::vector<std::string>& args) {
                "' (hash ", corpus.info().tokenizer_hash, " vs ", tokenizer.hash(), ")");
   GLAM_REQUIRE(tokenizer.vocab_size() <= cfg.model.vocab_size, "tokenizer '", cfg.data.tokenizer, "' has ",
                tokenizer.vocab_size(), " pieces but model.vocab_size is ", cfg.model.vocab_size);
-  // checked on every rank, so every rank stops with the same error
-  GLAM_REQUIRE(vm["overwrite"].as<bool>() || !fs::exists(fs::path(run_dir) / "weights.h5"), "run dir '", run_dir,
-               "' already holds a finished run (weights.h5); choose another --run-dir or pass --overwrite");
   if (mesh.is_root()) {
     std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
     std::printf("# mesh %dx%d (data x model) on %d ranks\n", mesh.data_size, mesh.model_size, mesh.world_size);
-    prepare_run_dir(run_dir, cfg);
   }
 
   Model model(cfg, mesh);
   Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
-  if (mesh.is_root())
+  TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);
+  std::ofstream metrics;
+  if (mesh.is_root()) {
+    prepare_run_dir(run_dir, cfg);
     std::printf("# model: %lld parameters, %lld activated per token; corpus: %lld tokens in %lld documents\n",
                 static_cast<long long>(count_params(cfg.model)), static_cast<long long>(count_activated_params(cfg.model)),
                 static_cast<long long>(corpus.info().n_tokens), static_cast<long long>(corpus.info().n_docs));
-  std::ofstream metrics;
-  if (mesh.is_root()) metrics.open(fs::path(run_dir) / "metrics.jsonl");
+    if (st.step > 0) truncate_metrics(fs::path(run_dir) / "metrics.jsonl", st.step);
+    metrics.open(fs::path(run_dir) / "metrics.jsonl", st.step > 0 ? std::ios::app : std::ios::trunc);
+  }
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGUSR1, on_stop_signal);
 
   const int64_t rows = cfg.train.batch_rows / mesh.data_size;
   const int64_t tokens_per_step = cfg.train.batch_rows * cfg.model.seq_len;
   const auto start = std::chrono::steady_clock::now();
+  auto last_checkpoint = start;
   StepRecord r;
-  int64_t updates = 0;
-  for (int64_t step = 0; step < cfg.train.steps; step++) {
+  r.skipped_total = st.skipped_total;
+  const int64_t first_step = st.step;
+  for (int64_t step = st.step; step < cfg.train.steps; step++) {
     const auto t0 = std::chrono::steady_clock::now();
-    debug_kill_point(mesh, step);
+    debug_kill_point("step", step);
     Batch batch;
     {
       ScopedPhase phase(model.timers, "io");
@@ -224,28 +255,48 @@ int train_main(const std::vector<std::string>& args) {
       r.skipped = mesh.any(!std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss));
       r.lr = learning_rate(cfg.train, step + 1);
       if (r.skipped) r.skipped_total++;
-      else optimizer.step(model.params(), r.lr, updates++, mesh);
+      else optimizer.step(model.params(), r.lr, st.updates++, mesh);
     }
+    st.step = step + 1;
+    st.skipped_total = r.skipped_total;
+    st.data_next_row = st.step * cfg.train.batch_rows;
     const auto t1 = std::chrono::steady_clock::now();
     r.tokens_per_s = tokens_per_step / std::chrono::duration<double>(t1 - t0).count();
-    const double elapsed = std::chrono::duration<double>(t1 - start).count();
-    r.eta_s = elapsed / (step + 1) * (cfg.train.steps - step - 1);
+    r.eta_s = std::chrono::duration<double>(t1 - start).count() / (st.step - first_step) * (cfg.train.steps - st.step);
     if (mesh.is_root()) {
       metrics << json_line(r) << "\n" << std::flush;
       if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
+    }
+    // one decision for the whole mesh: a signal seen by any rank, or a due checkpoint
+    const bool stop = mesh.any(g_stop_signal != 0);
+    const bool timed = cfg.checkpoint.every_minutes > 0 &&
+                       std::chrono::duration<double>(t1 - last_checkpoint).count() >= 60.0 * cfg.checkpoint.every_minutes;
+    const bool due = mesh.any(timed) || st.step == cfg.train.steps ||
+                     (cfg.checkpoint.every_steps > 0 && st.step % cfg.checkpoint.every_steps == 0);
+    if (stop || due) {
+      ScopedPhase phase(model.timers, "checkpoint");
+      const std::string path = save_checkpoint(run_dir, model.params(), optimizer, st, cfg, mesh, cfg.checkpoint.keep);
+      last_checkpoint = std::chrono::steady_clock::now();
+      if (mesh.is_root() && (stop || cfg.train.log_every == 1 || st.step % cfg.train.log_every == 0))
+        std::printf("# checkpoint %s\n", path.c_str());
+    }
+    if (stop) {
+      if (mesh.is_root())
+        std::printf("# stopped by a signal after step %lld; checkpoint written; exit %d (requeue and rerun to resume)\n",
+                    static_cast<long long>(st.step), kExitPreempted);
+      return kExitPreempted;
     }
   }
   {
     ScopedPhase phase(model.timers, "io");
     save_weights((fs::path(run_dir) / "weights.h5").string(), model.params(), cfg, mesh);
   }
-  if (mesh.is_root()) {
-    std::printf("# done: %lld steps (%lld skipped) in %.1fs; weights in %s/weights.h5\n",
-                static_cast<long long>(cfg.train.steps), static_cast<long long>(r.skipped_total),
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), run_dir.c_str());
-  }
-  print_phase_report(model.timers, mesh, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-                     cfg.train.steps);
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (mesh.is_root())
+    std::printf("# done: step %lld of %lld (%lld skipped) in %.1fs; weights in %s/weights.h5\n",
+                static_cast<long long>(st.step), static_cast<long long>(cfg.train.steps),
+                static_cast<long long>(r.skipped_total), total, run_dir.c_str());
+  print_phase_report(model.timers, mesh, total, st.step - first_step);
   return 0;
 }
 

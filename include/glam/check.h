@@ -4,6 +4,7 @@
 //  - fatal(): an error only this rank sees (I/O, device). Prints the rank and aborts the job.
 // Every external call (MPI, HDF5, BLAS setup) is checked with a macro naming file and line.
 #pragma once
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -15,6 +16,14 @@ struct UserError : std::runtime_error {
 };
 
 [[noreturn]] void fatal(const std::string& what, const char* file, int line);
+
+// Test hook: GLAM_DEBUG_KILL_AT="RANK:STEP[:WHERE[:INDEX]]" kills world rank RANK
+// with SIGKILL when it reaches point WHERE ("step", the default, or "checkpoint")
+// at STEP (and, for checkpoints, before writing dataset INDEX; INDEX = number of
+// datasets: after closing the file; +1: after the rename, before `latest`).
+// Lets tests check that a dead rank ends the job and that a kill while writing
+// never damages the previous checkpoint.
+void debug_kill_point(const char* where, int64_t step, int64_t index = 0);
 
 // Builds a message from stream pieces: throw UserError(msg("bad value ", x)).
 template <typename... A>

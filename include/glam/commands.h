@@ -6,6 +6,10 @@
 
 namespace glam {
 
+// Exit status of `glam train` after SIGTERM or SIGUSR1: the current step was
+// finished and a checkpoint written; job scripts requeue on it (EX_TEMPFAIL).
+constexpr int kExitPreempted = 75;
+
 int train_main(const std::vector<std::string>& args);
 int generate_main(const std::vector<std::string>& args);
 

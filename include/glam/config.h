@@ -43,6 +43,12 @@ struct TrainConfig {
   int64_t log_every = 1;
 };
 
+struct CheckpointConfig {
+  int64_t every_steps = 0;       // write a checkpoint every N steps (0: only at the end)
+  double every_minutes = 0.0;    // and every T minutes of training (0: off)
+  int64_t keep = 3;              // newest checkpoints kept (0: all)
+};
+
 struct DataConfig {
   std::string corpus;            // HDF5 corpus written by glam-tokenize
   std::string tokenizer;         // SentencePiece model file
@@ -52,6 +58,7 @@ struct Config {
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
+  CheckpointConfig checkpoint;
   std::string mesh;              // "DxM"; empty = all ranks on data
   std::string source;            // the file it came from (for messages)
 

@@ -4,6 +4,7 @@
 // the optimizer and the weights file.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,12 @@ ParamTable build_params(const ModelConfig& cfg, const Mesh& mesh);
 // Sums per-shard partial values v[n] of p (e.g. sums of squares) into whole-tensor
 // values on every rank: over the axes p is split on, each shard counted once.
 void sum_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n);
+// True for the one rank that holds the primary copy of each element of p's shard
+// (replicas over the model axis or over expert replicas are not primary): it
+// writes the element to files and counts it in checksums.
+bool is_primary(const Param& p, const Mesh& mesh);
+// Calls f(local index, global flat index) for every element of this rank's shard.
+void for_each_element(const Param& p, const Mesh& mesh, const std::function<void(int64_t, int64_t)>& f);
 // The whole tensor [global_shape] assembled from every rank's shard `local`
 // (collective over the mesh; for tests and the weights file of small models).
 std::vector<float> gather_global(const Param& p, const std::vector<float>& local, const Mesh& mesh);

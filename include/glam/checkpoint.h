@@ -1,0 +1,61 @@
+// Sharded checkpoints in parallel HDF5 (schema: docs/CHECKPOINT.md). Every tensor
+// of the model and of Adafactor's state is one dataset in its global shape; each
+// rank writes and reads only its own hyperslab, so a checkpoint written on one
+// mesh restores on any other. Writing is atomic (temporary name, fsync, rename,
+// then the `latest` marker).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "glam/adafactor.h"
+#include "glam/config.h"
+#include "glam/mesh.h"
+#include "glam/params.h"
+
+namespace glam {
+
+constexpr const char* kCheckpointFormat = "glam-checkpoint";
+constexpr int64_t kCheckpointVersion = 1;
+
+// Everything besides tensors that a resumed run needs to continue exactly.
+struct TrainState {
+  int64_t step = 0;           // optimizer steps completed
+  int64_t updates = 0;        // Adafactor updates made (step minus skipped)
+  int64_t skipped_total = 0;  // steps skipped for non-finite gradients
+  int64_t data_next_row = 0;  // next row of the packed corpus stream
+  uint64_t seed = 0;          // train.seed
+};
+
+// One dataset of a checkpoint: its path, shape and sharding (a Param used as a
+// descriptor: global_shape, shape, model_axis, data_axis, data_replicas) and this
+// rank's local data.
+struct CheckpointTensor {
+  std::string path;           // "/params/layer_00/attn/wq", "/optimizer/layer_00/attn/wq/vr"
+  Param desc;                 // shapes and sharding; desc.w and desc.g stay empty
+  float* data = nullptr;      // [desc.shape] this rank's shard
+};
+
+// The datasets of a model and its optimizer, in table order.
+std::vector<CheckpointTensor> checkpoint_tensors(ParamTable& table, Adafactor& opt);
+
+// Order-independent checksum of a tensor: sum over elements of mix(i * golden + bits).
+uint64_t checksum_element(uint64_t global_index, float value);
+// This rank's contribution for a shard (zero unless it is the shard's primary copy).
+uint64_t checksum_shard(const Param& desc, const float* data, const Mesh& mesh);
+
+// File name of a step's checkpoint: "step_00000100.h5".
+std::string checkpoint_name(int64_t step);
+// Path of the newest complete checkpoint in RUN_DIR/checkpoints, "" if none.
+std::string latest_checkpoint(const std::string& run_dir);
+
+// Collective: writes RUN_DIR/checkpoints/step_X.h5 atomically, updates `latest`,
+// then keeps only the newest `keep` checkpoints (keep <= 0: all). Returns the path.
+std::string save_checkpoint(const std::string& run_dir, ParamTable& table, Adafactor& opt,
+                            const TrainState& state, const Config& cfg, const Mesh& mesh, int64_t keep);
+// Collective: reads this rank's hyperslabs of every tensor and verifies their
+// checksums. Throws UserError naming the file (and the dataset) when it is not a
+// glam checkpoint, was written for other shapes, or is truncated or corrupt.
+TrainState load_checkpoint(const std::string& path, ParamTable& table, Adafactor& opt, const Mesh& mesh);
+
+}  // namespace glam
