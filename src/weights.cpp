@@ -81,6 +81,14 @@ void load_weights(const std::string& path, ParamTable& table, const Mesh& mesh) 
     std::vector<hsize_t> dims(H5Sget_simple_extent_ndims(space));
     H5Sget_simple_extent_dims(space, dims.data(), nullptr);
     const std::vector<hsize_t> want(p.global_shape.begin(), p.global_shape.end());
+    hid_t dtype = H5Dget_type(ds);
+    const bool is_f32 = H5Tget_class(dtype) == H5T_FLOAT && H5Tget_size(dtype) == 4;
+    H5Tclose(dtype);
+    if (!is_f32) {
+      H5Sclose(space); H5Dclose(ds); H5Fclose(file);
+      throw UserError(msg("weights file '", path, "': dataset ", name, " is not float32 (a bf16 export? "
+                          "export with --dtype f32 to use it with glam)"));
+    }
     bool ok = dims == want;
     if (ok) {
       const std::vector<int64_t> off64 = p.shard_offset(mesh);
