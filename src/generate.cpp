@@ -1,19 +1,15 @@
-// `glam generate`: load a run dir's config, tokenizer and weights, then extend a
-// prompt token by token (full recompute per token; the KV cache comes later) with
-// greedy decoding or temperature / top-k sampling.
-#include <algorithm>
+// `glam generate`: load a run dir's config, tokenizer and weights, then continue
+// prompts with the KV-cache generator: greedy, temperature / top-k / top-p
+// sampling or beam search, stop strings, on any mesh.
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
-#include <numeric>
-#include <random>
 
 #include "glam/check.h"
 #include "glam/commands.h"
-#include "glam/model.h"
-#include "glam/tokenizer.h"
+#include "glam/generator.h"
 #include "glam/weights.h"
 
 namespace po = boost::program_options;
@@ -23,22 +19,18 @@ namespace glam {
 
 namespace {
 
-struct SamplerOptions {
-  double temperature = 0.0;  // 0 = greedy
-  int64_t top_k = 0;         // 0 = whole vocabulary
-};
-
-int32_t sample(const float* logits, int64_t V, const SamplerOptions& opt, std::mt19937_64& rng) {
-  if (opt.temperature <= 0.0) return static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
-  std::vector<int32_t> order(V);
-  std::iota(order.begin(), order.end(), 0);
-  const int64_t k = opt.top_k > 0 ? std::min(opt.top_k, V) : V;
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  std::vector<double> p(k);
-  for (int64_t i = 0; i < k; i++) p[i] = std::exp((logits[order[i]] - logits[order[0]]) / opt.temperature);
-  std::discrete_distribution<int64_t> pick(p.begin(), p.end());
-  return order[pick(rng)];
+std::vector<std::string> read_prompts(const po::variables_map& vm) {
+  std::vector<std::string> prompts;
+  if (vm.count("prompt")) prompts = vm["prompt"].as<std::vector<std::string>>();
+  if (vm.count("prompts")) {
+    const std::string path = vm["prompts"].as<std::string>();
+    std::ifstream in(path);
+    GLAM_REQUIRE(in, "cannot open prompts file '", path, "'");
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) prompts.push_back(line);
+  }
+  GLAM_REQUIRE(!prompts.empty(), "glam generate: give --prompt TEXT (repeatable) or --prompts FILE (one per line)");
+  return prompts;
 }
 
 }  // namespace
@@ -48,11 +40,16 @@ int generate_main(const std::vector<std::string>& args) {
   cli.add_options()
     ("help,h", "show this help")
     ("run-dir", po::value<std::string>(), "a run dir written by glam train")
-    ("prompt", po::value<std::string>(), "text to continue")
+    ("prompt", po::value<std::vector<std::string>>(), "text to continue (repeatable)")
+    ("prompts", po::value<std::string>(), "file with one prompt per line")
     ("max-tokens", po::value<int64_t>()->default_value(64), "tokens to generate")
     ("temperature", po::value<double>()->default_value(0.0), "sampling temperature (0 = greedy)")
     ("top-k", po::value<int64_t>()->default_value(0), "sample among the k most likely tokens (0 = all)")
-    ("seed", po::value<uint64_t>()->default_value(1), "sampling seed");
+    ("top-p", po::value<double>()->default_value(1.0), "nucleus sampling: smallest set with this probability")
+    ("beam", po::value<int64_t>()->default_value(1), "beam width (GLaM used 4); > 1 ignores sampling")
+    ("stop", po::value<std::vector<std::string>>(), "stop string (repeatable)")
+    ("seed", po::value<uint64_t>()->default_value(1), "sampling seed")
+    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(args).options(cli).run(), vm);
@@ -62,44 +59,41 @@ int generate_main(const std::vector<std::string>& args) {
   }
   if (vm.count("help")) { std::cout << cli << "\n"; return 0; }
   GLAM_REQUIRE(vm.count("run-dir"), "glam generate: --run-dir is required");
-  GLAM_REQUIRE(vm.count("prompt"), "glam generate: --prompt is required");
   const fs::path dir = vm["run-dir"].as<std::string>();
-  SamplerOptions opt{vm["temperature"].as<double>(), vm["top-k"].as<int64_t>()};
+  GLAM_REQUIRE(fs::exists(dir / "config.cfg"), "run dir '", dir.string(), "' has no config.cfg (was it written by glam train?)");
+  const std::vector<std::string> prompts = read_prompts(vm);
+  SamplingOptions opt;
+  opt.max_tokens = vm["max-tokens"].as<int64_t>();
+  opt.temperature = vm["temperature"].as<double>();
+  opt.top_k = vm["top-k"].as<int64_t>();
+  opt.top_p = vm["top-p"].as<double>();
+  opt.beam = vm["beam"].as<int64_t>();
+  opt.seed = vm["seed"].as<uint64_t>();
+  if (vm.count("stop")) opt.stop = vm["stop"].as<std::vector<std::string>>();
   GLAM_REQUIRE(opt.temperature >= 0.0, "--temperature must be >= 0");
   GLAM_REQUIRE(opt.top_k >= 0, "--top-k must be >= 0");
-  const int64_t max_tokens = vm["max-tokens"].as<int64_t>();
-  GLAM_REQUIRE(fs::exists(dir / "config.cfg"), "run dir '", dir.string(), "' has no config.cfg (was it written by glam train?)");
+  GLAM_REQUIRE(opt.max_tokens >= 0, "--max-tokens must be >= 0");
 
   Config cfg = load_config_file((dir / "config.cfg").string());
-  Mesh mesh = Mesh::create("");
-  GLAM_REQUIRE(mesh.world_size == 1, "glam generate runs on one rank for now");
+  Mesh mesh = Mesh::create(vm["mesh"].as<std::string>());
   Tokenizer tokenizer((dir / "tokenizer.model").string());
   Model model(cfg, mesh);
   load_weights((dir / "weights.h5").string(), model.params(), mesh);
+  Generator generator(model, tokenizer, mesh);
 
-  std::vector<int32_t> ids = tokenizer.encode(vm["prompt"].as<std::string>());
-  GLAM_REQUIRE(!ids.empty(), "--prompt encodes to no tokens");
-  const size_t n_prompt = ids.size();
-  std::mt19937_64 rng(vm["seed"].as<uint64_t>());
+  std::vector<std::vector<int32_t>> ids;
+  for (const std::string& p : prompts) ids.push_back(tokenizer.encode(p));
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t V = cfg.model.vocab_size;
-  for (int64_t i = 0; i < max_tokens; i++) {
-    const int64_t S = std::min<int64_t>(static_cast<int64_t>(ids.size()), cfg.model.seq_len);
-    Batch b;
-    b.rows = 1; b.seq_len = S;
-    b.ids.assign(ids.end() - S, ids.end());
-    b.targets.assign(S, -1);
-    b.segments.assign(S, 0);
-    model.forward(b, /*no_drop=*/true);
-    const float* last = model.logits().data() + (S - 1) * V;
-    int32_t next = sample(last, std::min<int64_t>(V, tokenizer.vocab_size()), opt, rng);
-    if (next == tokenizer.eod_id()) break;
-    ids.push_back(next);
-  }
+  const std::vector<Generation> out = generator.generate(ids, opt);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("%s\n", tokenizer.decode(ids).c_str());
-  std::fprintf(stderr, "# %zu tokens generated in %.2fs (%.1f tokens/s)\n", ids.size() - n_prompt, secs,
-               (ids.size() - n_prompt) / std::max(secs, 1e-9));
+  int64_t n_tokens = 0;
+  for (size_t i = 0; i < out.size(); i++) {
+    n_tokens += static_cast<int64_t>(out[i].tokens.size());
+    if (mesh.is_root()) std::printf("%s%s\n", prompts[i].c_str(), out[i].text.c_str());
+  }
+  if (mesh.is_root())
+    std::fprintf(stderr, "# %lld tokens generated in %.2fs (%.1f tokens/s)\n", static_cast<long long>(n_tokens), secs,
+                 n_tokens / std::max(secs, 1e-9));
   return 0;
 }
 

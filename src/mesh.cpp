@@ -113,6 +113,18 @@ void Mesh::allreduce_sum_world(double* buf, int64_t n) const {
   GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_DOUBLE, MPI_SUM, world));
 }
 
+void Mesh::allgather_model(const float* in, int64_t n, float* out) const {
+  if (model_size == 1) { std::memcpy(out, in, sizeof(float) * n); return; }
+  CommTimer timer(stats);
+  GLAM_CHECK_MPI(MPI_Allgather(in, to_int(n), MPI_FLOAT, out, to_int(n), MPI_FLOAT, model_comm));
+}
+
+void Mesh::broadcast_world(int32_t* buf, int64_t n) const {
+  if (world_size == 1) return;
+  CommTimer timer(stats);
+  GLAM_CHECK_MPI(MPI_Bcast(buf, to_int(n), MPI_INT32_T, 0, world));
+}
+
 bool Mesh::any(bool flag) const {
   if (world_size == 1) return flag;
   int v = flag ? 1 : 0;

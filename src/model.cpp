@@ -191,6 +191,82 @@ void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool f
   }
 }
 
+// ---- inference with a KV cache -----------------------------------------------
+
+void KVCache::reset(int64_t B, int64_t cap, int64_t n_layers, int64_t w) {
+  rows = B; capacity = cap; len = 0; width = w;
+  k.assign(n_layers, std::vector<float>(B * cap * w, 0.0f));
+  v.assign(n_layers, std::vector<float>(B * cap * w, 0.0f));
+}
+
+void KVCache::reorder(const std::vector<int64_t>& parent) {
+  for (auto* layers : {&k, &v})
+    for (std::vector<float>& t : *layers) {
+      const std::vector<float> old = t;
+      for (int64_t r = 0; r < rows; r++)
+        std::copy(old.begin() + parent[r] * capacity * width, old.begin() + (parent[r] + 1) * capacity * width,
+                  t.begin() + r * capacity * width);
+    }
+}
+
+void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int64_t n) {
+  const int64_t M = cfg_.d_model, L = cfg_.n_layers, dh = cfg_.d_head, A = nh_ * dh, B = cache.rows;
+  GLAM_REQUIRE(cache.len + n <= cache.capacity, "KV cache holds ", cache.capacity, " positions; ", cache.len + n, " asked");
+  B_ = B; S_ = n; T_ = B * n;
+  batch_ = nullptr;
+  parts_ = LossParts{};
+  std::vector<float> x(T_ * M), ffn_out;
+  cpu::embedding_forward(x.data(), ids.data(), params_.get("embedding").w.data(), T_, M, v0_, V_);
+  mesh_.allreduce_sum_model(x.data(), T_ * M);
+  for (int64_t l = 0; l < L; l++) {
+    LayerActs& a = acts_[l];
+    a.xn1.resize(T_ * M); a.rstd1.resize(T_);
+    cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), x.data(), params_.get(pname(l, "attn/norm_scale")).w.data(), T_, M);
+    a.q.resize(T_ * A); a.k.resize(T_ * A); a.v.resize(T_ * A); a.att.resize(T_ * A);
+    cpu::matmul_forward(a.q.data(), a.xn1.data(), params_.get(pname(l, "attn/wq")).w.data(), T_, M, A);
+    cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A);
+    cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A);
+    for (int64_t b = 0; b < B; b++)  // append the new keys and values
+      for (int64_t j = 0; j < n; j++) {
+        const int64_t dst = (b * cache.capacity + cache.len + j) * A, src = (b * n + j) * A;
+        std::copy(a.k.begin() + src, a.k.begin() + src + A, cache.k[l].begin() + dst);
+        std::copy(a.v.begin() + src, a.v.begin() + src + A, cache.v[l].begin() + dst);
+      }
+    cpu::attention_decode(a.att.data(), a.q.data(), cache.k[l].data(), cache.v[l].data(),
+                          params_.get(pname(l, "attn/rel_bias")).w.data(), B, n, cache.len, cache.capacity, nh_, dh);
+    a.x_mid.resize(T_ * M);
+    cpu::matmul_forward(a.x_mid.data(), a.att.data(), params_.get(pname(l, "attn/wo")).w.data(), T_, A, M);
+    mesh_.allreduce_sum_model(a.x_mid.data(), T_ * M);
+    add_into(a.x_mid, x);
+    a.xn2.resize(T_ * M); a.rstd2.resize(T_);
+    cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), params_.get(pname(l, "ffn/norm_scale")).w.data(), T_, M);
+    if (cfg_.is_moe_layer(l)) moe_forward(l, ffn_out, /*no_drop=*/true, false);
+    else dense_forward(l, ffn_out);
+    x = a.x_mid;
+    add_into(x, ffn_out);
+  }
+  cache.len += n;
+  xnf.resize(T_ * M); rstdf.resize(T_);
+  cpu::rmsnorm_forward(xnf.data(), rstdf.data(), x.data(), params_.get("final_norm_scale").w.data(), T_, M);
+  logits_.resize(T_ * V_);
+  cpu::logits_forward(logits_.data(), xnf.data(), params_.get("embedding").w.data(), T_, M, V_,
+                      1.0f / std::sqrt(static_cast<float>(M)));
+}
+
+std::vector<double> Model::target_logprobs() const {
+  GLAM_ASSERT(batch_ != nullptr);
+  std::vector<float> target_logit(T_, 0.0f);
+  for (int64_t t = 0; t < T_; t++) {
+    const int64_t c = batch_->targets[t] - v0_;
+    if (batch_->targets[t] >= 0 && c >= 0 && c < V_) target_logit[t] = logits_[t * V_ + c];
+  }
+  mesh_.allreduce_sum_model(target_logit.data(), T_);
+  std::vector<double> lp(T_, 0.0);
+  for (int64_t t = 0; t < T_; t++)
+    if (batch_->targets[t] >= 0) lp[t] = static_cast<double>(target_logit[t]) - lse_[t];
+  return lp;
+}
+
 // ---- backward ------------------------------------------------------------------
 
 void Model::backward() {

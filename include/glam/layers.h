@@ -56,6 +56,11 @@ int relpos_bucket(int64_t i_minus_j);
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
                        const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
                        int64_t dh);
+// Incremental (KV-cache) attention of n new queries per row at positions
+// [len, len + n): q [B, n, nh, dh]; kc, vc [B, cap, nh, dh] hold positions
+// [0, len + n) (the new keys and values already written); one document per row.
+void attention_decode(float* out, const float* q, const float* kc, const float* vc, const float* rb,
+                      int64_t B, int64_t n, int64_t len, int64_t cap, int64_t nh, int64_t dh);
 void attention_backward(float* dq, float* dk, float* dv, float* drb, const float* dout,
                         const float* probs, const float* q, const float* k, const float* v,
                         const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh);

@@ -72,6 +72,10 @@ struct Mesh {
   void allreduce_sum_data(double* buf, int64_t n) const;
   void allreduce_sum_world(double* buf, int64_t n) const;
   void allreduce_sum(float* buf, int64_t n, MPI_Comm comm) const;
+  // out [model_size, n] = every model rank's in [n], in model-rank order.
+  void allgather_model(const float* in, int64_t n, float* out) const;
+  // Rank 0's buf [n] on every rank of the mesh.
+  void broadcast_world(int32_t* buf, int64_t n) const;
   // True on every rank when `flag` is true on any rank (one decision for the mesh).
   bool any(bool flag) const;
 

@@ -47,6 +47,16 @@ struct LayerActs {
   std::vector<float> eout;      // [rows, M] expert outputs back in router order
 };
 
+// Keys and values of every layer for incremental decoding (this rank's heads).
+struct KVCache {
+  int64_t rows = 0, capacity = 0, len = 0;  // B, positions it can hold, positions filled
+  int64_t width = 0;                        // local heads * d_head
+  std::vector<std::vector<float>> k, v;     // [L][B, capacity, width]
+  void reset(int64_t rows, int64_t capacity, int64_t n_layers, int64_t width);
+  // Beam search: row r becomes a copy of row parent[r].
+  void reorder(const std::vector<int64_t>& parent);
+};
+
 class Model {
  public:
   Model(const Config& cfg, const Mesh& mesh);
@@ -58,6 +68,13 @@ class Model {
   // no_drop: route every choice (inference). frozen: reuse routing plans of the
   // previous forward (finite-difference tests hold the top-2 choice fixed this way).
   LossParts forward(const Batch& batch, bool no_drop = false, bool frozen = false);
+  // Inference: appends n new tokens per row (ids [B, n]) to the cache and leaves
+  // their logits [B*n, Vl] in logits(). Every choice is routed (no capacity drops).
+  void forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int64_t n);
+  // log P(target) at every position of the last forward with a target (else 0):
+  // [T], reduced over the vocabulary shards.
+  std::vector<double> target_logprobs() const;
+
   // Accumulates dLoss/dparam into params().g for the batch of the last forward and
   // sums them over the data axis (replicas of experts over their replica group):
   // afterwards every shard holds the gradient of the global batch's loss.

@@ -110,4 +110,34 @@ void attention_backward(float* dq, float* dk, float* dv, float* drb, const float
     }
 }
 
+void attention_decode(float* out, const float* q, const float* kc, const float* vc, const float* rb,
+                      int64_t B, int64_t n, int64_t len, int64_t cap, int64_t nh, int64_t dh) {
+  const int64_t ld = nh * dh;
+#pragma omp parallel for collapse(3)
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t h = 0; h < nh; h++) {
+        const int64_t i = len + j;  // absolute position of this query
+        const float* qi = q + (b * n + j) * ld + h * dh;
+        std::vector<float> a(i + 1);
+        float m = 0.0f;  // the extra zero logit takes part in the max
+        for (int64_t t = 0; t <= i; t++) {
+          const float* kt = kc + (b * cap + t) * ld + h * dh;
+          float dot = 0.0f;
+          for (int64_t d = 0; d < dh; d++) dot += qi[d] * kt[d];
+          a[t] = dot + rb[h * kRelposBuckets + relpos_bucket(i - t)];
+          m = std::max(m, a[t]);
+        }
+        float denom = std::exp(-m);
+        for (int64_t t = 0; t <= i; t++) { a[t] = std::exp(a[t] - m); denom += a[t]; }
+        float* o = out + (b * n + j) * ld + h * dh;
+        for (int64_t d = 0; d < dh; d++) o[d] = 0.0f;
+        for (int64_t t = 0; t <= i; t++) {
+          const float p = a[t] / denom;
+          const float* vt = vc + (b * cap + t) * ld + h * dh;
+          for (int64_t d = 0; d < dh; d++) o[d] += p * vt[d];
+        }
+      }
+}
+
 }  // namespace glam::cpu

@@ -1,0 +1,56 @@
+// Text generation with a KV cache: incremental decoding (relative bias included),
+// greedy, temperature / top-k / top-p sampling, beam search, stop strings; and
+// log-likelihood scoring for evaluation. Runs on any mesh: every rank passes the
+// same prompts (tensor and expert parallel; the batch is replicated over data),
+// tokens are routed to their top-2 experts without capacity drops.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "glam/mesh.h"
+#include "glam/model.h"
+#include "glam/tokenizer.h"
+
+namespace glam {
+
+struct SamplingOptions {
+  int64_t max_tokens = 64;
+  double temperature = 0.0;        // 0 = greedy (argmax)
+  int64_t top_k = 0;               // sample among the k most likely (0 = all)
+  double top_p = 1.0;              // nucleus: smallest set with probability >= top_p
+  int64_t beam = 1;                // beam width (> 1: beam search, deterministic)
+  std::vector<std::string> stop;   // stop strings: generation ends at the first one (not included)
+  uint64_t seed = 1;
+};
+
+struct Generation {
+  std::vector<int32_t> tokens;     // generated tokens (prompt excluded, stop string removed)
+  std::string text;                // decoded generated text
+  double logprob = 0.0;            // sum of log P of the generated tokens
+  std::string finish;              // "eod", "stop", "length"
+};
+
+class Generator {
+ public:
+  Generator(Model& model, const Tokenizer& tokenizer, const Mesh& mesh);
+
+  // Continues every prompt. Collective: all ranks pass the same prompts and options.
+  std::vector<Generation> generate(const std::vector<std::vector<int32_t>>& prompts, const SamplingOptions& opt);
+
+  // log P(token | previous tokens) for every position of ids after the first:
+  // result[i] = log P(ids[i+1] | ids[0..i]), from one full forward (no cache).
+  // Collective. ids longer than seq_len are scored in windows of seq_len.
+  std::vector<double> token_logprobs(const std::vector<int32_t>& ids);
+
+  // Full-recompute greedy decoding, one forward per token (the reference the KV
+  // cache is tested against).
+  std::vector<int32_t> greedy_recompute(const std::vector<int32_t>& prompt, int64_t max_tokens);
+
+ private:
+  Model& model_;
+  const Tokenizer& tok_;
+  const Mesh& mesh_;
+};
+
+}  // namespace glam
