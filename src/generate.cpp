@@ -59,9 +59,9 @@ int generate_main(const std::vector<std::string>& args) {
   }
   if (vm.count("help")) { std::cout << cli << "\n"; return 0; }
   GLAM_REQUIRE(vm.count("run-dir"), "glam generate: --run-dir is required");
+  const std::vector<std::string> prompts = read_prompts(vm);
   const fs::path dir = vm["run-dir"].as<std::string>();
   GLAM_REQUIRE(fs::exists(dir / "config.cfg"), "run dir '", dir.string(), "' has no config.cfg (was it written by glam train?)");
-  const std::vector<std::string> prompts = read_prompts(vm);
   SamplingOptions opt;
   opt.max_tokens = vm["max-tokens"].as<int64_t>();
   opt.temperature = vm["temperature"].as<double>();
