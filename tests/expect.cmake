@@ -2,19 +2,7 @@
 #   cmake -DEXPECT_RC=<status> [-DEXPECT_OUTPUT=<regex>] [-DEXPECT_STDOUT=<regex>]
 #         [-DEXPECT_STDERR=<regex>] [-DNOT_STDOUT=<regex>] -P expect.cmake -- <command> <args...>
 # EXPECT_OUTPUT is matched against stdout and stderr together. A crash or signal never passes.
-set(command "")
-set(after_dashes FALSE)
-math(EXPR last "${CMAKE_ARGC} - 1")
-foreach(i RANGE ${last})
-  if(after_dashes)
-    list(APPEND command "${CMAKE_ARGV${i}}")
-  elseif(CMAKE_ARGV${i} STREQUAL "--")
-    set(after_dashes TRUE)
-  endif()
-endforeach()
-if(NOT command)
-  message(FATAL_ERROR "expect.cmake: no command after --")
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/command_after_dashes.cmake)
 
 execute_process(COMMAND ${command} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("exit status: ${rc}\n--- stdout ---\n${out}--- stderr ---\n${err}")

@@ -6,19 +6,7 @@
 # GARBAGE_FILE: written just before the command runs, for the corrupt-input tests;
 # GARBAGE_KIND text (plain junk, the default) or signature (the 8-byte HDF5
 # signature followed by junk: looks like HDF5 at a glance, but is truncated).
-set(command "")
-set(after_dashes FALSE)
-math(EXPR last "${CMAKE_ARGC} - 1")
-foreach(i RANGE ${last})
-  if(after_dashes)
-    list(APPEND command "${CMAKE_ARGV${i}}")
-  elseif(CMAKE_ARGV${i} STREQUAL "--")
-    set(after_dashes TRUE)
-  endif()
-endforeach()
-if(NOT command)
-  message(FATAL_ERROR "expect_fail.cmake: no command after --")
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/../command_after_dashes.cmake)
 if(NOT DEFINED EXPECT_STDERR)
   message(FATAL_ERROR "expect_fail.cmake: set -DEXPECT_STDERR=<regex>")
 endif()
