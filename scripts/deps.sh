@@ -11,6 +11,7 @@ PACKAGES=(
   catch2
   libopenblas-dev
   libsentencepiece-dev sentencepiece
+  nlohmann-json3-dev
   python3-h5py python3-numpy
   # text for the demo corpus
   fortunes wordnet-base jargon-text

@@ -1,0 +1,163 @@
+// `glam eval`: load a run dir, evaluate task files (multiple choice and generative,
+// zero- or few-shot) and/or the perplexity of a text file; rank 0 prints a table
+// and writes the JSON report. Task files are read before the model, so bad input
+// fails before any work.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "glam/check.h"
+#include "glam/commands.h"
+#include "glam/eval.h"
+#include "glam/weights.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace glam {
+
+namespace {
+
+po::options_description eval_options() {
+  std::string formats;
+  for (const std::string& f : task_formats()) formats += (formats.empty() ? "" : ", ") + f;
+  po::options_description cli("glam eval --run-dir DIR (--tasks PATH | --text FILE) [options]");
+  cli.add_options()
+    ("help,h", "show this help")
+    ("run-dir", po::value<std::string>(), "a run dir written by glam train")
+    ("tasks", po::value<std::string>(), "a task file NAME.jsonl or a directory of them")
+    ("text", po::value<std::string>(), "held-out text: perplexity and bits per byte")
+    ("format", po::value<std::string>()->default_value("glam"), ("field layout of the task files: " + formats).c_str())
+    ("shots", po::value<int64_t>()->default_value(0), "demonstrations per example, from NAME.train.jsonl")
+    ("seed", po::value<uint64_t>()->default_value(1), "seed of the demonstrations' draw")
+    ("unnormalized", po::bool_switch(), "rank choices by the sum of log-probs, not the mean per token")
+    ("beam", po::value<int64_t>()->default_value(4), "beam width of generative tasks")
+    ("max-tokens", po::value<int64_t>()->default_value(32), "tokens generated per answer at most")
+    ("limit", po::value<int64_t>()->default_value(0), "first N examples of each task (0: all)")
+    ("json", po::value<std::string>(), "write the report as JSON to this file")
+    ("overwrite", po::bool_switch(), "replace an existing --json file")
+    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)");
+  return cli;
+}
+
+json task_json(const TaskResult& r) {
+  json j = {{"task", r.name}, {"kind", kind_name(r.kind)}, {"format", r.format}, {"shots", r.shots}, {"n", r.n}};
+  if (r.kind == TaskKind::multiple_choice) {
+    j["accuracy"] = r.accuracy;
+    j["chance"] = r.chance;
+  } else {
+    j["em"] = r.em;
+    j["f1"] = r.f1;
+  }
+  return j;
+}
+
+void print_tasks(const std::vector<TaskResult>& results) {
+  std::printf("%-20s %-16s %-12s %5s %6s %9s %7s %7s %7s\n", "task", "kind", "format", "shots", "n", "accuracy",
+              "chance", "em", "f1");
+  double sum = 0.0;
+  for (const TaskResult& r : results) {
+    if (r.kind == TaskKind::multiple_choice)
+      std::printf("%-20s %-16s %-12s %5lld %6lld %9.4f %7.4f %7s %7s\n", r.name.c_str(), kind_name(r.kind),
+                  r.format.c_str(), static_cast<long long>(r.shots), static_cast<long long>(r.n), r.accuracy, r.chance,
+                  "-", "-");
+    else
+      std::printf("%-20s %-16s %-12s %5lld %6lld %9s %7s %7.4f %7.4f\n", r.name.c_str(), kind_name(r.kind),
+                  r.format.c_str(), static_cast<long long>(r.shots), static_cast<long long>(r.n), "-", "-", r.em, r.f1);
+    sum += r.score();
+  }
+  std::printf("average over %zu tasks: %.4f (accuracy for multiple choice, exact match for generative)\n",
+              results.size(), sum / static_cast<double>(results.size()));
+}
+
+void print_text(const TextResult& t) {
+  std::printf("text %s: %lld docs, %lld tokens scored, %lld bytes: nll/token %.4f, perplexity %.4f, bits per byte %.4f\n",
+              t.path.c_str(), static_cast<long long>(t.n_docs), static_cast<long long>(t.n_tokens),
+              static_cast<long long>(t.n_bytes), t.nll / static_cast<double>(std::max<int64_t>(1, t.n_tokens)),
+              t.perplexity(), t.bits_per_byte());
+}
+
+// Written under a temporary name and renamed: a failed run never leaves half a report.
+void write_report(const std::string& path, const json& report) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    GLAM_REQUIRE(out, "cannot write the report '", tmp, "'");
+    out << report.dump(2) << "\n";
+    GLAM_REQUIRE(out.good(), "error while writing the report '", tmp, "'");
+  }
+  fs::rename(tmp, path);
+}
+
+}  // namespace
+
+int eval_main(const std::vector<std::string>& args) {
+  const po::options_description cli = eval_options();
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(cli).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UserError(msg("glam eval: ", e.what()));
+  }
+  if (vm.count("help")) { std::cout << cli << "\n"; return 0; }
+  GLAM_REQUIRE(vm.count("run-dir"), "glam eval: --run-dir is required");
+  GLAM_REQUIRE(vm.count("tasks") || vm.count("text"), "glam eval: give --tasks PATH and/or --text FILE");
+  EvalOptions opt;
+  opt.shots = vm["shots"].as<int64_t>();
+  opt.seed = vm["seed"].as<uint64_t>();
+  opt.unnormalized = vm["unnormalized"].as<bool>();
+  opt.beam = vm["beam"].as<int64_t>();
+  opt.max_tokens = vm["max-tokens"].as<int64_t>();
+  opt.limit = vm["limit"].as<int64_t>();
+  GLAM_REQUIRE(opt.beam >= 1, "--beam must be >= 1, got ", opt.beam);
+  GLAM_REQUIRE(opt.max_tokens >= 1, "--max-tokens must be >= 1, got ", opt.max_tokens);
+  GLAM_REQUIRE(opt.limit >= 0, "--limit must be >= 0, got ", opt.limit);
+  const std::string json_path = vm.count("json") ? vm["json"].as<std::string>() : "";
+  if (!json_path.empty()) {
+    GLAM_REQUIRE(!fs::is_directory(json_path), "--json '", json_path, "' is a directory");
+    GLAM_REQUIRE(!fs::exists(json_path) || vm["overwrite"].as<bool>(), "--json '", json_path,
+                 "' already exists (give --overwrite to replace it)");
+  }
+  std::vector<Task> tasks;
+  if (vm.count("tasks")) tasks = load_tasks(vm["tasks"].as<std::string>(), vm["format"].as<std::string>(), opt.shots);
+  if (vm.count("text")) GLAM_REQUIRE(fs::is_regular_file(vm["text"].as<std::string>()), "text file '",
+                                     vm["text"].as<std::string>(), "' does not exist");
+  const fs::path dir = vm["run-dir"].as<std::string>();
+  GLAM_REQUIRE(fs::exists(dir / "config.cfg"), "run dir '", dir.string(), "' has no config.cfg (was it written by glam train?)");
+
+  Config cfg = load_config_file((dir / "config.cfg").string());
+  Mesh mesh = Mesh::create(vm["mesh"].as<std::string>());
+  Tokenizer tokenizer((dir / "tokenizer.model").string());
+  Model model(cfg, mesh);
+  load_weights((dir / "weights.h5").string(), model.params(), mesh);
+
+  json report = {{"run_dir", dir.string()}, {"shots", opt.shots}, {"seed", opt.seed}, {"unnormalized", opt.unnormalized},
+                 {"beam", opt.beam}, {"max_tokens", opt.max_tokens}, {"limit", opt.limit}};
+  if (!tasks.empty()) {
+    std::vector<TaskResult> results;
+    report["tasks"] = json::array();
+    double sum = 0.0;
+    for (const Task& t : tasks) {
+      results.push_back(evaluate_task(t, model, tokenizer, mesh, opt));
+      report["tasks"].push_back(task_json(results.back()));
+      sum += results.back().score();
+    }
+    report["average"] = sum / static_cast<double>(results.size());
+    if (mesh.is_root()) print_tasks(results);
+  }
+  if (vm.count("text")) {
+    const TextResult t = evaluate_text(vm["text"].as<std::string>(), model, tokenizer, mesh);
+    report["text"] = {{"path", t.path}, {"docs", t.n_docs}, {"tokens", t.n_tokens}, {"bytes", t.n_bytes},
+                      {"nll", t.nll}, {"perplexity", t.perplexity()}, {"bits_per_byte", t.bits_per_byte()}};
+    if (mesh.is_root()) print_text(t);
+  }
+  if (mesh.is_root() && !json_path.empty()) write_report(json_path, report);
+  return 0;
+}
+
+}  // namespace glam
