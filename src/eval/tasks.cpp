@@ -334,7 +334,8 @@ std::vector<Task> load_tasks(const std::string& path, const std::string& format,
   std::vector<fs::path> files;
   auto is_task_file = [](const fs::path& p) {
     const std::string n = p.filename().string();
-    return p.extension() == ".jsonl" && n.size() > 12 && n.compare(n.size() - 12, 12, ".train.jsonl") != 0;
+    const bool train = n.size() >= 12 && n.compare(n.size() - 12, 12, ".train.jsonl") == 0;
+    return p.extension() == ".jsonl" && !train;
   };
   if (fs::is_directory(path)) {
     for (const auto& entry : fs::directory_iterator(path))

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Checks on the JSON reports of `glam eval` for the eval tests.
+
+  check_report.py score REPORT TASK METRIC (min|max) BOUND   a task's metric against a bound
+  check_report.py text REPORT TEXT_FILE                      perplexity and bits per byte agree with nll, tokens, bytes
+  check_report.py same REPORT_A REPORT_B [TOL]               the same report: equal strings and counts, scores within TOL (1e-6, relative)
+  check_report.py less REPORT_A REPORT_B                     A's text perplexity is below B's
+"""
+import json
+import math
+import os
+import sys
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def fail(msg):
+    print("FAIL:", msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def task(report, name):
+    for t in report["tasks"]:
+        if t["task"] == name:
+            return t
+    fail(f"no task {name} in the report")
+
+
+def score(path, name, metric, kind, bound):
+    value, bound = task(load(path), name)[metric], float(bound)
+    ok = value >= bound if kind == "min" else value <= bound
+    print(f"{path}: {name} {metric} = {value:.4f} ({'>=' if kind == 'min' else '<='} {bound}) {'ok' if ok else 'FAILED'}")
+    if not ok:
+        fail(f"{name} {metric} {value} is not {'>=' if kind == 'min' else '<='} {bound}")
+
+
+def text(path, text_file):
+    t = load(path)["text"]
+    size = os.path.getsize(text_file)
+    if t["bytes"] != size:
+        fail(f"bytes {t['bytes']} != file size {size}")
+    bpb = t["nll"] / math.log(2) / size
+    ppl = math.exp(t["nll"] / t["tokens"])
+    print(f"{path}: nll {t['nll']:.4f} nats over {t['tokens']} tokens, {size} bytes: "
+          f"perplexity {t['perplexity']:.4f} (recomputed {ppl:.4f}), bits per byte {t['bits_per_byte']:.4f} (recomputed {bpb:.4f})")
+    if abs(bpb - t["bits_per_byte"]) > 1e-9 * bpb or abs(ppl - t["perplexity"]) > 1e-9 * ppl:
+        fail("perplexity or bits per byte do not follow from nll, tokens and bytes")
+
+
+def same(a, b, tol):
+    worst = [0.0]
+
+    def walk(x, y, where):
+        if isinstance(x, dict):
+            if set(x) != set(y):
+                fail(f"{where}: keys differ: {sorted(x)} vs {sorted(y)}")
+            for k in x:
+                walk(x[k], y[k], f"{where}.{k}")
+        elif isinstance(x, list):
+            if len(x) != len(y):
+                fail(f"{where}: lengths differ")
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{where}[{i}]")
+        elif isinstance(x, float) or isinstance(y, float):
+            d = abs(x - y) / max(1.0, abs(x))
+            worst[0] = max(worst[0], d)
+            if d > tol:
+                fail(f"{where}: {x} vs {y} (relative difference {d:.2e} > {tol})")
+        elif x != y:
+            fail(f"{where}: {x!r} vs {y!r}")
+
+    walk(load(a), load(b), "report")
+    print(f"{b} equals {a}: largest relative difference {worst[0]:.2e} (tolerance {tol})")
+
+
+def less(a, b):
+    pa, pb = load(a)["text"]["perplexity"], load(b)["text"]["perplexity"]
+    print(f"perplexity {pa:.4f} ({a}) < {pb:.4f} ({b})")
+    if not pa < pb:
+        fail("perplexity did not drop")
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "score":
+        score(*args)
+    elif cmd == "text":
+        text(*args)
+    elif cmd == "same":
+        same(args[0], args[1], float(args[2]) if len(args) > 2 else 1e-6)
+    elif cmd == "less":
+        less(*args)
+    else:
+        fail(f"unknown check {cmd}")
+
+
+if __name__ == "__main__":
+    main()
