@@ -93,6 +93,65 @@ void write_report(const std::string& path, const json& report) {
   fs::rename(tmp, path);
 }
 
+// What the command line asks for, checked before the model is loaded.
+struct EvalRequest {
+  fs::path run_dir;
+  std::vector<Task> tasks;
+  std::string text, json_path, mesh;
+  EvalOptions opt;
+};
+
+EvalRequest parse_request(const po::variables_map& vm) {
+  GLAM_REQUIRE(vm.count("run-dir"), "glam eval: --run-dir is required");
+  GLAM_REQUIRE(vm.count("tasks") || vm.count("text"), "glam eval: give --tasks PATH and/or --text FILE");
+  EvalRequest r;
+  r.opt.shots = vm["shots"].as<int64_t>();
+  r.opt.seed = vm["seed"].as<uint64_t>();
+  r.opt.unnormalized = vm["unnormalized"].as<bool>();
+  r.opt.beam = vm["beam"].as<int64_t>();
+  r.opt.max_tokens = vm["max-tokens"].as<int64_t>();
+  r.opt.limit = vm["limit"].as<int64_t>();
+  GLAM_REQUIRE(r.opt.beam >= 1, "--beam must be >= 1, got ", r.opt.beam);
+  GLAM_REQUIRE(r.opt.max_tokens >= 1, "--max-tokens must be >= 1, got ", r.opt.max_tokens);
+  GLAM_REQUIRE(r.opt.limit >= 0, "--limit must be >= 0, got ", r.opt.limit);
+  r.mesh = vm["mesh"].as<std::string>();
+  if (vm.count("json")) {
+    r.json_path = vm["json"].as<std::string>();
+    GLAM_REQUIRE(!fs::is_directory(r.json_path), "--json '", r.json_path, "' is a directory");
+    GLAM_REQUIRE(!fs::exists(r.json_path) || vm["overwrite"].as<bool>(), "--json '", r.json_path,
+                 "' already exists (give --overwrite to replace it)");
+  }
+  if (vm.count("tasks")) r.tasks = load_tasks(vm["tasks"].as<std::string>(), vm["format"].as<std::string>(), r.opt.shots);
+  if (vm.count("text")) {
+    r.text = vm["text"].as<std::string>();
+    GLAM_REQUIRE(fs::is_regular_file(r.text), "text file '", r.text, "' does not exist");
+  }
+  r.run_dir = vm["run-dir"].as<std::string>();
+  GLAM_REQUIRE(fs::exists(r.run_dir / "config.cfg"), "run dir '", r.run_dir.string(),
+               "' has no config.cfg (was it written by glam train?)");
+  return r;
+}
+
+json run_tasks(const EvalRequest& r, Model& model, const Tokenizer& tok, const Mesh& mesh) {
+  std::vector<TaskResult> results;
+  json tasks = json::array();
+  double sum = 0.0;
+  for (const Task& t : r.tasks) {
+    results.push_back(evaluate_task(t, model, tok, mesh, r.opt));
+    tasks.push_back(task_json(results.back()));
+    sum += results.back().score();
+  }
+  if (mesh.is_root()) print_tasks(results);
+  return {{"tasks", tasks}, {"average", sum / static_cast<double>(results.size())}};
+}
+
+json run_text(const EvalRequest& r, Model& model, const Tokenizer& tok, const Mesh& mesh) {
+  const TextResult t = evaluate_text(r.text, model, tok, mesh);
+  if (mesh.is_root()) print_text(t);
+  return {{"path", t.path}, {"docs", t.n_docs}, {"tokens", t.n_tokens}, {"bytes", t.n_bytes},
+          {"nll", t.nll}, {"perplexity", t.perplexity()}, {"bits_per_byte", t.bits_per_byte()}};
+}
+
 }  // namespace
 
 int eval_main(const std::vector<std::string>& args) {
@@ -105,58 +164,20 @@ int eval_main(const std::vector<std::string>& args) {
     throw UserError(msg("glam eval: ", e.what()));
   }
   if (vm.count("help")) { std::cout << cli << "\n"; return 0; }
-  GLAM_REQUIRE(vm.count("run-dir"), "glam eval: --run-dir is required");
-  GLAM_REQUIRE(vm.count("tasks") || vm.count("text"), "glam eval: give --tasks PATH and/or --text FILE");
-  EvalOptions opt;
-  opt.shots = vm["shots"].as<int64_t>();
-  opt.seed = vm["seed"].as<uint64_t>();
-  opt.unnormalized = vm["unnormalized"].as<bool>();
-  opt.beam = vm["beam"].as<int64_t>();
-  opt.max_tokens = vm["max-tokens"].as<int64_t>();
-  opt.limit = vm["limit"].as<int64_t>();
-  GLAM_REQUIRE(opt.beam >= 1, "--beam must be >= 1, got ", opt.beam);
-  GLAM_REQUIRE(opt.max_tokens >= 1, "--max-tokens must be >= 1, got ", opt.max_tokens);
-  GLAM_REQUIRE(opt.limit >= 0, "--limit must be >= 0, got ", opt.limit);
-  const std::string json_path = vm.count("json") ? vm["json"].as<std::string>() : "";
-  if (!json_path.empty()) {
-    GLAM_REQUIRE(!fs::is_directory(json_path), "--json '", json_path, "' is a directory");
-    GLAM_REQUIRE(!fs::exists(json_path) || vm["overwrite"].as<bool>(), "--json '", json_path,
-                 "' already exists (give --overwrite to replace it)");
-  }
-  std::vector<Task> tasks;
-  if (vm.count("tasks")) tasks = load_tasks(vm["tasks"].as<std::string>(), vm["format"].as<std::string>(), opt.shots);
-  if (vm.count("text")) GLAM_REQUIRE(fs::is_regular_file(vm["text"].as<std::string>()), "text file '",
-                                     vm["text"].as<std::string>(), "' does not exist");
-  const fs::path dir = vm["run-dir"].as<std::string>();
-  GLAM_REQUIRE(fs::exists(dir / "config.cfg"), "run dir '", dir.string(), "' has no config.cfg (was it written by glam train?)");
+  const EvalRequest r = parse_request(vm);
 
-  Config cfg = load_config_file((dir / "config.cfg").string());
-  Mesh mesh = Mesh::create(vm["mesh"].as<std::string>());
-  Tokenizer tokenizer((dir / "tokenizer.model").string());
+  Config cfg = load_config_file((r.run_dir / "config.cfg").string());
+  Mesh mesh = Mesh::create(r.mesh);
+  Tokenizer tokenizer((r.run_dir / "tokenizer.model").string());
   Model model(cfg, mesh);
-  load_weights((dir / "weights.h5").string(), model.params(), mesh);
+  load_weights((r.run_dir / "weights.h5").string(), model.params(), mesh);
 
-  json report = {{"run_dir", dir.string()}, {"shots", opt.shots}, {"seed", opt.seed}, {"unnormalized", opt.unnormalized},
-                 {"beam", opt.beam}, {"max_tokens", opt.max_tokens}, {"limit", opt.limit}};
-  if (!tasks.empty()) {
-    std::vector<TaskResult> results;
-    report["tasks"] = json::array();
-    double sum = 0.0;
-    for (const Task& t : tasks) {
-      results.push_back(evaluate_task(t, model, tokenizer, mesh, opt));
-      report["tasks"].push_back(task_json(results.back()));
-      sum += results.back().score();
-    }
-    report["average"] = sum / static_cast<double>(results.size());
-    if (mesh.is_root()) print_tasks(results);
-  }
-  if (vm.count("text")) {
-    const TextResult t = evaluate_text(vm["text"].as<std::string>(), model, tokenizer, mesh);
-    report["text"] = {{"path", t.path}, {"docs", t.n_docs}, {"tokens", t.n_tokens}, {"bytes", t.n_bytes},
-                      {"nll", t.nll}, {"perplexity", t.perplexity()}, {"bits_per_byte", t.bits_per_byte()}};
-    if (mesh.is_root()) print_text(t);
-  }
-  if (mesh.is_root() && !json_path.empty()) write_report(json_path, report);
+  json report = {{"run_dir", r.run_dir.string()}, {"shots", r.opt.shots}, {"seed", r.opt.seed},
+                 {"unnormalized", r.opt.unnormalized}, {"beam", r.opt.beam}, {"max_tokens", r.opt.max_tokens},
+                 {"limit", r.opt.limit}};
+  if (!r.tasks.empty()) report.update(run_tasks(r, model, tokenizer, mesh));
+  if (!r.text.empty()) report["text"] = run_text(r, model, tokenizer, mesh);
+  if (mesh.is_root() && !r.json_path.empty()) write_report(r.json_path, report);
   return 0;
 }
 
