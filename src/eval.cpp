@@ -2,6 +2,7 @@
 // zero- or few-shot) and/or the perplexity of a text file; rank 0 prints a table
 // and writes the JSON report. Task files are read before the model, so bad input
 // fails before any work.
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -137,7 +138,11 @@ json run_tasks(const EvalRequest& r, Model& model, const Tokenizer& tok, const M
   json tasks = json::array();
   double sum = 0.0;
   for (const Task& t : r.tasks) {
+    const auto t0 = std::chrono::steady_clock::now();
     results.push_back(evaluate_task(t, model, tok, mesh, r.opt));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (mesh.is_root())
+      std::fprintf(stderr, "# %s: %lld examples in %.2fs\n", t.name.c_str(), static_cast<long long>(results.back().n), secs);
     tasks.push_back(task_json(results.back()));
     sum += results.back().score();
   }
@@ -146,7 +151,12 @@ json run_tasks(const EvalRequest& r, Model& model, const Tokenizer& tok, const M
 }
 
 json run_text(const EvalRequest& r, Model& model, const Tokenizer& tok, const Mesh& mesh) {
+  const auto t0 = std::chrono::steady_clock::now();
   const TextResult t = evaluate_text(r.text, model, tok, mesh);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (mesh.is_root())
+    std::fprintf(stderr, "# %s: %lld tokens scored in %.2fs (%.0f tokens/s)\n", r.text.c_str(),
+                 static_cast<long long>(t.n_tokens), secs, static_cast<double>(t.n_tokens) / std::max(secs, 1e-9));
   if (mesh.is_root()) print_text(t);
   return {{"path", t.path}, {"docs", t.n_docs}, {"tokens", t.n_tokens}, {"bytes", t.n_bytes},
           {"nll", t.nll}, {"perplexity", t.perplexity()}, {"bits_per_byte", t.bits_per_byte()}};

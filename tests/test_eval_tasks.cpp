@@ -143,6 +143,7 @@ TEST_CASE("bad task lines name file:line and the field") {
         "label.jsonl:1: field \"label\" must be an integer");
   fails("key.jsonl", R"({"question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "E"})" "\n", "arc",
         "key.jsonl:1: \"answerKey\" 'E' is not one of the choice labels");
+  fails("utf8.jsonl", "{\"prompt\": \"caf\xe9\", \"answers\": [\"x\"]}\n", "glam", "utf8.jsonl:1: not valid JSON");
   fails("blank.jsonl", "\n\n", "glam", "holds no examples");
   fails("fmt.jsonl", "{}\n", "squad", "unknown task format 'squad'");
   CHECK_THROWS_WITH(read_examples((kDir / "missing.jsonl").string(), "glam"), Catch::Contains("missing.jsonl' does not exist"));

@@ -3,6 +3,7 @@
 // Every reader maps a line onto one Example; a bad line is a UserError naming
 // file:line and the field. docs/EVAL.md lists each reader's mapping.
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <functional>
