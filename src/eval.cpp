@@ -2,6 +2,7 @@
 // zero- or few-shot) and/or the perplexity of a text file; rank 0 prints a table
 // and writes the JSON report. Task files are read before the model, so bad input
 // fails before any work.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -152,7 +153,7 @@ json run_tasks(const EvalRequest& r, Model& model, const Tokenizer& tok, const M
 
 json run_text(const EvalRequest& r, Model& model, const Tokenizer& tok, const Mesh& mesh) {
   const auto t0 = std::chrono::steady_clock::now();
-  const TextResult t = evaluate_text(r.text, model, tok, mesh);
+  const TextResult t = evaluate_text(r.text, model, tok, mesh, r.opt.rows);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (mesh.is_root())
     std::fprintf(stderr, "# %s: %lld tokens scored in %.2fs (%.0f tokens/s)\n", r.text.c_str(),
@@ -174,13 +175,15 @@ int eval_main(const std::vector<std::string>& args) {
     throw UserError(msg("glam eval: ", e.what()));
   }
   if (vm.count("help")) { std::cout << cli << "\n"; return 0; }
-  const EvalRequest r = parse_request(vm);
+  EvalRequest r = parse_request(vm);
 
   Config cfg = load_config_file((r.run_dir / "config.cfg").string());
   Mesh mesh = Mesh::create(r.mesh);
   Tokenizer tokenizer((r.run_dir / "tokenizer.model").string());
   Model model(cfg, mesh);
   load_weights((r.run_dir / "weights.h5").string(), model.params(), mesh);
+  // as many rows per forward as a training step holds on this rank: memory the run is known to fit
+  r.opt.rows = std::max<int64_t>(1, cfg.train.batch_rows / mesh.data_size);
 
   json report = {{"run_dir", r.run_dir.string()}, {"shots", r.opt.shots}, {"seed", r.opt.seed},
                  {"unnormalized", r.opt.unnormalized}, {"beam", r.opt.beam}, {"max_tokens", r.opt.max_tokens},

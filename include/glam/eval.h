@@ -122,6 +122,7 @@ struct EvalOptions {
   int64_t beam = 4;
   int64_t max_tokens = 32;
   int64_t limit = 0;                 // first N examples of each task (0: all)
+  int64_t rows = 8;                  // rows per forward per data rank (glam eval: the training batch's share)
 };
 
 struct TaskResult {
@@ -144,6 +145,7 @@ struct TextResult {
   double bits_per_byte() const;
 };
 // Documents are separated by blank lines (as glam-tokenize encodes by default).
-TextResult evaluate_text(const std::string& path, Model& model, const Tokenizer& tok, const Mesh& mesh);
+TextResult evaluate_text(const std::string& path, Model& model, const Tokenizer& tok, const Mesh& mesh,
+                         int64_t rows = 8);
 
 }  // namespace glam

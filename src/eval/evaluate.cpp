@@ -35,7 +35,7 @@ TaskResult multiple_choice(const Task& task, int64_t n, Model& model, const Toke
     }
     first[i + 1] = static_cast<int64_t>(requests.size());
   }
-  const std::vector<Continuation> scores = score_continuations(model, mesh, requests, tok.eod_id());
+  const std::vector<Continuation> scores = score_continuations(model, mesh, requests, tok.eod_id(), opt.rows);
   const bool plain_sum = opt.unnormalized || task.tmpl.unnormalized;
   TaskResult res;
   int64_t correct = 0;
@@ -101,7 +101,7 @@ double TextResult::perplexity() const { return std::exp(nll / static_cast<double
 
 double TextResult::bits_per_byte() const { return nll / std::log(2.0) / static_cast<double>(std::max<int64_t>(1, n_bytes)); }
 
-TextResult evaluate_text(const std::string& path, Model& model, const Tokenizer& tok, const Mesh& mesh) {
+TextResult evaluate_text(const std::string& path, Model& model, const Tokenizer& tok, const Mesh& mesh, int64_t rows) {
   std::ifstream in(path, std::ios::binary);
   GLAM_REQUIRE(in, "cannot open text file '", path, "'");
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -126,7 +126,7 @@ TextResult evaluate_text(const std::string& path, Model& model, const Tokenizer&
   }
   end_doc();
   GLAM_REQUIRE(res.n_docs > 0, "text file '", path, "' holds no text");
-  const StreamNll s = stream_nll(model, mesh, stream, tok.eod_id());
+  const StreamNll s = stream_nll(model, mesh, stream, tok.eod_id(), rows);
   res.nll = s.nll;
   res.n_tokens = s.n_targets;
   return res;
