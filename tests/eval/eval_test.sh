@@ -68,6 +68,10 @@ meshes)
       --mesh "$mesh" --json "$r/$mesh.json" > "$r/$mesh.txt" 2> "$r/$mesh.err" || fail "eval on $mesh: $(cat "$r/$mesh.err")"
     [ "$(grep -c '^task ' "$r/$mesh.txt")" = 1 ] || fail "$mesh: the table is not printed once"
     [ "$mesh" = 1x1 ] || check same "$r/1x1.json" "$r/$mesh.json" 1e-6
+    # 3 examples: a last forward where some data ranks have nothing to score
+    mpi "$np" "$glam" eval --run-dir "$work/run300" --tasks "$data" --limit 3 --mesh "$mesh" --json "$r/$mesh.few.json" \
+      > /dev/null 2> "$r/$mesh.few.err" || fail "eval --limit 3 on $mesh: $(cat "$r/$mesh.few.err")"
+    [ "$mesh" = 1x1 ] || check same "$r/1x1.few.json" "$r/$mesh.few.json" 1e-6
   done
   echo "PASS: 2x1, 1x2, 2x2 and 4x1 report what one rank reports"
   ;;
