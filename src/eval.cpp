@@ -41,7 +41,8 @@ po::options_description eval_options() {
     ("max-tokens", po::value<int64_t>()->default_value(32), "tokens generated per answer at most")
     ("limit", po::value<int64_t>()->default_value(0), "first N examples of each task (0: all)")
     ("json", po::value<std::string>(), "write the report as JSON to this file")
-    ("overwrite", po::bool_switch(), "replace an existing --json file")
+    ("predictions", po::value<std::string>(), "write every example's prediction as JSON Lines to this file")
+    ("overwrite", po::bool_switch(), "replace an existing --json or --predictions file")
     ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)");
   return cli;
 }
@@ -83,23 +84,57 @@ void print_text(const TextResult& t) {
               t.perplexity(), t.bits_per_byte());
 }
 
-// Written under a temporary name and renamed: a failed run never leaves half a report.
-void write_report(const std::string& path, const json& report) {
+// Written under a temporary name and renamed: a failed run never leaves half a file.
+void write_file(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp);
-    GLAM_REQUIRE(out, "cannot write the report '", tmp, "'");
-    out << report.dump(2) << "\n";
-    GLAM_REQUIRE(out.good(), "error while writing the report '", tmp, "'");
+    GLAM_REQUIRE(out, "cannot write '", tmp, "'");
+    out << text;
+    GLAM_REQUIRE(out.good(), "error while writing '", tmp, "'");
   }
   fs::rename(tmp, path);
+}
+
+// One JSON line per example: what the model chose or wrote, and the reference.
+std::string prediction_lines(const std::vector<Task>& tasks, const std::vector<TaskResult>& results) {
+  std::string text;
+  for (size_t t = 0; t < results.size(); t++)
+    for (size_t i = 0; i < results[t].examples.size(); i++) {
+      const ExampleResult& ex = results[t].examples[i];
+      const Example& e = tasks[t].examples[i];
+      json j = {{"task", results[t].name}, {"index", i}};
+      if (results[t].kind == TaskKind::multiple_choice) {
+        j["scores"] = ex.scores;
+        j["predicted"] = ex.predicted;
+        j["gold"] = e.gold;
+        j["correct"] = ex.predicted == e.gold;
+      } else {
+        j["prediction"] = ex.prediction;
+        j["answers"] = e.answers;
+        j["em"] = ex.em;
+        j["f1"] = ex.f1;
+      }
+      text += j.dump() + "\n";
+    }
+  return text;
+}
+
+// An output file named on the command line: refused when it exists, unless --overwrite.
+std::string output_path(const po::variables_map& vm, const char* flag) {
+  if (!vm.count(flag)) return "";
+  const std::string path = vm[flag].as<std::string>();
+  GLAM_REQUIRE(!fs::is_directory(path), "--", flag, " '", path, "' is a directory");
+  GLAM_REQUIRE(!fs::exists(path) || vm["overwrite"].as<bool>(), "--", flag, " '", path,
+               "' already exists (give --overwrite to replace it)");
+  return path;
 }
 
 // What the command line asks for, checked before the model is loaded.
 struct EvalRequest {
   fs::path run_dir;
   std::vector<Task> tasks;
-  std::string text, json_path, mesh;
+  std::string text, json_path, predictions_path, mesh;
   EvalOptions opt;
 };
 
@@ -117,12 +152,9 @@ EvalRequest parse_request(const po::variables_map& vm) {
   GLAM_REQUIRE(r.opt.max_tokens >= 1, "--max-tokens must be >= 1, got ", r.opt.max_tokens);
   GLAM_REQUIRE(r.opt.limit >= 0, "--limit must be >= 0, got ", r.opt.limit);
   r.mesh = vm["mesh"].as<std::string>();
-  if (vm.count("json")) {
-    r.json_path = vm["json"].as<std::string>();
-    GLAM_REQUIRE(!fs::is_directory(r.json_path), "--json '", r.json_path, "' is a directory");
-    GLAM_REQUIRE(!fs::exists(r.json_path) || vm["overwrite"].as<bool>(), "--json '", r.json_path,
-                 "' already exists (give --overwrite to replace it)");
-  }
+  r.json_path = output_path(vm, "json");
+  r.predictions_path = output_path(vm, "predictions");
+  GLAM_REQUIRE(r.predictions_path.empty() || vm.count("tasks"), "--predictions needs --tasks");
   if (vm.count("tasks")) r.tasks = load_tasks(vm["tasks"].as<std::string>(), vm["format"].as<std::string>(), r.opt.shots);
   if (vm.count("text")) {
     r.text = vm["text"].as<std::string>();
@@ -148,6 +180,7 @@ json run_tasks(const EvalRequest& r, Model& model, const Tokenizer& tok, const M
     sum += results.back().score();
   }
   if (mesh.is_root()) print_tasks(results);
+  if (mesh.is_root() && !r.predictions_path.empty()) write_file(r.predictions_path, prediction_lines(r.tasks, results));
   return {{"tasks", tasks}, {"average", sum / static_cast<double>(results.size())}};
 }
 
@@ -190,7 +223,7 @@ int eval_main(const std::vector<std::string>& args) {
                  {"limit", r.opt.limit}};
   if (!r.tasks.empty()) report.update(run_tasks(r, model, tokenizer, mesh));
   if (!r.text.empty()) report["text"] = run_text(r, model, tokenizer, mesh);
-  if (mesh.is_root() && !r.json_path.empty()) write_report(r.json_path, report);
+  if (mesh.is_root() && !r.json_path.empty()) write_file(r.json_path, report.dump(2) + "\n");
   return 0;
 }
 

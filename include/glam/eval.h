@@ -125,12 +125,21 @@ struct EvalOptions {
   int64_t rows = 8;                  // rows per forward per data rank (glam eval: the training batch's share)
 };
 
+// What the model did on one example (for --predictions).
+struct ExampleResult {
+  std::vector<double> scores;        // multiple choice: each choice's ranking score
+  int64_t predicted = -1;            //   the chosen index
+  std::string prediction;            // generative: the decoded answer
+  double em = 0.0, f1 = 0.0;         //   its scores; multiple choice: em = 1 when right
+};
+
 struct TaskResult {
   std::string name, format;
   TaskKind kind = TaskKind::multiple_choice;
   int64_t shots = 0, n = 0;
   double accuracy = 0.0, chance = 0.0;  // multiple choice
   double em = 0.0, f1 = 0.0;            // generative
+  std::vector<ExampleResult> examples;  // [n]
   double score() const { return kind == TaskKind::multiple_choice ? accuracy : em; }
 };
 

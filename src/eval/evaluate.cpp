@@ -40,14 +40,15 @@ TaskResult multiple_choice(const Task& task, int64_t n, Model& model, const Toke
   TaskResult res;
   int64_t correct = 0;
   for (int64_t i = 0; i < n; i++) {
-    int64_t best = 0;
-    double best_score = -INFINITY;
+    ExampleResult ex;
     for (int64_t c = 0; c < first[i + 1] - first[i]; c++) {
       const Continuation& s = scores[first[i] + c];
-      const double v = plain_sum ? s.logprob : s.logprob / static_cast<double>(s.n_tokens);
-      if (v > best_score) { best_score = v; best = c; }
+      ex.scores.push_back(plain_sum ? s.logprob : s.logprob / static_cast<double>(s.n_tokens));
     }
-    if (best == task.examples[i].gold) correct++;
+    ex.predicted = std::max_element(ex.scores.begin(), ex.scores.end()) - ex.scores.begin();  // the first on a tie
+    ex.em = ex.f1 = ex.predicted == task.examples[i].gold ? 1.0 : 0.0;
+    correct += ex.predicted == task.examples[i].gold;
+    res.examples.push_back(std::move(ex));
     res.chance += 1.0 / static_cast<double>(first[i + 1] - first[i]);
   }
   res.accuracy = static_cast<double>(correct) / static_cast<double>(n);
@@ -71,6 +72,11 @@ TaskResult generative(const Task& task, int64_t n, Model& model, const Tokenizer
     const AnswerScore s = best_answer_score(out[i].text, task.examples[i].answers);
     res.em += s.em;
     res.f1 += s.f1;
+    ExampleResult ex;
+    ex.prediction = out[i].text;
+    ex.em = s.em;
+    ex.f1 = s.f1;
+    res.examples.push_back(std::move(ex));
   }
   res.em /= static_cast<double>(n);
   res.f1 /= static_cast<double>(n);

@@ -5,6 +5,7 @@
   check_report.py text REPORT TEXT_FILE                      perplexity and bits per byte agree with nll, tokens, bytes
   check_report.py same REPORT_A REPORT_B [TOL]               the same report: equal strings and counts, scores within TOL (1e-6, relative)
   check_report.py less REPORT_A REPORT_B                     A's text perplexity is below B's
+  check_report.py predictions REPORT PREDICTIONS             the per-example lines add up to the report's scores
 """
 import json
 import math
@@ -83,6 +84,28 @@ def less(a, b):
         fail("perplexity did not drop")
 
 
+def predictions(path, pred_path):
+    report = load(path)
+    with open(pred_path, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    for t in report["tasks"]:
+        mine = [p for p in lines if p["task"] == t["task"]]
+        if [p["index"] for p in mine] != list(range(t["n"])):
+            fail(f"{t['task']}: expected lines for examples 0..{t['n'] - 1}")
+        if t["kind"] == "multiple_choice":
+            for p in mine:
+                best = max(range(len(p["scores"])), key=lambda c: (p["scores"][c], -c))
+                if p["predicted"] != best or p["correct"] != (best == p["gold"]):
+                    fail(f"{t['task']} example {p['index']}: predicted {p['predicted']} is not the best score")
+            pairs = [("accuracy", sum(p["correct"] for p in mine) / len(mine))]
+        else:
+            pairs = [("em", sum(p["em"] for p in mine) / len(mine)), ("f1", sum(p["f1"] for p in mine) / len(mine))]
+        for metric, value in pairs:
+            if abs(value - t[metric]) > 1e-12:
+                fail(f"{t['task']}: {metric} {t[metric]} but the examples give {value}")
+        print(f"{pred_path}: {len(mine)} lines of {t['task']} agree with the report")
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "score":
@@ -93,6 +116,8 @@ def main():
         same(args[0], args[1], float(args[2]) if len(args) > 2 else 1e-6)
     elif cmd == "less":
         less(*args)
+    elif cmd == "predictions":
+        predictions(*args)
     else:
         fail(f"unknown check {cmd}")
 
