@@ -22,7 +22,8 @@ __device__ float gelu_grad(float x) {
 }
 
 // One block per row t.
-__global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, const float* x, const float* g, int64_t M) {
+__global__ void rmsnorm_forward_kernel(bf16* out, float* out32, float* rstd, const float* x, const float* g,
+                                       int64_t M) {
   __shared__ float shared[kThreads];
   const int64_t t = blockIdx.x;
   const float* xt = x + t * M;
@@ -31,7 +32,11 @@ __global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, const float* x, c
   ss = block_sum(ss, shared);
   const float r = rsqrtf(ss / M + cpu::kRmsEps);
   if (threadIdx.x == 0) rstd[t] = r;
-  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) out[t * M + i] = __float2bfloat16(xt[i] * r * g[i]);
+  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
+    const float y = xt[i] * r * g[i];
+    out[t * M + i] = __float2bfloat16(y);
+    if (out32) out32[t * M + i] = y;
+  }
 }
 
 // dx = r * (dout*g - xhat * mean(dout*g*xhat)), one block per row.
@@ -85,9 +90,9 @@ __global__ void act_backward_kernel(float* dx, const float* dy, const float* x, 
 }  // namespace
 
 void rmsnorm_forward(const Context& ctx, bf16* out, float* rstd, const float* x, const float* g,
-                     int64_t T, int64_t M) {
+                     int64_t T, int64_t M, float* out32) {
   if (T == 0) return;
-  rmsnorm_forward_kernel<<<T, kThreads, 0, ctx.stream()>>>(out, rstd, x, g, M);
+  rmsnorm_forward_kernel<<<T, kThreads, 0, ctx.stream()>>>(out, out32, rstd, x, g, M);
   check(cudaGetLastError(), "rmsnorm_forward");
 }
 

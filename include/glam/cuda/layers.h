@@ -100,9 +100,29 @@ void matmul_forward(const Context& ctx, float* out, const bf16* in, const bf16* 
 void matmul_backward(const Context& ctx, float* din, float* dw, const bf16* dout, const bf16* in,
                      const bf16* w, int64_t T, int64_t K, int64_t N);
 
+// fp32 GEMM (cublasSgemm, no TF32) for the router, which runs in fp32 throughout.
+void gemm_f32(const Context& ctx, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+              float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+              float* C, int64_t ldc);
+// y[n] += x[n]
+void add_into(const Context& ctx, float* y, const float* x, int64_t n);
+
+// ---- embedding.cu: lookup over a vocabulary shard, and the tied output layer ------
+void embedding_forward(const Context& ctx, float* out, const int32_t* ids, const float* emb, int64_t T,
+                       int64_t M, int64_t row0, int64_t rows);
+void embedding_backward(const Context& ctx, float* demb, const float* dout, const int32_t* ids,
+                        int64_t T, int64_t M, int64_t row0, int64_t rows);
+// logits[T, Vl] = scale * h[T, M] @ emb[Vl, M]^T (bf16 operands, fp32 logits)
+void logits_forward(const Context& ctx, float* logits, const bf16* h, const bf16* emb, int64_t T,
+                    int64_t M, int64_t Vl, float scale);
+// dh[T, M] += scale * dlogits @ emb ; demb[Vl, M] += scale * dlogits^T @ h
+void logits_backward(const Context& ctx, float* dh, float* demb, const bf16* dlogits, const bf16* h,
+                     const bf16* emb, int64_t T, int64_t M, int64_t Vl, float scale);
+
 // ---- norm_act.cu ----------------------------------------------------------------
+// out32 (optional, may be null): the same output in fp32, for the fp32 router.
 void rmsnorm_forward(const Context& ctx, bf16* out, float* rstd, const float* x, const float* g,
-                     int64_t T, int64_t M);
+                     int64_t T, int64_t M, float* out32 = nullptr);
 void rmsnorm_backward(const Context& ctx, float* dx, float* dg, const float* dout, const float* x,
                       const float* g, const float* rstd, int64_t T, int64_t M);
 void geglu_forward(const Context& ctx, bf16* h, const float* a0, const float* a1, int64_t n);
