@@ -179,6 +179,7 @@ int train_main(const std::vector<std::string>& args) {
     ("config", po::value<std::string>(), "INI config file (e.g. input/glam-tiny.cfg)")
     ("run-dir", po::value<std::string>(), "run directory; a run dir holding a checkpoint is resumed")
     ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
+    ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)")
     ("overwrite", po::bool_switch(), "start afresh in --run-dir, discarding its checkpoints and weights");
   Config cfg;
   po::variables_map vm = parse_args(args, cli, cfg);
@@ -195,6 +196,7 @@ int train_main(const std::vector<std::string>& args) {
   const bool overwrite = vm["overwrite"].as<bool>();
   cfg.mesh = vm["mesh"].as<std::string>();
   Mesh mesh = Mesh::create(cfg.mesh);
+  const Device device = select_device(vm["device"].as<std::string>(), mesh);
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
                " must be a multiple of the data axis size ", mesh.data_size);
   const int64_t local_tokens = cfg.train.batch_rows / mesh.data_size * cfg.model.seq_len;
@@ -211,10 +213,11 @@ int train_main(const std::vector<std::string>& args) {
                tokenizer.vocab_size(), " pieces but model.vocab_size is ", cfg.model.vocab_size);
   if (mesh.is_root()) {
     std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
-    std::printf("# mesh %dx%d (data x model) on %d ranks\n", mesh.data_size, mesh.model_size, mesh.world_size);
+    std::printf("# mesh %dx%d (data x model) on %d ranks, device %s\n", mesh.data_size, mesh.model_size,
+                mesh.world_size, device_description(device).c_str());
   }
 
-  Model model(cfg, mesh);
+  Model model(cfg, mesh, device);
   Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
   TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);
   std::ofstream metrics;

@@ -20,7 +20,6 @@
 #include <random>
 
 #include "glam/adafactor.h"
-#include "glam/cuda/model.h"
 #include "glam/model.h"
 
 using namespace glam;
@@ -67,7 +66,7 @@ TEST_CASE("the GPU model's loss and gradients match the CPU model's") {
     const Config cfg = small_config(experts);
     Mesh mesh = Mesh::single();
     Model cpu_model(cfg, mesh);
-    cuda::Model gpu_model(cfg, mesh);
+    Model gpu_model(cfg, mesh, Device::cuda);
     const Batch batch = random_batch(cfg, 3);
     cpu_model.params().zero_grad();
     gpu_model.params().zero_grad();
@@ -99,7 +98,7 @@ TEST_CASE("20 training steps on the GPU follow the CPU loss curve") {
   const Config cfg = small_config(8);
   Mesh mesh = Mesh::single();
   Model cpu_model(cfg, mesh);
-  cuda::Model gpu_model(cfg, mesh);
+  Model gpu_model(cfg, mesh, Device::cuda);
   Adafactor cpu_opt(cpu_model.params(), AdafactorOptions::from(cfg.train));
   Adafactor gpu_opt(gpu_model.params(), AdafactorOptions::from(cfg.train));
   double cpu_first = 0, gpu_first = 0, cpu_last = 0, gpu_last = 0;
@@ -122,6 +121,27 @@ TEST_CASE("20 training steps on the GPU follow the CPU loss curve") {
   }
   CHECK(cpu_last < cpu_first);
   CHECK(gpu_last < gpu_first);
+}
+
+TEST_CASE("logits and target log-probs of the GPU model match the CPU model's") {
+  const Config cfg = small_config(8);
+  Mesh mesh = Mesh::single();
+  Model cpu_model(cfg, mesh);
+  Model gpu_model(cfg, mesh, Device::cuda);
+  const Batch batch = random_batch(cfg, 7);
+  cpu_model.forward(batch);
+  gpu_model.forward(batch);
+  const std::vector<float>& want = cpu_model.logits();
+  const std::vector<float>& got = gpu_model.logits();
+  REQUIRE(got.size() == want.size());
+  double err = 0.0, scale = 0.0;
+  for (size_t i = 0; i < want.size(); i++) {
+    err = std::max(err, std::fabs(static_cast<double>(got[i]) - want[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
+  }
+  CHECK(err <= 2e-2 * scale);
+  const std::vector<double> lp_cpu = cpu_model.target_logprobs(), lp_gpu = gpu_model.target_logprobs();
+  for (size_t t = 0; t < lp_cpu.size(); t++) CHECK(lp_gpu[t] == Approx(lp_cpu[t]).margin(5e-2));
 }
 
 int main(int argc, char** argv) {

@@ -6,7 +6,7 @@
 // (send_to_experts / return_from_experts take host rows), the router's
 // bookkeeping and backward, the gradient reductions over the data axis and the
 // optimizer. Everything else runs on the device.
-#include "glam/cuda/model.h"
+#include "glam/cuda/engine.h"
 
 #include <mpi.h>
 #if __has_include(<mpi-ext.h>)
@@ -20,6 +20,7 @@
 #include "glam/check.h"
 #include "glam/cuda/layers.h"
 #include "glam/exchange.h"
+#include "glam/model.h"
 
 namespace glam::cuda {
 
@@ -74,7 +75,7 @@ void upload(float* d, const std::vector<float>& h) {
 
 }  // namespace
 
-struct Model::Impl {
+struct Engine::Impl {
   Impl(const Config& cfg, const Mesh& mesh, ParamTable& params)
       : cfg(cfg.model), mesh(mesh), seed(cfg.train.seed), params(params), aware(mpi_is_cuda_aware()) {
     nh = this->cfg.n_heads / mesh.model_size;
@@ -420,23 +421,26 @@ struct Model::Impl {
   }
 };
 
-Model::Model(const Config& cfg, const Mesh& mesh) : params_(build_params(cfg.model, mesh)) {
-  init_params(params_, cfg.train.seed, mesh);
-  impl_ = std::make_unique<Impl>(cfg, mesh, params_);
-}
+Engine::Engine(const Config& cfg, const Mesh& mesh, ParamTable& params)
+    : impl_(std::make_unique<Impl>(cfg, mesh, params)) {}
 
-Model::~Model() = default;
+Engine::~Engine() = default;
 
-LossParts Model::forward(const Batch& batch, bool no_drop) {
-  impl_->step = step_;
+LossParts Engine::forward(const Batch& batch, bool no_drop, int64_t step) {
+  impl_->step = step;
   return impl_->forward(batch, no_drop);
 }
 
-void Model::backward() { impl_->backward(); }
+void Engine::backward() { impl_->backward(); }
 
-std::vector<float> Model::logits() const {
+std::vector<float> Engine::logits() const {
   impl_->ctx.sync();
   return impl_->logits.download();
+}
+
+std::vector<float> Engine::lse() const {
+  impl_->ctx.sync();
+  return impl_->lse.download();
 }
 
 }  // namespace glam::cuda
