@@ -26,7 +26,7 @@ out=$2
 die() { echo "gpu-bundle: error: $*" >&2; exit 2; }
 
 programs=()
-for p in glam test_cuda_layers test_cuda_model bench_gpu; do
+for p in glam test_cuda_layers test_cuda_model test_cuda_mesh bench_gpu; do
   f=$(find "$build" -maxdepth 3 -type f -name "$p" -perm -u+x | head -n 1)
   [[ -n $f ]] && programs+=("$f")
 done
@@ -43,7 +43,10 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib" "$stage/usr/bin" "$stage/usr/share"
 cp "${programs[@]}" "$stage/bin/"
-cp /usr/bin/orted "$stage/usr/bin/"
+cp /usr/bin/orted /usr/bin/orterun "$stage/usr/bin/"
+ln -s orterun "$stage/usr/bin/mpirun"
+mkdir -p "$stage/input"
+cp "$(dirname "${BASH_SOURCE[0]}")"/../input/*.cfg "$stage/input/"
 mkdir -p "$stage/usr/lib/$multiarch/openmpi/lib" "$stage/usr/lib/$multiarch/pmix2/lib"
 cp -a "$ompi_lib/openmpi3" "$stage/usr/lib/$multiarch/openmpi/lib/"
 [[ -d $pmix_lib/pmix ]] && cp -a "$pmix_lib/pmix" "$stage/usr/lib/$multiarch/pmix2/lib/"
@@ -76,8 +79,37 @@ export PATH=$here/usr/bin:$PATH
 # one process, shared memory only: no network transports to probe
 export OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMPI_MCA_mtl=^ofi,psm,psm2 OMPI_MCA_osc=^ucx
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-exec "$here/bin/$prog" "$@"
+if [[ -x $here/bin/$prog ]]; then exec "$here/bin/$prog" "$@"; else exec "$here/usr/bin/$prog" "$@"; fi
 RUN
 chmod +x "$stage/run.sh"
+
+# check.sh: every GPU check in one go (tests, several ranks on the GPU, benchmark).
+cat > "$stage/check.sh" <<'CHECK'
+#!/usr/bin/env bash
+# usage: check.sh [bench configs...]   (default: glam-0.1b-64e and glam-1.7b shapes)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here"
+status=0
+step() {
+  echo "== $*"
+  "$@"
+  local rc=$?
+  if [[ $rc -eq 77 ]]; then echo "== SKIPPED (no GPU): $*"
+  elif [[ $rc -ne 0 ]]; then echo "== FAILED ($rc): $*"; status=1; fi
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+step ./run.sh test_cuda_layers
+step ./run.sh test_cuda_model
+for shape in 2x1 1x2 2x2 1x3; do
+  np=$(( ${shape%x*} * ${shape#*x} ))
+  step ./run.sh mpirun --oversubscribe -np "$np" -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PMIX_INSTALL_PREFIX \
+    -x GLAM_TEST_MESH="$shape" -x OMP_NUM_THREADS=1 "$here/bin/test_cuda_mesh"
+done
+configs=("$@")
+[[ ${#configs[@]} -gt 0 ]] || configs=(input/glam-0.1b-64e.cfg input/glam-1.7b.cfg)
+step ./run.sh bench_gpu --rows 8 --steps 3 --warmup 1 "${configs[@]}"
+exit $status
+CHECK
+chmod +x "$stage/check.sh"
 tar czf "$out" -C "$stage" .
 echo "gpu-bundle: $out ($(du -h "$out" | cut -f1)): $(ls "$stage/bin" | tr '\n' ' ')"
