@@ -15,7 +15,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <string>
 
 #include "glam/check.h"
 #include "glam/cuda/layers.h"
@@ -41,7 +43,7 @@ struct DeviceParam {
 
 // Device activations of one layer (cf. LayerActs in model.h).
 struct Acts {
-  Buffer<float> x, rstd1, q, k, v, probs, att, x_mid, rstd2, xn2_32;
+  Buffer<float> x, rstd1, q, k, v, probs, att_lse, att, x_mid, rstd2, xn2_32;  // probs: naive, att_lse: flash
   Buffer<bf16> xn1, att16, xn2;
   Buffer<float> a0, a1;  // dense
   Buffer<bf16> h16;
@@ -78,6 +80,8 @@ void upload(float* d, const std::vector<float>& h) {
 struct Engine::Impl {
   Impl(const Config& cfg, const Mesh& mesh, ParamTable& params)
       : cfg(cfg.model), mesh(mesh), seed(cfg.train.seed), params(params), aware(mpi_is_cuda_aware()) {
+    const char* kind = std::getenv("GLAM_CUDA_ATTENTION");  // "naive" forces the reference kernel
+    flash = flash_attention_supports(this->cfg.d_head) && !(kind && std::string(kind) == "naive");
     nh = this->cfg.n_heads / mesh.model_size;
     H = this->cfg.d_ff / mesh.model_size;
     if (this->cfg.n_experts > 0) place = mesh.place_experts(this->cfg.n_experts);
@@ -91,6 +95,7 @@ struct Engine::Impl {
   uint64_t seed;
   ParamTable& params;
   bool aware;
+  bool flash = true;  // fused attention (flash_attention.cu) unless d_head is unsupported
   Context ctx;
   std::map<std::string, DeviceParam> dev;
   ExpertPlacement place;
@@ -184,9 +189,16 @@ struct Engine::Impl {
     matmul_forward(ctx, a.q.data(), a.xn1.data(), p(pname(l, "attn/wq")).w16.data(), T, M, A);
     matmul_forward(ctx, a.k.data(), a.xn1.data(), p(pname(l, "attn/wk")).w16.data(), T, M, A);
     matmul_forward(ctx, a.v.data(), a.xn1.data(), p(pname(l, "attn/wv")).w16.data(), T, M, A);
-    ensure(a.probs, B * nh * S * S); ensure(a.att, T * A); ensure(a.att16, T * A);
-    cuda::attention_forward(ctx, a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
-                            p(pname(l, "attn/rel_bias")).w.data(), segments.data(), B, S, nh, dh);
+    ensure(a.att, T * A); ensure(a.att16, T * A);
+    if (flash) {
+      ensure(a.att_lse, B * nh * S);
+      attention_flash_forward(ctx, a.att.data(), a.att_lse.data(), a.q.data(), a.k.data(), a.v.data(),
+                              p(pname(l, "attn/rel_bias")).w.data(), segments.data(), B, S, nh, dh);
+    } else {
+      ensure(a.probs, B * nh * S * S);
+      cuda::attention_forward(ctx, a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
+                              p(pname(l, "attn/rel_bias")).w.data(), segments.data(), B, S, nh, dh);
+    }
     to_bf16(ctx, a.att16.data(), a.att.data(), T * A);
     ensure(a.x_mid, T * M);
     matmul_forward(ctx, a.x_mid.data(), a.att16.data(), p(pname(l, "attn/wo")).w16.data(), T, A, M);
@@ -350,13 +362,20 @@ struct Engine::Impl {
     Acts& a = acts[l];
     DeviceParam &wq = p(pname(l, "attn/wq")), &wk = p(pname(l, "attn/wk")), &wv = p(pname(l, "attn/wv"));
     DeviceParam& wo = p(pname(l, "attn/wo"));
-    Buffer<float> datt, dq, dk, dv, dxn, scratch(B * nh * S * S);
+    Buffer<float> datt, dq, dk, dv, dxn;
     zero(ctx, datt, T * A); zero(ctx, dq, T * A); zero(ctx, dk, T * A); zero(ctx, dv, T * A);
     Buffer<bf16> dx16 = half(dx.data(), T * M);
     matmul_backward(ctx, datt.data(), wo.g.data(), dx16.data(), a.att16.data(), wo.w16.data(), T, A, M);
-    cuda::attention_backward(ctx, dq.data(), dk.data(), dv.data(), p(pname(l, "attn/rel_bias")).g.data(),
-                             scratch.data(), datt.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
-                             segments.data(), B, S, nh, dh);
+    DeviceParam& rb = p(pname(l, "attn/rel_bias"));
+    if (flash) {
+      attention_flash_backward(ctx, dq.data(), dk.data(), dv.data(), rb.g.data(), datt.data(), a.att.data(),
+                               a.att_lse.data(), a.q.data(), a.k.data(), a.v.data(), rb.w.data(), segments.data(),
+                               B, S, nh, dh);
+    } else {
+      Buffer<float> scratch(B * nh * S * S);
+      cuda::attention_backward(ctx, dq.data(), dk.data(), dv.data(), rb.g.data(), scratch.data(), datt.data(),
+                               a.probs.data(), a.q.data(), a.k.data(), a.v.data(), segments.data(), B, S, nh, dh);
+    }
     zero(ctx, dxn, T * M);
     Buffer<bf16> dq16 = half(dq.data(), T * A), dk16 = half(dk.data(), T * A), dv16 = half(dv.data(), T * A);
     matmul_backward(ctx, dxn.data(), wq.g.data(), dq16.data(), a.xn1.data(), wq.w16.data(), T, M, A);

@@ -184,6 +184,42 @@ TEST_CASE("attention with relative bias, zero logit and segments, forward and ba
   CHECK(rel_error(d_drb.download(), drb) < 1e-5);
 }
 
+TEST_CASE("flash attention (no probabilities kept) equals the CPU's attention, forward and backward") {
+  cu::Context ctx;
+  for (int64_t dh : {16, 64}) {
+    INFO("d_head " << dh);
+    const int64_t B = 2, S = 200, nh = 2, ld = nh * dh;  // S not a multiple of the tiles; > 128
+    const auto q = random_vec(B * S * ld, 20, 0.2f), k = random_vec(B * S * ld, 21, 0.2f);
+    const auto v = random_vec(B * S * ld, 22), rb = random_vec(nh * cpu::kRelposBuckets, 23, 0.5f);
+    const auto dout = random_vec(B * S * ld, 24);
+    std::vector<int32_t> seg(B * S);
+    for (int64_t i = 0; i < B * S; i++) seg[i] = static_cast<int32_t>((i % S) / 70);
+    std::vector<float> out(B * S * ld), probs(B * nh * S * S), dq(B * S * ld, 0.1f), dk(B * S * ld, 0.2f),
+        dv(B * S * ld, 0.3f), drb(nh * cpu::kRelposBuckets, 0.4f);
+    cpu::attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(),
+                           B, S, nh, dh);
+    cpu::attention_backward(dq.data(), dk.data(), dv.data(), drb.data(), dout.data(), probs.data(),
+                            q.data(), k.data(), v.data(), seg.data(), B, S, nh, dh);
+    REQUIRE(cu::flash_attention_supports(dh));
+    auto d_q = device(q), d_k = device(k), d_v = device(v), d_rb = device(rb), d_dout = device(dout);
+    auto d_seg = device(seg);
+    cu::Buffer<float> d_out(out.size()), d_lse(B * nh * S);
+    auto d_dq = device(std::vector<float>(dq.size(), 0.1f)), d_dk = device(std::vector<float>(dk.size(), 0.2f));
+    auto d_dv = device(std::vector<float>(dv.size(), 0.3f)), d_drb = device(std::vector<float>(drb.size(), 0.4f));
+    cu::attention_flash_forward(ctx, d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), d_rb.data(),
+                                d_seg.data(), B, S, nh, dh);
+    cu::attention_flash_backward(ctx, d_dq.data(), d_dk.data(), d_dv.data(), d_drb.data(), d_dout.data(),
+                                 d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), d_rb.data(),
+                                 d_seg.data(), B, S, nh, dh);
+    ctx.sync();
+    CHECK(rel_error(d_out.download(), out) < 1e-5);
+    CHECK(rel_error(d_dq.download(), dq) < 1e-4);
+    CHECK(rel_error(d_dk.download(), dk) < 1e-4);
+    CHECK(rel_error(d_dv.download(), dv) < 1e-4);
+    CHECK(rel_error(d_drb.download(), drb) < 1e-4);
+  }
+}
+
 TEST_CASE("softmax cross-entropy with z-loss, forward and backward") {
   cu::Context ctx;
   glam::Mesh mesh = glam::Mesh::single();

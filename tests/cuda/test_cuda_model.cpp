@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 
 #include "glam/adafactor.h"
@@ -61,8 +62,10 @@ Batch random_batch(const Config& c, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("the GPU model's loss and gradients match the CPU model's") {
+  for (const char* attention : {"flash", "naive"})
   for (int64_t experts : {8, 0}) {
-    INFO("experts " << experts);
+    setenv("GLAM_CUDA_ATTENTION", attention, 1);
+    INFO("experts " << experts << ", attention " << attention);
     const Config cfg = small_config(experts);
     Mesh mesh = Mesh::single();
     Model cpu_model(cfg, mesh);
@@ -92,6 +95,7 @@ TEST_CASE("the GPU model's loss and gradients match the CPU model's") {
       CHECK(err <= 5e-2 * scale + 1e-6);
     }
   }
+  unsetenv("GLAM_CUDA_ATTENTION");
 }
 
 TEST_CASE("20 training steps on the GPU follow the CPU loss curve") {

@@ -143,6 +143,18 @@ void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, flo
                         const float* k, const float* v, const int32_t* segments, int64_t B,
                         int64_t S, int64_t nh, int64_t dh);
 
+// ---- flash_attention.cu: the same attention, fused, without the probabilities ------
+// lse [B, nh, S]: log of each query's softmax denominator (zero logit included),
+// all the backward keeps. d_head 16, 32, 64 or 128.
+bool flash_attention_supports(int64_t dh);
+void attention_flash_forward(const Context& ctx, float* out, float* lse, const float* q, const float* k,
+                             const float* v, const float* rb, const int32_t* segments, int64_t B, int64_t S,
+                             int64_t nh, int64_t dh);
+void attention_flash_backward(const Context& ctx, float* dq, float* dk, float* dv, float* drb, const float* dout,
+                              const float* out, const float* lse, const float* q, const float* k, const float* v,
+                              const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
+                              int64_t dh);
+
 // ---- loss.cu: softmax cross-entropy with z-loss over a vocabulary shard ----------
 // As cpu::softmax_xent_forward: the row max and sum are reduced over the model
 // axis of the mesh (staged through the host).
