@@ -15,10 +15,14 @@
 
 #include <algorithm>
 #include <cmath>
+
+#include "glam/adafactor.h"
+#include "glam/params.h"
 #include <cstdio>
 #include <random>
 #include <vector>
 
+#include "glam/cuda/adafactor.h"
 #include "glam/cuda/layers.h"
 #include "glam/layers.h"
 #include "glam/mesh.h"
@@ -300,6 +304,53 @@ TEST_CASE("router: the GPU's gating decisions are the CPU's, for both second-cho
     CHECK(rel_error(d_dweight.download(), dweight) < 1e-5);
     CHECK(rel_error(d_dx.download(), dx) < 1e-6);
   }
+}
+
+TEST_CASE("Adafactor on the GPU takes the CPU's steps (factored and full second moments)") {
+  cu::Context ctx;
+  glam::Mesh mesh = glam::Mesh::single();
+  glam::ParamTable table;
+  auto add = [&](const char* name, std::vector<int64_t> shape, uint64_t seed) {
+    glam::Param p;
+    p.name = name;
+    p.shape = p.global_shape = shape;
+    p.w = random_vec(p.size(), seed, 0.05f);
+    p.g.assign(p.size(), 0.0f);
+    table.params.push_back(p);
+  };
+  add("experts", {2, 160, 136}, 30);  // factored per leading index
+  add("bias", {300}, 31);             // full second moment
+  glam::AdafactorOptions opt;
+  glam::Adafactor cpu_opt(table, opt);
+  std::vector<cu::DeviceAdafactorSlot> slots;
+  std::vector<cu::Buffer<float>> w;
+  for (size_t i = 0; i < table.params.size(); i++) {
+    slots.push_back(cu::make_slot(cpu_opt.slots()[i]));
+    w.push_back(device(table.params[i].w));
+  }
+  REQUIRE(slots[0].factored);
+  REQUIRE(!slots[1].factored);
+  for (int64_t t = 0; t < 3; t++) {
+    for (size_t i = 0; i < table.params.size(); i++) table.params[i].g = random_vec(table.params[i].size(), 40 + t * 7 + i);
+    const double lr = 0.01, rho = 1.0 - std::pow(static_cast<double>(t + 1), -opt.decay_pow);
+    for (size_t i = 0; i < table.params.size(); i++) {
+      auto g = device(table.params[i].g);
+      cu::adafactor_update(ctx, w[i].data(), g.data(), slots[i], table.params[i], rho, lr, opt, mesh);
+    }
+    cpu_opt.step(table, lr, t, mesh);
+    for (size_t i = 0; i < table.params.size(); i++) {
+      INFO(table.params[i].name << " after step " << t);
+      CHECK(rel_error(w[i].download(), table.params[i].w) < 1e-6);
+    }
+    CHECK(rel_error(slots[0].vr, cpu_opt.slots()[0].vr) < 1e-6);
+    CHECK(rel_error(slots[0].vc, cpu_opt.slots()[0].vc) < 1e-6);
+    CHECK(rel_error(slots[1].v.download(), cpu_opt.slots()[1].v) < 1e-6);
+  }
+  // the global norm's sum of squares
+  auto g0 = device(table.params[0].g);
+  double want = 0.0;
+  for (float x : table.params[0].g) want += static_cast<double>(x) * x;
+  CHECK(cu::sum_squares(ctx, g0.data(), table.params[0].size()) == Approx(want).epsilon(1e-12));
 }
 
 int main(int argc, char** argv) {
