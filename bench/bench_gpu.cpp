@@ -86,7 +86,8 @@ void bench_config(const std::string& path, int64_t rows, int steps, int warmup, 
     const auto b = Clock::now();
     model.backward();
     const auto c = Clock::now();
-    opt.step(model.params(), glam::learning_rate(cfg.train, s + 1), s, mesh);
+    model.grad_norm();
+    model.optimizer_step(opt, glam::learning_rate(cfg.train, s + 1), s);
     const auto d = Clock::now();
     if (s >= warmup) { fwd += seconds(a, b); bwd += seconds(b, c); upd += seconds(c, d); }
   }
@@ -96,7 +97,7 @@ void bench_config(const std::string& path, int64_t rows, int steps, int warmup, 
   const double flops_per_token = 6.0 * glam::count_activated_params(m) +
                                  12.0 * m.n_layers * m.seq_len * m.n_heads * m.d_head;
   const double mfu = flops_per_token * tokens_per_s / (peak * 1e12);
-  std::printf("%-22s %6lld x %-5lld %9.0f tok/s  %6.3f s/step (fwd %.3f, bwd %.3f, optimizer %.3f)  "
+  std::printf("%-22s %6lld x %-5lld %9.0f tok/s  %6.3f s/step (fwd %.3f, bwd %.3f, norm+optimizer %.3f)  "
               "%8.2f GFLOP/token  MFU %5.1f %%  loss %.3f  init %.0f s\n",
               path.c_str(), static_cast<long long>(rows), static_cast<long long>(m.seq_len), tokens_per_s,
               total / steps, fwd / steps, bwd / steps, upd / steps, flops_per_token / 1e9, 100.0 * mfu, loss, init_s);

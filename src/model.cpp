@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "glam/adafactor.h"
 #include "glam/check.h"
 #ifdef GLAM_WITH_CUDA
 #include "glam/cuda/engine.h"
@@ -44,6 +45,32 @@ Model::Model(const Config& cfg, const Mesh& mesh, Device device)
 const std::vector<float>& Model::logits() const {
   fetch_gpu_outputs();
   return logits_;
+}
+
+double Model::grad_norm() const {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) return gpu_->grad_norm();
+#endif
+  return global_grad_norm(params_, mesh_);
+}
+
+void Model::optimizer_step(Adafactor& opt, double lr, int64_t t) {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) return gpu_->optimizer_step(opt, lr, t);
+#endif
+  opt.step(params_, lr, t, mesh_);
+}
+
+void Model::sync_to_host(Adafactor* opt) {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) gpu_->to_host(opt);
+#endif
+}
+
+void Model::sync_to_device(const Adafactor* opt) {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) gpu_->to_device(opt);
+#endif
 }
 
 void Model::fetch_gpu_outputs() const {

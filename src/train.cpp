@@ -220,6 +220,7 @@ int train_main(const std::vector<std::string>& args) {
   Model model(cfg, mesh, device);
   Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
   TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);
+  model.sync_to_device(&optimizer);  // the GPU's copies start from the checkpoint (no-op on the CPU)
   std::ofstream metrics;
   if (mesh.is_root()) {
     prepare_run_dir(run_dir, cfg);
@@ -254,11 +255,11 @@ int train_main(const std::vector<std::string>& args) {
     r.step = step + 1;
     {
       ScopedPhase phase(model.timers, "optimizer");
-      r.grad_norm = global_grad_norm(model.params(), mesh);
+      r.grad_norm = model.grad_norm();
       r.skipped = mesh.any(!std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss));
       r.lr = learning_rate(cfg.train, step + 1);
       if (r.skipped) r.skipped_total++;
-      else optimizer.step(model.params(), r.lr, st.updates++, mesh);
+      else model.optimizer_step(optimizer, r.lr, st.updates++);
     }
     st.step = step + 1;
     st.skipped_total = r.skipped_total;
@@ -278,6 +279,7 @@ int train_main(const std::vector<std::string>& args) {
                      (cfg.checkpoint.every_steps > 0 && st.step % cfg.checkpoint.every_steps == 0);
     if (stop || due) {
       ScopedPhase phase(model.timers, "checkpoint");
+      model.sync_to_host(&optimizer);
       const std::string path = save_checkpoint(run_dir, model.params(), optimizer, st, cfg, mesh, cfg.checkpoint.keep);
       last_checkpoint = std::chrono::steady_clock::now();
       if (mesh.is_root() && (stop || cfg.train.log_every == 1 || st.step % cfg.train.log_every == 0))
@@ -292,6 +294,7 @@ int train_main(const std::vector<std::string>& args) {
   }
   {
     ScopedPhase phase(model.timers, "io");
+    model.sync_to_host(&optimizer);
     save_weights((fs::path(run_dir) / "weights.h5").string(), model.params(), cfg, mesh);
   }
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

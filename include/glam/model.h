@@ -16,6 +16,7 @@
 #include "glam/timers.h"
 
 namespace glam::cuda { class Engine; }
+namespace glam { class Adafactor; }
 
 namespace glam {
 
@@ -86,6 +87,17 @@ class Model {
   // sums them over the data axis (replicas of experts over their replica group):
   // afterwards every shard holds the gradient of the global batch's loss.
   void backward();
+  // The global gradient norm and the optimizer step, where the weights live
+  // (for Device::cuda: on the GPU, which holds weights, gradients and the
+  // optimizer's statistics between steps).
+  double grad_norm() const;
+  void optimizer_step(Adafactor& opt, double lr, int64_t t);
+  // Device::cuda: copy weights, gradients (and opt's statistics) from the GPU
+  // into params() (and opt) before they are read or saved; after params() (and
+  // opt) were changed on the host, e.g. by a checkpoint, send them back. No-ops
+  // on the CPU.
+  void sync_to_host(Adafactor* opt = nullptr);
+  void sync_to_device(const Adafactor* opt = nullptr);
   // The training step, for decisions that vary per step (GShard's random second-expert policy).
   void set_step(int64_t step) { step_ = step; }
   // Logits [T, Vl] of the last forward (this rank's vocabulary shard).

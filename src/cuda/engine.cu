@@ -20,6 +20,7 @@
 #include <string>
 
 #include "glam/check.h"
+#include "glam/cuda/adafactor.h"
 #include "glam/cuda/layers.h"
 #include "glam/exchange.h"
 #include "glam/model.h"
@@ -65,15 +66,23 @@ void zero(const Context& ctx, Buffer<T>& b, int64_t n) {
   if (n) check(cudaMemsetAsync(b.data(), 0, n * sizeof(T), ctx.stream()), "cudaMemsetAsync");
 }
 
-std::vector<float> download(const float* d, int64_t n) {
-  std::vector<float> h(n);
-  if (n) check(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost), "download");
-  return h;
-}
-
-void upload(float* d, const std::vector<float>& h) {
-  if (!h.empty()) check(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice), "upload");
-}
+// Page-locked host memory for staging collectives when MPI cannot take device
+// pointers; grows on demand, one per purpose.
+class Pinned {
+ public:
+  ~Pinned() { if (ptr_) cudaFreeHost(ptr_); }
+  float* get(size_t n) {
+    if (n > n_) {
+      if (ptr_) cudaFreeHost(ptr_);
+      check(cudaMallocHost(&ptr_, n * sizeof(float)), "cudaMallocHost");
+      n_ = n;
+    }
+    return ptr_;
+  }
+ private:
+  float* ptr_ = nullptr;
+  size_t n_ = 0;
+};
 
 }  // namespace
 
@@ -115,23 +124,120 @@ struct Engine::Impl {
   DeviceParam& p(const std::string& name) { return dev.at(name); }
   cpu::Act act() const { return cfg.expert_act == "gelu" ? cpu::Act::gelu : cpu::Act::relu; }
 
-  // Sum over the model axis (the tensor-parallel partial sums).
-  void reduce_model(float* d, int64_t n) {
-    if (mesh.model_size == 1 || n == 0) return;
+  Pinned pinned_a, pinned_b;
+  std::vector<DeviceAdafactorSlot> slots;  // the optimizer's statistics, once on the device
+  bool weights_on_device = false;
+
+  // An in-place reduction `op` of n floats at d: on the device pointer when MPI
+  // is CUDA-aware, else through pinned host memory.
+  template <typename Op>
+  void reduce(float* d, int64_t n, Op op) {
+    if (n == 0) return;
     ctx.sync();
-    if (aware) { mesh.allreduce_sum_model(d, n); return; }
-    std::vector<float> h = download(d, n);
-    mesh.allreduce_sum_model(h.data(), n);
-    upload(d, h);
+    if (aware) { op(d); return; }
+    float* h = pinned_a.get(n);
+    check(cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost), "stage");
+    op(h);
+    check(cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice), "stage");
   }
 
-  void upload_weights() {
+  // Sum over the model axis (the tensor-parallel partial sums).
+  void reduce_model(float* d, int64_t n) {
+    if (mesh.model_size > 1) reduce(d, n, [&](float* x) { mesh.allreduce_sum_model(x, n); });
+  }
+
+  // The fp32 master weights live on the device from the first forward (or
+  // to_device) on; each forward refreshes their bf16 copies there.
+  void refresh_weights() {
+    if (!weights_on_device) to_device(nullptr);
     for (const Param& q : params.params) {
       DeviceParam& d = dev[q.name];
-      d.w.upload(q.w);
       ensure(d.w16, q.size());
       to_bf16(ctx, d.w16.data(), d.w.data(), q.size());
     }
+  }
+
+  void to_device(const Adafactor* opt) {
+    for (const Param& q : params.params) dev[q.name].w.upload(q.w);
+    weights_on_device = true;
+    if (opt) {
+      slots.clear();
+      for (const AdafactorSlot& s : opt->slots()) slots.push_back(make_slot(s));
+    }
+  }
+
+  void to_host(Adafactor* opt) {
+    ctx.sync();
+    for (Param& q : params.params) {
+      DeviceParam& d = dev[q.name];
+      if (weights_on_device) q.w = d.w.download();
+      if (d.g.size() == static_cast<size_t>(q.size())) q.g = d.g.download();
+    }
+    if (opt && !slots.empty())
+      for (size_t i = 0; i < slots.size(); i++) {
+        AdafactorSlot& h = opt->slots()[i];
+        if (slots[i].factored) { h.vr = slots[i].vr; h.vc = slots[i].vc; }
+        else h.v = slots[i].v.download();
+      }
+  }
+
+  // Data parallelism as Model::reduce_gradients, on the device gradients.
+  void reduce_gradients() {
+    for (const Param& q : params.params) {
+      float* g = dev.at(q.name).g.data();
+      if (q.data_axis < 0) reduce(g, q.size(), [&](float* x) { mesh.allreduce_sum_data(x, q.size()); });
+      else if (q.data_replicas > 1)
+        reduce(g, q.size(), [&](float* x) { mesh.allreduce_sum(x, q.size(), place.replica_comm); });
+    }
+  }
+
+  double grad_norm() {
+    double sum = 0.0;
+    for (const Param& q : params.params) {
+      double s = sum_squares(ctx, dev.at(q.name).g.data(), q.size());
+      sum_over_shards(q, mesh, &s, 1);
+      sum += s;
+    }
+    return std::sqrt(sum);
+  }
+
+  void optimizer_step(Adafactor& opt, double lr, int64_t t) {
+    if (slots.empty())
+      for (const AdafactorSlot& h : opt.slots()) slots.push_back(make_slot(h));
+    const double rho = 1.0 - std::pow(static_cast<double>(t + 1), -opt.options().decay_pow);
+    for (size_t i = 0; i < params.params.size(); i++) {
+      const Param& q = params.params[i];
+      DeviceParam& d = dev.at(q.name);
+      adafactor_update(ctx, d.w.data(), d.g.data(), slots[i], q, rho, lr, opt.options(), mesh);
+    }
+  }
+
+  // Rows [rows, M] in router order -> [n_recv, M] for this rank's experts, and
+  // back: MPI_Alltoallv over the data axis on device buffers (CUDA-aware MPI) or
+  // pinned host copies, then the regrouping as device-to-device copies.
+  void alltoallv(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                 const std::vector<int64_t>& recv_rows) {
+    const int64_t M = cfg.d_model;
+    int64_t ns = 0, nr = 0;
+    for (int64_t r : send_rows) ns += r;
+    for (int64_t r : recv_rows) nr += r;
+    ctx.sync();
+    if (aware) { mesh.alltoallv_rows_data(send, send_rows, recv, recv_rows, M); return; }
+    float* hs = pinned_a.get(ns * M);
+    float* hr = pinned_b.get(nr * M);
+    if (ns) check(cudaMemcpy(hs, send, ns * M * sizeof(float), cudaMemcpyDeviceToHost), "stage");
+    mesh.alltoallv_rows_data(hs, send_rows, hr, recv_rows, M);
+    if (nr) check(cudaMemcpy(recv, hr, nr * M * sizeof(float), cudaMemcpyHostToDevice), "stage");
+  }
+
+  void regroup(float* dst, const float* src, const ExchangePlan& x, bool to_experts) {
+    const int64_t M = cfg.d_model;
+    for_each_exchange_run(x, [&](int64_t received, int64_t grouped, int64_t n) {
+      if (n == 0) return;
+      const int64_t from = to_experts ? received : grouped, to = to_experts ? grouped : received;
+      check(cudaMemcpyAsync(dst + to * M, src + from * M, n * M * sizeof(float), cudaMemcpyDeviceToDevice,
+                            ctx.stream()), "regroup");
+    });
   }
 
   // ---- forward ----------------------------------------------------------------
@@ -144,7 +250,7 @@ struct Engine::Impl {
     for (int32_t id : b.ids)
       GLAM_REQUIRE(id >= 0 && id < cfg.vocab_size, "token id ", id, " outside the vocabulary [0, ",
                    cfg.vocab_size, ")");
-    upload_weights();
+    refresh_weights();
     ids.upload(b.ids); targets.upload(b.targets); segments.upload(b.segments);
 
     ensure(acts[0].x, T * M);
@@ -217,21 +323,21 @@ struct Engine::Impl {
     reduce_model(out.data(), T * M);
   }
 
-  // Rows [rows, M] in router order -> [n_recv, M] for this rank's experts (staged).
   void exchange_to_experts(Buffer<float>& dst, const float* src, int64_t rows, const ExchangePlan& x) {
     const int64_t M = cfg.d_model;
-    std::vector<float> host_dst;
-    send_to_experts(host_dst, download(src, rows * M), x, mesh, M);
+    Buffer<float> received(x.n_recv() * M);
+    alltoallv(src, x.send_rows, received.data(), x.recv_rows);
     ensure(dst, x.n_recv() * M);
-    upload(dst.data(), host_dst);
+    regroup(dst.data(), received.data(), x, true);
+    ctx.sync();
   }
 
   void exchange_from_experts(Buffer<float>& dst, const float* src, int64_t rows, const ExchangePlan& x) {
     const int64_t M = cfg.d_model;
-    std::vector<float> host_dst;
-    return_from_experts(host_dst, download(src, x.n_recv() * M), x, mesh, M);
+    Buffer<float> outgoing(x.n_recv() * M);
+    regroup(outgoing.data(), src, x, false);
     ensure(dst, rows * M);
-    upload(dst.data(), host_dst);
+    alltoallv(outgoing.data(), x.recv_rows, dst.data(), x.send_rows);
   }
 
   void moe_forward(int64_t l, Buffer<float>& out, bool no_drop) {
@@ -334,20 +440,8 @@ struct Engine::Impl {
       attention_backward(l, dx);
     }
     embedding_backward(ctx, p("embedding").g.data(), dx.data(), ids.data(), T, M, v0, V);
-    ctx.sync();
-    for (Param& q : params.params) {  // accumulate into the host gradients, as the CPU model
-      const std::vector<float> g = dev.at(q.name).g.download();
-      for (size_t i = 0; i < g.size(); i++) q.g[i] += g[i];
-    }
     reduce_gradients();
-  }
-
-  // As Model::reduce_gradients, on the host copies.
-  void reduce_gradients() {
-    for (Param& q : params.params) {
-      if (q.data_axis < 0) mesh.allreduce_sum_data(q.g.data(), q.size());
-      else if (q.data_replicas > 1) mesh.allreduce_sum(q.g.data(), q.size(), place.replica_comm);
-    }
+    ctx.sync();
   }
 
   Buffer<bf16> half(const float* x, int64_t n) {
@@ -451,6 +545,10 @@ LossParts Engine::forward(const Batch& batch, bool no_drop, int64_t step) {
 }
 
 void Engine::backward() { impl_->backward(); }
+double Engine::grad_norm() { return impl_->grad_norm(); }
+void Engine::optimizer_step(Adafactor& opt, double lr, int64_t t) { impl_->optimizer_step(opt, lr, t); }
+void Engine::to_host(Adafactor* opt) { impl_->to_host(opt); }
+void Engine::to_device(const Adafactor* opt) { impl_->to_device(opt); }
 
 std::vector<float> Engine::logits() const {
   impl_->ctx.sync();

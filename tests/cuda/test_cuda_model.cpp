@@ -81,6 +81,8 @@ TEST_CASE("the GPU model's loss and gradients match the CPU model's") {
     CHECK(got.n_targets == want.n_targets);
     cpu_model.backward();
     gpu_model.backward();
+    gpu_model.sync_to_host();
+    CHECK(gpu_model.grad_norm() == Approx(cpu_model.grad_norm()).epsilon(5e-2));
     for (size_t i = 0; i < cpu_model.params().params.size(); i++) {
       const Param& c = cpu_model.params().params[i];
       const Param& g = gpu_model.params().params[i];
@@ -116,8 +118,8 @@ TEST_CASE("20 training steps on the GPU follow the CPU loss curve") {
     const double lc = cpu_model.forward(batch).loss, lg = gpu_model.forward(batch).loss;
     cpu_model.backward();
     gpu_model.backward();
-    cpu_opt.step(cpu_model.params(), lr, step, mesh);
-    gpu_opt.step(gpu_model.params(), lr, step, mesh);
+    cpu_model.optimizer_step(cpu_opt, lr, step);
+    gpu_model.optimizer_step(gpu_opt, lr, step);
     if (step == 0) { cpu_first = lc; gpu_first = lg; }
     cpu_last = lc; gpu_last = lg;
     INFO("step " << step << ": cpu " << lc << ", gpu " << lg);
@@ -125,6 +127,22 @@ TEST_CASE("20 training steps on the GPU follow the CPU loss curve") {
   }
   CHECK(cpu_last < cpu_first);
   CHECK(gpu_last < gpu_first);
+  // the GPU's weights and statistics come back to the host (as before a checkpoint)
+  gpu_model.sync_to_host(&gpu_opt);
+  double max_diff = 0.0, max_w = 0.0;
+  for (size_t i = 0; i < cpu_model.params().params.size(); i++)
+    for (size_t j = 0; j < cpu_model.params().params[i].w.size(); j++) {
+      max_diff = std::max(max_diff, std::fabs(static_cast<double>(gpu_model.params().params[i].w[j]) -
+                                              cpu_model.params().params[i].w[j]));
+      max_w = std::max(max_w, std::fabs(static_cast<double>(cpu_model.params().params[i].w[j])));
+    }
+  CHECK(max_diff < 0.05 * max_w);
+  // and a model resumed from them on the GPU continues where the first one is
+  Model resumed(cfg, mesh, Device::cuda);
+  resumed.params() = gpu_model.params();
+  resumed.sync_to_device(&gpu_opt);
+  const Batch batch = random_batch(cfg, 500);
+  CHECK(resumed.forward(batch).loss == Approx(gpu_model.forward(batch).loss).epsilon(1e-6));
 }
 
 TEST_CASE("logits and target log-probs of the GPU model match the CPU model's") {

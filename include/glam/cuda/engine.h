@@ -3,12 +3,14 @@
 // and mesh reductions as the CPU path, with the layers of glam::cuda (layers.h);
 // the CPU path is its oracle (tests/cuda).
 //
-// Weights: the fp32 master copies stay in the model's ParamTable on the host
-// (the optimizer and the checkpoints use them, as on the CPU); forward uploads
-// them once per call into device fp32 copies and bf16 copies for the GEMMs.
-// Activations that feed GEMMs are bf16, the residual stream and all statistics
-// fp32. backward accumulates the gradient of the global batch's loss into the
-// ParamTable's g on the host, reduced over the mesh as the CPU model does.
+// Weights: the fp32 master weights, their gradients and the Adafactor statistics
+// live on the device from the first forward on (uploaded from the ParamTable);
+// each forward makes bf16 copies of the weights for the GEMMs. Activations that
+// feed GEMMs are bf16, the residual stream and all statistics fp32. backward
+// leaves the gradient of the global batch's loss (reduced over the mesh as the
+// CPU model does) on the device; to_host copies weights, gradients and the
+// optimizer's statistics back into the ParamTable and the Adafactor (before
+// saving), to_device the other way (after loading).
 // Collectives take device pointers when the MPI library is CUDA-aware (asked at
 // run time), otherwise they are staged through host memory.
 #pragma once
@@ -16,6 +18,7 @@
 
 #include <vector>
 
+#include "glam/adafactor.h"
 #include "glam/config.h"
 #include "glam/corpus.h"
 #include "glam/mesh.h"
@@ -32,7 +35,11 @@ class Engine {
   Engine(const Config& cfg, const Mesh& mesh, ParamTable& params);
   ~Engine();
   LossParts forward(const Batch& batch, bool no_drop, int64_t step);
-  void backward();
+  void backward();  // overwrites the device gradients
+  double grad_norm();
+  void optimizer_step(Adafactor& opt, double lr, int64_t t);
+  void to_host(Adafactor* opt);
+  void to_device(const Adafactor* opt);
   std::vector<float> logits() const;  // [T, Vl] of the last forward, fp32, on the host
   std::vector<float> lse() const;     // [T]
 
