@@ -17,7 +17,7 @@ PROMPT   ?= The meaning of
 export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: all build deps configure test demo corpus bench clean
+.PHONY: all build deps configure test demo corpus bench bench-gpu gpu-bundle clean
 
 all: build
 
@@ -49,6 +49,22 @@ demo: corpus
 # Benchmarks print figures and ratios against a peer measured in the same run.
 bench: corpus
 	python3 bench/mesh_bench.py --build $(BUILD)
+
+# On a GPU: tokens/s and MFU of a glam-0.1b-64e-shaped and a 1.7B-shaped model.
+BENCH_GPU_CONFIGS ?= input/glam-0.1b-64e.cfg input/glam-1.7b.cfg
+bench-gpu: deps
+	cmake -S . -B $(BUILD) -DGLAM_CUDA=ON
+	cmake --build $(BUILD) -j $(JOBS) --target bench_gpu
+	$(BUILD)/bench_gpu --rows 8 --steps 5 $(BENCH_GPU_CONFIGS)
+
+# GPU machines without MPI/HDF5/Boost: build with CUDA here, carry the archive
+# there, unpack it and run bin/ programs through run.sh (docs/GPU.md).
+GPU_BUNDLE ?= .gpu/glam-gpu.tar.gz
+gpu-bundle: deps
+	cmake -S . -B $(BUILD) -DGLAM_CUDA=ON
+	cmake --build $(BUILD) -j $(JOBS) --target glam test_cuda_layers test_cuda_model bench_gpu
+	mkdir -p $(dir $(GPU_BUNDLE))
+	scripts/gpu-bundle.sh $(BUILD) $(GPU_BUNDLE)
 
 clean:
 	rm -rf $(BUILD)

@@ -31,12 +31,8 @@ ExchangePlan plan_exchange(const cpu::RoutingPlan& plan, const ExpertPlacement& 
   return x;
 }
 
-namespace {
-
 // Received order is [source][local expert]; the experts want [local expert][source].
-// Calls f(received_row, grouped_row, n) for each contiguous run.
-template <typename F>
-void for_each_run(const ExchangePlan& x, F f) {
+void for_each_exchange_run(const ExchangePlan& x, const std::function<void(int64_t, int64_t, int64_t)>& f) {
   std::vector<int64_t> fill(x.local_offsets.begin(), x.local_offsets.end() - 1);
   int64_t received = 0;
   for (int64_t s = 0; s < x.D; s++)
@@ -48,14 +44,12 @@ void for_each_run(const ExchangePlan& x, F f) {
     }
 }
 
-}  // namespace
-
 void send_to_experts(std::vector<float>& expert_rows, const std::vector<float>& dispatched,
                      const ExchangePlan& x, const Mesh& mesh, int64_t M) {
   std::vector<float> received(x.n_recv() * M);
   mesh.alltoallv_rows_data(dispatched.data(), x.send_rows, received.data(), x.recv_rows, M);
   expert_rows.resize(x.n_recv() * M);
-  for_each_run(x, [&](int64_t from, int64_t to, int64_t n) {
+  for_each_exchange_run(x, [&](int64_t from, int64_t to, int64_t n) {
     if (n) std::memcpy(expert_rows.data() + to * M, received.data() + from * M, sizeof(float) * n * M);
   });
 }
@@ -63,7 +57,7 @@ void send_to_experts(std::vector<float>& expert_rows, const std::vector<float>& 
 void return_from_experts(std::vector<float>& dispatched, const std::vector<float>& expert_rows,
                          const ExchangePlan& x, const Mesh& mesh, int64_t M) {
   std::vector<float> outgoing(x.n_recv() * M);
-  for_each_run(x, [&](int64_t to, int64_t from, int64_t n) {
+  for_each_exchange_run(x, [&](int64_t to, int64_t from, int64_t n) {
     if (n) std::memcpy(outgoing.data() + to * M, expert_rows.data() + from * M, sizeof(float) * n * M);
   });
   int64_t rows = 0;

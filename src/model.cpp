@@ -9,7 +9,11 @@
 #include <cmath>
 #include <cstdio>
 
+#include "glam/adafactor.h"
 #include "glam/check.h"
+#ifdef GLAM_WITH_CUDA
+#include "glam/cuda/engine.h"
+#endif
 
 namespace glam {
 
@@ -20,7 +24,7 @@ void add_into(std::vector<float>& y, const std::vector<float>& x) {
 }
 }  // namespace
 
-Model::Model(const Config& cfg, const Mesh& mesh)
+Model::Model(const Config& cfg, const Mesh& mesh, Device device)
     : cfg_(cfg.model), mesh_(mesh), seed_(cfg.train.seed), params_(build_params(cfg.model, mesh)) {
   init_params(params_, seed_, mesh);
   nh_ = cfg_.n_heads / mesh.model_size;
@@ -29,6 +33,53 @@ Model::Model(const Config& cfg, const Mesh& mesh)
   V_ = cfg_.vocab_size / mesh.model_size;
   v0_ = V_ * mesh.model_rank;
   acts_.resize(cfg_.n_layers);
+  if (device == Device::cuda) {
+#ifdef GLAM_WITH_CUDA
+    gpu_ = std::make_shared<cuda::Engine>(cfg, mesh, params_);
+#else
+    throw UserError("--device cuda: this build has no CUDA backend");
+#endif
+  }
+}
+
+const std::vector<float>& Model::logits() const {
+  fetch_gpu_outputs();
+  return logits_;
+}
+
+double Model::grad_norm() const {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) return gpu_->grad_norm();
+#endif
+  return global_grad_norm(params_, mesh_);
+}
+
+void Model::optimizer_step(Adafactor& opt, double lr, int64_t t) {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) return gpu_->optimizer_step(opt, lr, t);
+#endif
+  opt.step(params_, lr, t, mesh_);
+}
+
+void Model::sync_to_host(Adafactor* opt) {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) gpu_->to_host(opt);
+#endif
+}
+
+void Model::sync_to_device(const Adafactor* opt) {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) gpu_->to_device(opt);
+#endif
+}
+
+void Model::fetch_gpu_outputs() const {
+#ifdef GLAM_WITH_CUDA
+  if (!gpu_outputs_stale_) return;
+  logits_ = gpu_->logits();
+  lse_ = gpu_->lse();
+  gpu_outputs_stale_ = false;
+#endif
 }
 
 std::string Model::pname(int64_t l, const char* what) const {
@@ -47,6 +98,15 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   for (int32_t id : batch.ids)
     GLAM_REQUIRE(id >= 0 && id < cfg_.vocab_size, "token id ", id, " outside the vocabulary [0, ",
                  cfg_.vocab_size, ")");
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) {
+    GLAM_REQUIRE(!frozen, "frozen routing (finite-difference tests) runs on the CPU only");
+    ScopedPhase phase(timers, "gpu_forward");
+    parts_ = gpu_->forward(batch, no_drop, step_);
+    gpu_outputs_stale_ = true;
+    return parts_;
+  }
+#endif
 
   std::vector<float>& x0 = acts_[0].x;  // [T, M]
   x0.resize(T_ * M);
@@ -214,6 +274,7 @@ void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int6
   GLAM_REQUIRE(cache.len + n <= cache.capacity, "KV cache holds ", cache.capacity, " positions; ", cache.len + n, " asked");
   B_ = B; S_ = n; T_ = B * n;
   batch_ = nullptr;
+  gpu_outputs_stale_ = false;  // decoding runs on the CPU layers
   parts_ = LossParts{};
   std::vector<float> x(T_ * M), ffn_out;
   cpu::embedding_forward(x.data(), ids.data(), params_.get("embedding").w.data(), T_, M, v0_, V_);
@@ -255,6 +316,7 @@ void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int6
 
 std::vector<double> Model::target_logprobs() const {
   GLAM_ASSERT(batch_ != nullptr);
+  fetch_gpu_outputs();
   std::vector<float> target_logit(T_, 0.0f);
   for (int64_t t = 0; t < T_; t++) {
     const int64_t c = batch_->targets[t] - v0_;
@@ -270,6 +332,13 @@ std::vector<double> Model::target_logprobs() const {
 // ---- backward ------------------------------------------------------------------
 
 void Model::backward() {
+#ifdef GLAM_WITH_CUDA
+  if (gpu_) {
+    ScopedPhase phase(timers, "gpu_backward");
+    gpu_->backward();
+    return;
+  }
+#endif
   const int64_t M = cfg_.d_model, L = cfg_.n_layers;
   const Batch& batch = *batch_;
   Param& emb = params_.get("embedding");

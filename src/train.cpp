@@ -179,6 +179,7 @@ int train_main(const std::vector<std::string>& args) {
     ("config", po::value<std::string>(), "INI config file (e.g. input/glam-tiny.cfg)")
     ("run-dir", po::value<std::string>(), "run directory; a run dir holding a checkpoint is resumed")
     ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
+    ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)")
     ("overwrite", po::bool_switch(), "start afresh in --run-dir, discarding its checkpoints and weights");
   Config cfg;
   po::variables_map vm = parse_args(args, cli, cfg);
@@ -195,6 +196,7 @@ int train_main(const std::vector<std::string>& args) {
   const bool overwrite = vm["overwrite"].as<bool>();
   cfg.mesh = vm["mesh"].as<std::string>();
   Mesh mesh = Mesh::create(cfg.mesh);
+  const Device device = select_device(vm["device"].as<std::string>(), mesh);
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
                " must be a multiple of the data axis size ", mesh.data_size);
   const int64_t local_tokens = cfg.train.batch_rows / mesh.data_size * cfg.model.seq_len;
@@ -211,12 +213,14 @@ int train_main(const std::vector<std::string>& args) {
                tokenizer.vocab_size(), " pieces but model.vocab_size is ", cfg.model.vocab_size);
   if (mesh.is_root()) {
     std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
-    std::printf("# mesh %dx%d (data x model) on %d ranks\n", mesh.data_size, mesh.model_size, mesh.world_size);
+    std::printf("# mesh %dx%d (data x model) on %d ranks, device %s\n", mesh.data_size, mesh.model_size,
+                mesh.world_size, device_description(device).c_str());
   }
 
-  Model model(cfg, mesh);
+  Model model(cfg, mesh, device);
   Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
   TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);
+  model.sync_to_device(&optimizer);  // the GPU's copies start from the checkpoint (no-op on the CPU)
   std::ofstream metrics;
   if (mesh.is_root()) {
     prepare_run_dir(run_dir, cfg);
@@ -251,11 +255,11 @@ int train_main(const std::vector<std::string>& args) {
     r.step = step + 1;
     {
       ScopedPhase phase(model.timers, "optimizer");
-      r.grad_norm = global_grad_norm(model.params(), mesh);
+      r.grad_norm = model.grad_norm();
       r.skipped = mesh.any(!std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss));
       r.lr = learning_rate(cfg.train, step + 1);
       if (r.skipped) r.skipped_total++;
-      else optimizer.step(model.params(), r.lr, st.updates++, mesh);
+      else model.optimizer_step(optimizer, r.lr, st.updates++);
     }
     st.step = step + 1;
     st.skipped_total = r.skipped_total;
@@ -275,6 +279,7 @@ int train_main(const std::vector<std::string>& args) {
                      (cfg.checkpoint.every_steps > 0 && st.step % cfg.checkpoint.every_steps == 0);
     if (stop || due) {
       ScopedPhase phase(model.timers, "checkpoint");
+      model.sync_to_host(&optimizer);
       const std::string path = save_checkpoint(run_dir, model.params(), optimizer, st, cfg, mesh, cfg.checkpoint.keep);
       last_checkpoint = std::chrono::steady_clock::now();
       if (mesh.is_root() && (stop || cfg.train.log_every == 1 || st.step % cfg.train.log_every == 0))
@@ -289,6 +294,7 @@ int train_main(const std::vector<std::string>& args) {
   }
   {
     ScopedPhase phase(model.timers, "io");
+    model.sync_to_host(&optimizer);
     save_weights((fs::path(run_dir) / "weights.h5").string(), model.params(), cfg, mesh);
   }
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

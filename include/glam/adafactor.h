@@ -38,6 +38,7 @@ class Adafactor {
   // One update of every parameter from its gradient. t: updates made before this one.
   void step(ParamTable& table, double lr, int64_t t, const Mesh& mesh);
   const std::vector<AdafactorSlot>& slots() const { return slots_; }
+  const AdafactorOptions& options() const { return opt_; }
   std::vector<AdafactorSlot>& slots() { return slots_; }
 
  private:

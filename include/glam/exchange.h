@@ -6,6 +6,7 @@
 // same way. Counts are exchanged first and buffers sized from them.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "glam/mesh.h"
@@ -31,5 +32,10 @@ void send_to_experts(std::vector<float>& expert_rows, const std::vector<float>& 
 // expert_rows [n_recv, M] -> dispatched [rows, M]: the inverse permutation.
 void return_from_experts(std::vector<float>& dispatched, const std::vector<float>& expert_rows,
                          const ExchangePlan& x, const Mesh& mesh, int64_t M);
+
+// The regrouping both directions use: received rows are [source][local expert],
+// the experts' rows [local expert][source]; f(received_row, grouped_row, n) is
+// called for each contiguous run (backends that move rows themselves use it).
+void for_each_exchange_run(const ExchangePlan& x, const std::function<void(int64_t, int64_t, int64_t)>& f);
 
 }  // namespace glam

@@ -3,15 +3,20 @@
 // activation the backward needs is a named buffer with its shape.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "glam/config.h"
 #include "glam/corpus.h"
+#include "glam/device.h"
 #include "glam/exchange.h"
 #include "glam/mesh.h"
 #include "glam/moe.h"
 #include "glam/params.h"
 #include "glam/timers.h"
+
+namespace glam::cuda { class Engine; }
+namespace glam { class Adafactor; }
 
 namespace glam {
 
@@ -59,7 +64,10 @@ struct KVCache {
 
 class Model {
  public:
-  Model(const Config& cfg, const Mesh& mesh);
+  // Device::cuda runs forward and backward on this rank's GPU (cuda/engine.h);
+  // the parameters, the optimizer's view of them and inference stay as here.
+  Model(const Config& cfg, const Mesh& mesh, Device device = Device::cpu);
+  Device device() const { return gpu_ ? Device::cuda : Device::cpu; }
   ParamTable& params() { return params_; }
   const ParamTable& params() const { return params_; }
   const ModelConfig& config() const { return cfg_; }
@@ -79,10 +87,21 @@ class Model {
   // sums them over the data axis (replicas of experts over their replica group):
   // afterwards every shard holds the gradient of the global batch's loss.
   void backward();
+  // The global gradient norm and the optimizer step, where the weights live
+  // (for Device::cuda: on the GPU, which holds weights, gradients and the
+  // optimizer's statistics between steps).
+  double grad_norm() const;
+  void optimizer_step(Adafactor& opt, double lr, int64_t t);
+  // Device::cuda: copy weights, gradients (and opt's statistics) from the GPU
+  // into params() (and opt) before they are read or saved; after params() (and
+  // opt) were changed on the host, e.g. by a checkpoint, send them back. No-ops
+  // on the CPU.
+  void sync_to_host(Adafactor* opt = nullptr);
+  void sync_to_device(const Adafactor* opt = nullptr);
   // The training step, for decisions that vary per step (GShard's random second-expert policy).
   void set_step(int64_t step) { step_ = step; }
   // Logits [T, Vl] of the last forward (this rank's vocabulary shard).
-  const std::vector<float>& logits() const { return logits_; }
+  const std::vector<float>& logits() const;
   // Named activations of the last forward, for debugging and tests.
   const std::vector<LayerActs>& layer_acts() const { return acts_; }
   const ExpertPlacement& experts() const { return place_; }
@@ -113,8 +132,11 @@ class Model {
   std::vector<LayerActs> acts_;   // [L]
   std::vector<float> x_final;     // [T, M] residual after the last layer
   std::vector<float> xnf, rstdf;  // [T, M], [T] final RMSNorm
-  std::vector<float> logits_;     // [T, Vl] (h * M^-0.5) @ Emb^T
-  std::vector<float> lse_;        // [T]
+  mutable std::vector<float> logits_;  // [T, Vl] (h * M^-0.5) @ Emb^T
+  mutable std::vector<float> lse_;     // [T]
+  std::shared_ptr<cuda::Engine> gpu_;  // set for Device::cuda
+  mutable bool gpu_outputs_stale_ = false;  // logits_/lse_ still on the GPU
+  void fetch_gpu_outputs() const;
 };
 
 }  // namespace glam

@@ -1,0 +1,183 @@
+// Causal attention on the GPU, exactly the CPU's (src/cpu/attention.cpp): no
+// 1/sqrt(dh), relative bias rb[h, bucket(i-j)], segment mask, one extra logit
+// fixed at 0. Correct first: one block per query row, fp32 throughout, probs
+// [B, nh, S, S] saved for the backward. A fused flash-style kernel replaces
+// this once the GPU tests hold it against the same reference.
+#include <vector>
+
+#include "glam/cuda/layers.h"
+#include "reduce.cuh"
+
+namespace glam::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;
+
+struct Buckets {
+  Buffer<int> of_distance;     // [S] bucket of i - j
+  std::vector<int> lo, hi;     // host: distances [lo[b], hi[b]) fall in bucket b
+  Buffer<int> lo_dev, hi_dev;
+};
+
+void make_buckets(Buckets& b, int64_t S) {
+  std::vector<int> table(S);
+  for (int64_t d = 0; d < S; d++) table[d] = cpu::relpos_bucket(d);
+  b.of_distance.upload(table);
+  b.lo.assign(cpu::kRelposBuckets, 0);
+  b.hi.assign(cpu::kRelposBuckets, 0);
+  for (int64_t d = S - 1; d >= 0; d--) b.lo[table[d]] = static_cast<int>(d);
+  for (int64_t d = 0; d < S; d++) b.hi[table[d]] = static_cast<int>(d + 1);
+  b.lo_dev.upload(b.lo);
+  b.hi_dev.upload(b.hi);
+}
+
+// grid (S, nh, B): row i of head h of batch row b.
+__global__ void forward_kernel(float* out, float* probs, const float* q, const float* k,
+                               const float* v, const float* rb, const int32_t* segments,
+                               const int* bucket, int64_t S, int64_t nh, int64_t dh) {
+  extern __shared__ float smem[];
+  float* p = smem;              // [S]
+  float* red = smem + S;        // [kThreads]
+  const int64_t i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = nh * dh;
+  const float* qi = q + (b * S + i) * ld + h * dh;
+  const int32_t* seg = segments + b * S;
+  float m = 0.0f;  // the zero logit takes part in the max
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) {
+    float a = -INFINITY;
+    if (j <= i && seg[j] == seg[i]) {
+      const float* kj = k + (b * S + j) * ld + h * dh;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < dh; d++) dot += qi[d] * kj[d];
+      a = dot + rb[h * cpu::kRelposBuckets + bucket[i - j]];
+      m = fmaxf(m, a);
+    }
+    p[j] = a;
+  }
+  m = block_max(m, red);
+  float s = 0.0f;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) {
+    p[j] = p[j] == -INFINITY ? 0.0f : expf(p[j] - m);
+    s += p[j];
+  }
+  const float denom = block_sum(s, red) + expf(-m);
+  float* prow = probs + ((b * nh + h) * S + i) * S;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) {
+    p[j] /= denom;
+    prow[j] = p[j];
+  }
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < dh; d += blockDim.x) {
+    float o = 0.0f;
+    for (int64_t j = 0; j <= i; j++) o += p[j] * v[(b * S + j) * ld + h * dh + d];
+    out[(b * S + i) * ld + h * dh + d] = o;
+  }
+}
+
+// dA_ij = p_ij (dP_ij - sum_k p_ik dP_ik), dP_ij = dO_i . v_j; grid (S, nh, B).
+__global__ void dA_kernel(float* dA, const float* dout, const float* probs, const float* v,
+                          int64_t S, int64_t nh, int64_t dh) {
+  extern __shared__ float smem[];
+  float* dP = smem;          // [S]
+  float* red = smem + S;     // [kThreads]
+  const int64_t i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = nh * dh;
+  const float* prow = probs + ((b * nh + h) * S + i) * S;
+  const float* doi = dout + (b * S + i) * ld + h * dh;
+  float dot = 0.0f;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) {
+    float d = 0.0f;
+    if (j <= i) {
+      const float* vj = v + (b * S + j) * ld + h * dh;
+      for (int64_t c = 0; c < dh; c++) d += doi[c] * vj[c];
+    }
+    dP[j] = d;
+    dot += prow[j] * d;
+  }
+  dot = block_sum(dot, red);
+  float* arow = dA + ((b * nh + h) * S + i) * S;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) arow[j] = j <= i ? prow[j] * (dP[j] - dot) : 0.0f;
+}
+
+// dq_i += sum_j dA_ij k_j ; grid (S, nh, B), threads over dh.
+__global__ void dq_kernel(float* dq, const float* dA, const float* k, int64_t S, int64_t nh, int64_t dh) {
+  const int64_t i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = nh * dh;
+  const float* arow = dA + ((b * nh + h) * S + i) * S;
+  for (int64_t d = threadIdx.x; d < dh; d += blockDim.x) {
+    float s = 0.0f;
+    for (int64_t j = 0; j <= i; j++) s += arow[j] * k[(b * S + j) * ld + h * dh + d];
+    dq[(b * S + i) * ld + h * dh + d] += s;
+  }
+}
+
+// dk_j += sum_i dA_ij q_i ; dv_j += sum_i p_ij dO_i ; grid (S, nh, B) over keys j.
+__global__ void dkv_kernel(float* dk, float* dv, const float* dA, const float* probs, const float* q,
+                           const float* dout, int64_t S, int64_t nh, int64_t dh) {
+  const int64_t j = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = nh * dh;
+  const float* A = dA + (b * nh + h) * S * S;
+  const float* P = probs + (b * nh + h) * S * S;
+  for (int64_t d = threadIdx.x; d < dh; d += blockDim.x) {
+    float sk = 0.0f, sv = 0.0f;
+    for (int64_t i = j; i < S; i++) {
+      const int64_t off = (b * S + i) * ld + h * dh + d;
+      sk += A[i * S + j] * q[off];
+      sv += P[i * S + j] * dout[off];
+    }
+    dk[(b * S + j) * ld + h * dh + d] += sk;
+    dv[(b * S + j) * ld + h * dh + d] += sv;
+  }
+}
+
+// drb[h, bucket] += sum of dA_ij over (b, i, j) with i - j in the bucket's
+// distances and j in i's segment; grid (32, nh), a fixed-order block reduction.
+__global__ void drb_kernel(float* drb, const float* dA, const int32_t* segments, const int* lo,
+                           const int* hi, int64_t B, int64_t S, int64_t nh) {
+  __shared__ float red[kThreads];
+  const int bucket = blockIdx.x;
+  const int64_t h = blockIdx.y;
+  const int64_t span = hi[bucket] - lo[bucket];
+  float s = 0.0f;
+  for (int64_t n = threadIdx.x; n < B * S * span; n += blockDim.x) {
+    const int64_t b = n / (S * span), i = (n / span) % S, dist = lo[bucket] + n % span;
+    const int64_t j = i - dist;
+    if (j < 0 || segments[b * S + j] != segments[b * S + i]) continue;
+    s += dA[((b * nh + h) * S + i) * S + j];
+  }
+  s = block_sum(s, red);
+  if (threadIdx.x == 0 && span > 0) drb[h * cpu::kRelposBuckets + bucket] += s;
+}
+
+}  // namespace
+
+void attention_forward(const Context& ctx, float* out, float* probs, const float* q, const float* k,
+                       const float* v, const float* rb, const int32_t* segments, int64_t B,
+                       int64_t S, int64_t nh, int64_t dh) {
+  if (B == 0 || S == 0) return;
+  Buckets buckets;
+  make_buckets(buckets, S);
+  const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
+  const size_t shared = (S + kThreads) * sizeof(float);
+  forward_kernel<<<grid, kThreads, shared, ctx.stream()>>>(out, probs, q, k, v, rb, segments,
+                                                           buckets.of_distance.data(), S, nh, dh);
+  check(cudaGetLastError(), "attention_forward");
+  ctx.sync();  // the bucket table is freed on return
+}
+
+void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, float* drb,
+                        float* dA_scratch, const float* dout, const float* probs, const float* q,
+                        const float* k, const float* v, const int32_t* segments, int64_t B,
+                        int64_t S, int64_t nh, int64_t dh) {
+  if (B == 0 || S == 0) return;
+  Buckets buckets;
+  make_buckets(buckets, S);
+  const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
+  const size_t shared = (S + kThreads) * sizeof(float);
+  dA_kernel<<<grid, kThreads, shared, ctx.stream()>>>(dA_scratch, dout, probs, v, S, nh, dh);
+  dq_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dq, dA_scratch, k, S, nh, dh);
+  dkv_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dk, dv, dA_scratch, probs, q, dout, S, nh, dh);
+  drb_kernel<<<dim3(cpu::kRelposBuckets, static_cast<unsigned>(nh)), kThreads, 0, ctx.stream()>>>(
+      drb, dA_scratch, segments, buckets.lo_dev.data(), buckets.hi_dev.data(), B, S, nh);
+  check(cudaGetLastError(), "attention_backward");
+  ctx.sync();
+}
+
+}  // namespace glam::cuda

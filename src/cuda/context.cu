@@ -1,0 +1,34 @@
+// The CUDA context (stream and cuBLAS handle) and error checking.
+#include <stdexcept>
+#include <string>
+
+#include "glam/cuda/layers.h"
+
+namespace glam::cuda {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
+}
+
+void check(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuBLAS error in ") + what + ": " + cublasGetStatusString(st));
+}
+
+Context::Context() {
+  check(cudaStreamCreate(&stream_), "cudaStreamCreate");
+  check(cublasCreate(&blas_), "cublasCreate");
+  check(cublasSetStream(blas_, stream_), "cublasSetStream");
+  // Deterministic results: no split-K reductions that depend on the workspace race.
+  check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+}
+
+Context::~Context() {
+  if (blas_) cublasDestroy(blas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void Context::sync() const { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+
+}  // namespace glam::cuda
