@@ -12,5 +12,6 @@ constexpr int kExitPreempted = 75;
 
 int train_main(const std::vector<std::string>& args);
 int generate_main(const std::vector<std::string>& args);
+int plan_main(const std::vector<std::string>& args);
 
 }  // namespace glam
