@@ -106,12 +106,7 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   Mesh mesh;  // sizes only: describe_params reads nothing else
   mesh.data_size = opt.data;
   mesh.model_size = opt.model;
-  const ParamTable table = describe_params(c, mesh);
-  if (c.n_experts > 0) {
-    GLAM_REQUIRE(c.n_experts % D == 0 || D % c.n_experts == 0, "mesh ", D, "x", Mm, ": ", c.n_experts,
-                 " experts cannot be placed on a data axis of ", D,
-                 " (model.n_experts must be a multiple or a divisor of the data axis size)");
-  }
+  const ParamTable table = describe_params(c, mesh);  // refuses shapes the mesh cannot split
   p.n_params = count_params(c);
   p.n_act_params = count_activated_params(c);
 
