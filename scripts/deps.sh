@@ -12,6 +12,8 @@ PACKAGES=(
   libopenblas-dev
   libsentencepiece-dev sentencepiece
   python3-h5py python3-numpy
+  # tools/plot
+  python3-matplotlib
   # text for the demo corpus
   fortunes wordnet-base jargon-text
 )

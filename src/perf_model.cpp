@@ -98,7 +98,7 @@ double measure_copy_gbps(size_t bytes) {
 
 Cluster Cluster::measure_local() {
   Cluster c;
-  c.name = "this machine (measured)";
+  c.name = "this machine";
   c.source = "measured";
   c.devices = std::max(1u, std::thread::hardware_concurrency());
   c.devices_per_node = c.devices;
