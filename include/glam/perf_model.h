@@ -31,7 +31,7 @@ struct Cluster {
 
   // Reads [cluster] keys from an INI file; UserError naming the file and key.
   static Cluster load(const std::string& path);
-  // This machine: cores, memory, one core's sgemm rate and memcpy bandwidth (~0.3 s).
+  // This machine: cores, memory, one core's best sgemm rate and memcpy bandwidth (~0.1 s).
   static Cluster measure_local();
 };
 
