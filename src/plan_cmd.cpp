@@ -35,6 +35,15 @@ std::string count(double n) {  // 1.16T, 96.61B, 13.11M
   return buf;
 }
 
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    if (static_cast<unsigned char>(ch) >= 0x20) out += ch;
+  }
+  return out + "\"";
+}
+
 PlanRequest read_request(const po::variables_map& vm, const Config& cfg) {
   PlanRequest r;
   parse_mesh_shape(vm["mesh"].as<std::string>(), "--mesh", &r.opt.data, &r.opt.model);
@@ -104,7 +113,7 @@ void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r) {
   const CommPlan& c = p.comm;
   std::ostringstream os;
   os.precision(10);
-  os << "{\"config\": \"" << p.config << "\", \"mesh\": \"" << p.data << "x" << p.model << "\", \"ranks\": "
+  os << "{\"config\": " << json_string(p.config) << ", \"mesh\": \"" << p.data << "x" << p.model << "\", \"ranks\": "
      << p.data * p.model << ", \"n_params\": " << p.n_params << ", \"n_act_params\": " << p.n_act_params
      << ", \"tokens_per_step\": " << p.tokens_per_step << ", \"tokens_per_rank\": " << p.tokens_per_rank
      << ", \"routed_per_rank\": " << p.rows_per_rank << ", \"local_params\": " << p.local_params
@@ -118,7 +127,7 @@ void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r) {
      << ", \"comm\": {\"alltoall_bytes\": " << c.alltoall << ", \"allreduce_data_bytes\": " << c.allreduce_data
      << ", \"allreduce_model_bytes\": " << c.allreduce_model
      << ", \"allreduce_replica_bytes\": " << c.allreduce_replicas << "}"
-     << ", \"predicted\": {\"cluster\": \"" << r.cluster.name << "\", \"share\": " << s.share
+     << ", \"predicted\": {\"cluster\": " << json_string(r.cluster.name) << ", \"share\": " << s.share
      << ", \"matmul_s\": " << s.matmul_s << ", \"elementwise_s\": " << s.elementwise_s
      << ", \"alltoall_s\": " << s.alltoall_s << ", \"allreduce_data_s\": " << s.allreduce_data_s
      << ", \"allreduce_model_s\": " << s.allreduce_model_s << ", \"latency_s\": " << s.latency_s
