@@ -136,6 +136,45 @@ void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r) {
   std::printf("%s\n", os.str().c_str());
 }
 
+// Every D x M mesh of the cluster's devices: memory, fit and predicted step, or why
+// the model cannot be laid out on it.
+void print_all_meshes(const Config& cfg, PlanRequest req) {
+  const int64_t n = req.cluster.devices;
+  std::ostringstream js;
+  js.precision(10);
+  js << "{\"config\": " << json_string(cfg.source) << ", \"cluster\": " << json_string(req.cluster.name)
+     << ", \"meshes\": [";
+  if (!req.json)
+    std::printf("# glam plan: %s on every mesh of the %lld devices of %s (%s)\n%8s %12s %5s %9s %11s %6s\n",
+                cfg.source.c_str(), static_cast<long long>(n), req.cluster.name.c_str(), req.cluster.source.c_str(),
+                "mesh", "memory/rank", "fits", "step s", "tokens/s", "MFU");
+  bool first = true;
+  for (int64_t m = 1; m <= n; m++) {
+    if (n % m) continue;
+    req.opt.data = static_cast<int>(n / m);
+    req.opt.model = static_cast<int>(m);
+    const std::string mesh = msg(req.opt.data, "x", req.opt.model);
+    js << (first ? "" : ", ") << "{\"mesh\": \"" << mesh << "\", ";
+    first = false;
+    try {
+      const Plan p = make_plan(cfg, req.opt);
+      const StepPrediction s = predict_step(p, req.cluster);
+      const bool fits = p.memory.total() <= req.device_memory;
+      js << "\"total\": " << p.memory.total() << ", \"fits\": " << (fits ? "true" : "false")
+         << ", \"step_s\": " << s.step_s << ", \"tokens_per_s\": " << s.tokens_per_s << ", \"mfu\": " << s.mfu
+         << "}";
+      if (!req.json)
+        std::printf("%8s %12s %5s %9.4g %11.4g %5.1f%%\n", mesh.c_str(), format_bytes(double(p.memory.total())).c_str(),
+                    fits ? "yes" : "no", s.step_s, s.tokens_per_s, 100.0 * s.mfu);
+    } catch (const UserError& e) {
+      js << "\"error\": " << json_string(e.what()) << "}";
+      if (!req.json) std::printf("%8s cannot run: %s\n", mesh.c_str(), e.what());
+    }
+  }
+  js << "]}";
+  if (req.json) std::printf("%s\n", js.str().c_str());
+}
+
 }  // namespace
 
 int plan_main(const std::vector<std::string>& args) {
@@ -149,6 +188,7 @@ int plan_main(const std::vector<std::string>& args) {
     ("cluster", po::value<std::string>(), "cluster INI file (input/clusters/*.ini; default: this machine, measured)")
     ("activations", po::value<std::string>()->default_value("fp32"), "activation storage: fp32 (the CPU path) | bf16")
     ("kept-fraction", po::value<double>()->default_value(1.0), "routing choices kept after capacity (1: balanced)")
+    ("all-meshes", po::bool_switch(), "every D x M mesh of the cluster's devices instead of --mesh")
     ("json", po::bool_switch(), "print one JSON object instead of the report");
   Config cfg;
   po::variables_map vm = parse_args(args, cli, cfg);
@@ -158,10 +198,14 @@ int plan_main(const std::vector<std::string>& args) {
   }
   GLAM_REQUIRE(vm.count("config"), "glam plan: --config is required");
   const PlanRequest req = read_request(vm, cfg);
-  const Plan plan = make_plan(cfg, req.opt);
-  const StepPrediction step = predict_step(plan, req.cluster);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (vm["all-meshes"].as<bool>()) {
+    if (rank == 0) print_all_meshes(cfg, req);
+    return 0;
+  }
+  const Plan plan = make_plan(cfg, req.opt);
+  const StepPrediction step = predict_step(plan, req.cluster);
   if (rank != 0) return 0;
   if (req.json) print_json(plan, step, req);
   else print_report(plan, step, req);
