@@ -62,8 +62,9 @@ def main():
         print(f"{k:>16} {p:16.6f} {got:16.6f} {f'{rel:.0%} + {ab}':>16} {'ok' if ok else 'MISMATCH'}")
         if not ok:
             failed.append(k)
-    if d > 1 and measured["alltoall"] <= 0:
-        failed.append("alltoall is zero on a data axis")
+    for k in ("alltoall", "allreduce_data", "allreduce_model"):  # both zero or both not
+        if (predicted[k] > 0) != (measured[k] > 0):
+            failed.append(f"{k} zero on one side only")
     if failed:
         sys.exit(f"FAILED: {', '.join(failed)}")
     print("plan matches the run")
