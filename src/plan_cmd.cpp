@@ -44,7 +44,7 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
-PlanRequest read_request(const po::variables_map& vm, const Config& cfg) {
+PlanRequest read_request(const po::variables_map& vm) {
   PlanRequest r;
   parse_mesh_shape(vm["mesh"].as<std::string>(), "--mesh", &r.opt.data, &r.opt.model);
   r.opt.batch_tokens = vm["batch-tokens"].as<int64_t>();
@@ -64,7 +64,6 @@ PlanRequest read_request(const po::variables_map& vm, const Config& cfg) {
     r.device_memory = static_cast<int64_t>(r.cluster.memory_gib * 1073741824.0 * share);
   }
   r.json = vm["json"].as<bool>();
-  (void)cfg;
   return r;
 }
 
@@ -197,7 +196,7 @@ int plan_main(const std::vector<std::string>& args) {
     return 0;
   }
   GLAM_REQUIRE(vm.count("config"), "glam plan: --config is required");
-  const PlanRequest req = read_request(vm, cfg);
+  const PlanRequest req = read_request(vm);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (vm["all-meshes"].as<bool>()) {
