@@ -6,10 +6,12 @@ then `glam plan --json` on the same config and mesh with this machine's measured
 description (no --cluster) and the run's kept-choice fraction, and prints
 predicted beside measured:
   step s      mean over steps 2..N of tokens_per_step / tokens_per_s (metrics.jsonl)
-  cpu s       CPU seconds per step per rank: the CPU time of a run of 2+N steps minus
-              that of a run of 2 steps, over N x ranks. On a machine shared with other
-              jobs this is what a step would take on a core of its own (Open MPI
-              yields the core while it waits when oversubscribed)
+  alone s     the step on this machine without other jobs, from CPU time: the CPU
+              seconds of a run of 2+N steps minus those of a run of 2 steps, per step
+              and rank, times the ranks per core when there are more ranks than
+              cores. On a machine shared with other jobs the wall clock measures the
+              other jobs too; this does not (Open MPI yields a waiting rank's core
+              when oversubscribed)
   mpi s       time inside MPI per step on rank 0 (phase report) vs the predicted
               communication (all-to-all + all-reduces + latency)
   bytes       all-to-all, data and model all-reduce per step, all ranks together
@@ -56,7 +58,8 @@ def measure(a, mesh, env, extra):
     kept = 1.0 - sum(r["dropped_frac"] for r in steps) / len(steps)
     return {"tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
             "mb": [float(x) for x in comm.groups()], "mpi_s": float(mpi.group(1)) / int(done.group(1)),
-            "kept": kept, "cpu_s": (cpu_long - cpu_short) / (a.steps * d * m)}
+            "kept": kept,
+            "alone_s": (cpu_long - cpu_short) / (a.steps * d * m) * max(1.0, d * m / os.cpu_count())}
 
 
 def main():
@@ -70,7 +73,7 @@ def main():
     print(f"# {a.config}, {a.steps} steps per mesh, 1 thread per rank, {os.cpu_count()} cores; "
           "predicted by glam plan with this machine measured")
     print(f"# load average at the start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"{'mesh':>5} {'ranks':>5} | {'step s':>7} {'cpu s':>6} {'pred':>7} {'ratio':>5} | {'mpi s':>6} {'pred':>6} | "
+    print(f"{'mesh':>5} {'ranks':>5} | {'step s':>7} {'alone s':>7} {'pred':>7} {'ratio':>5} | {'mpi s':>6} {'pred':>6} | "
           f"{'a2a MB':>7} {'pred':>7} | {'data MB':>7} {'pred':>7} | {'model MB':>8} {'pred':>8} | "
           f"{'MFU':>5} {'pred':>5}")
     for mesh in a.meshes.split(","):
@@ -83,12 +86,12 @@ def main():
         pmb = [plan["comm"][k] * ranks / 1e6 for k in ("alltoall_bytes", "allreduce_data_bytes", "allreduce_model_bytes")]
         # MFU of the run against the same peak the plan used: the measured rate over the predicted one
         mfu = p["mfu"] * p["step_s"] / step
-        print(f"{mesh:>5} {ranks:>5} | {step:7.3f} {got['cpu_s']:6.3f} {p['step_s']:7.3f} {got['cpu_s'] / p['step_s']:5.2f} | "
+        print(f"{mesh:>5} {ranks:>5} | {step:7.3f} {got['alone_s']:7.3f} {p['step_s']:7.3f} {got['alone_s'] / p['step_s']:5.2f} | "
               f"{got['mpi_s']:6.3f} {pred_comm:6.3f} | {got['mb'][0]:7.2f} {pmb[0]:7.2f} | "
               f"{got['mb'][1]:7.2f} {pmb[1]:7.2f} | {got['mb'][2]:8.2f} {pmb[2]:8.2f} | "
               f"{100 * mfu:4.1f}% {100 * p['mfu']:4.1f}%")
     print(f"# load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
-          "ratio = cpu s / predicted; MFU of the run from its wall-clock step")
+          "ratio = alone s / predicted; MFU of the run from its wall-clock step")
 
 
 if __name__ == "__main__":
