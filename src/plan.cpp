@@ -152,11 +152,18 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
     // layer (dense: T rows; MoE: the rows this rank's experts computed); softmax
     // row sums and target logits (the row max is a MAX, which CommStats does not count).
     p.comm.allreduce_model = f * (M * (2 * T + 2 * c.n_layers * T + 2 * n_dense * T + 2 * n_moe * routed) + 2 * T);
-    p.comm.allreduce_model_calls = 2 + 2 * c.n_layers + 2 + 1;
   }
-  int64_t data_calls = 0;
-  for (const Param& q : table.params) data_calls += q.data_axis < 0 ? 1 : 0;
-  p.comm.allreduce_data_calls = D > 1 ? data_calls + n_moe + 1 : 0;
+  // Calls, for latency: the activation reductions above (embedding, d xnf, 2 per
+  // layer forward and 2 backward, 3 softmax statistics), then per tensor the
+  // gradient reduction over data (replicated tensors) and the sums of squares of
+  // the gradient norm and of Adafactor over the axes the tensor is split on.
+  int64_t model_calls = 2 + 4 * c.n_layers + 3, data_calls = n_moe + 1;  // data: MoE statistics, loss
+  for (const Param& q : table.params) {
+    if (q.model_axis >= 0) model_calls += 2;
+    data_calls += q.data_axis < 0 ? 1 : 2;
+  }
+  p.comm.allreduce_model_calls = Mm > 1 ? model_calls : 0;
+  p.comm.allreduce_data_calls = D > 1 ? data_calls : 0;
   return p;
 }
 
