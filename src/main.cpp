@@ -14,14 +14,14 @@ namespace {
 const char* kUsage =
     "usage: glam <command> [options]\n"
     "  train      train a model:  glam train --config input/glam-tiny.cfg --run-dir runs/tiny\n"
-    "  generate   continue a prompt:  glam generate --run-dir runs/tiny --prompt \"The\"\n"
     "  plan       parameters, FLOPs, memory, bytes and step time on a mesh:  glam plan --config C --mesh 4x2\n"
+    "  generate   continue a prompt:  glam generate --run-dir runs/tiny --prompt \"The\"\n"
     "Each command takes --help.\n";
 
 int dispatch(const std::string& cmd, const std::vector<std::string>& args) {
   if (cmd == "train") return glam::train_main(args);
-  if (cmd == "generate") return glam::generate_main(args);
   if (cmd == "plan") return glam::plan_main(args);
+  if (cmd == "generate") return glam::generate_main(args);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") { std::fputs(kUsage, stdout); return 0; }
   throw glam::UserError("unknown command '" + cmd + "'\n" + kUsage);
 }
