@@ -218,3 +218,19 @@ TEST_CASE("cluster files", "[plan]") {
   std::remove(path.c_str());
   CHECK_THROWS_WITH(Cluster::load("no/such.ini"), Catch::Contains("cannot open cluster file 'no/such.ini'"));
 }
+
+TEST_CASE("this machine, measured", "[plan]") {
+  const Cluster k = Cluster::measure_local();
+  CHECK(k.devices >= 1);
+  CHECK(k.devices_per_node == k.devices);
+  CHECK(k.time_share);
+  CHECK(k.peak_tflops > 1e-4);   // one core does far more than 0.1 GFLOP/s in sgemm
+  CHECK(k.peak_tflops < 10.0);   // and far less than 10 TFLOP/s
+  CHECK(k.memory_gbps > 0.1);
+  CHECK(k.intra_node_gbps < k.memory_gbps);
+  CHECK(k.memory_gib > 0.0);
+  // a plan on it: four ranks on fewer cores share them
+  const StepPrediction s = predict_step(make_plan(tiny(4), on(4, 1)), k);
+  CHECK(s.share == (k.devices < 4 ? 4.0 / double(k.devices) : 1.0));
+  CHECK(s.step_s > 0.0);
+}
