@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 
 #include "glam/adafactor.h"
 #include "glam/check.h"
@@ -165,6 +166,21 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   p.comm.allreduce_model_calls = Mm > 1 ? model_calls : 0;
   p.comm.allreduce_data_calls = D > 1 ? data_calls : 0;
   return p;
+}
+
+int64_t largest_fitting_batch(const Config& cfg, PlanOptions opt, int64_t device_memory) {
+  const ModelConfig& c = cfg.model;
+  const int64_t unit = c.n_experts > 0 ? std::lcm(c.seq_len, c.group_size) : c.seq_len;  // tokens per data rank
+  auto total = [&](int64_t per_rank) {
+    opt.batch_tokens = per_rank * opt.data;
+    return make_plan(cfg, opt).memory.total();
+  };
+  const int64_t one = total(unit);
+  if (one > device_memory) return 0;
+  const double slope = double(total(2 * unit) - one) / double(unit);  // bytes per token of a rank
+  int64_t n = slope > 0 ? 1 + static_cast<int64_t>(double(device_memory - one) / (slope * unit)) : 1;
+  while (n > 1 && total(n * unit) > device_memory) n--;  // rounding of the routed rows
+  return n * unit * opt.data;
 }
 
 }  // namespace glam

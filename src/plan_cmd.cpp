@@ -67,7 +67,7 @@ PlanRequest read_request(const po::variables_map& vm) {
   return r;
 }
 
-void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r) {
+void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, int64_t max_batch) {
   const MemoryPlan& m = p.memory;
   const CommPlan& c = p.comm;
   std::printf("# glam plan: %s on mesh %dx%d (%d ranks), %lld tokens per step\n", p.config.c_str(), p.data, p.model,
@@ -89,6 +89,10 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r) 
   const bool fits = m.total() <= r.device_memory;
   std::printf("  %-12s %12s of %s: %s\n", "total", format_bytes(double(m.total())).c_str(),
               format_bytes(double(r.device_memory)).c_str(), fits ? "fits" : "DOES NOT FIT");
+  if (max_batch > 0)
+    std::printf("  %-12s %lld tokens per step (--batch-tokens)\n", "largest fit", static_cast<long long>(max_batch));
+  else
+    std::printf("  %-12s none: not even one row per data rank fits; widen the mesh\n", "largest fit");
   std::printf("\ncommunication per rank per step (as glam train counts it)\n");
   std::printf("  %-26s %12s  (%lld calls)\n", "all-to-all over data", format_bytes(double(c.alltoall)).c_str(),
               static_cast<long long>(c.alltoall_calls));
@@ -107,7 +111,7 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r) 
   std::printf("  step %.4g s, %.4g tokens/s, MFU %.1f%%\n", s.step_s, s.tokens_per_s, 100.0 * s.mfu);
 }
 
-void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r) {
+void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r, int64_t max_batch) {
   const MemoryPlan& m = p.memory;
   const CommPlan& c = p.comm;
   std::ostringstream os;
@@ -122,7 +126,8 @@ void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r) {
      << ", \"memory\": {\"weights\": " << m.weights << ", \"gradients\": " << m.gradients
      << ", \"optimizer\": " << m.optimizer << ", \"activations\": " << m.activations << ", \"dispatch\": "
      << m.dispatch << ", \"total\": " << m.total() << ", \"device\": " << r.device_memory
-     << ", \"fits\": " << (m.total() <= r.device_memory ? "true" : "false") << "}"
+     << ", \"fits\": " << (m.total() <= r.device_memory ? "true" : "false")
+     << ", \"max_batch_tokens\": " << max_batch << "}"
      << ", \"comm\": {\"alltoall_bytes\": " << c.alltoall << ", \"allreduce_data_bytes\": " << c.allreduce_data
      << ", \"allreduce_model_bytes\": " << c.allreduce_model
      << ", \"allreduce_replica_bytes\": " << c.allreduce_replicas << "}"
@@ -206,8 +211,9 @@ int plan_main(const std::vector<std::string>& args) {
   const Plan plan = make_plan(cfg, req.opt);
   const StepPrediction step = predict_step(plan, req.cluster);
   if (rank != 0) return 0;
-  if (req.json) print_json(plan, step, req);
-  else print_report(plan, step, req);
+  const int64_t max_batch = largest_fitting_batch(cfg, req.opt, req.device_memory);
+  if (req.json) print_json(plan, step, req, max_batch);
+  else print_report(plan, step, req, max_batch);
   return 0;
 }
 

@@ -234,3 +234,17 @@ TEST_CASE("this machine, measured", "[plan]") {
   CHECK(s.share == (k.devices < 4 ? 4.0 / double(k.devices) : 1.0));
   CHECK(s.step_s > 0.0);
 }
+
+TEST_CASE("the largest batch that fits", "[plan]") {
+  const Config c = tiny(4);
+  const int64_t unit = 16 * 2;  // tokens per data rank: seq_len 16, routing groups of 16; 2 data ranks
+  PlanOptions o = on(2, 2);
+  o.batch_tokens = 40 * unit;
+  const int64_t budget = make_plan(c, o).memory.total() + 1000;  // a little over 40 units' worth
+  const int64_t best = largest_fitting_batch(c, on(2, 2), budget);
+  CHECK(best == 40 * unit);
+  o.batch_tokens = best + unit;
+  CHECK(make_plan(c, o).memory.total() > budget);
+  o.batch_tokens = unit;
+  CHECK(largest_fitting_batch(c, on(2, 2), make_plan(c, o).memory.total() - 1) == 0);
+}

@@ -61,6 +61,11 @@ struct Plan {
 // (heads, hidden dims, vocabulary, experts, batch rows, routing groups).
 Plan make_plan(const Config& cfg, const PlanOptions& opt);
 
+// The largest global batch (tokens per step) whose plan fits in `device_memory`
+// bytes per rank on opt's mesh, in whole rows and routing groups per data rank;
+// 0 when not even the smallest batch fits. Memory grows linearly with the batch.
+int64_t largest_fitting_batch(const Config& cfg, PlanOptions opt, int64_t device_memory);
+
 // "DxM" -> D, M (UserError naming `flag` otherwise).
 void parse_mesh_shape(const std::string& shape, const std::string& flag, int* data, int* model);
 // "80GiB", "512MB", "1.5TiB", "1000000" -> bytes (UserError naming `flag` otherwise).
