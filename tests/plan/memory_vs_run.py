@@ -6,12 +6,12 @@ it: the plan must not count buffers the run never holds, nor miss a large one
 (what it leaves out: libraries, MPI, routing tables, small temporaries).
 usage: memory_vs_run.py GLAM RUN_DIR <glam train config args...>
 """
-import json, resource, subprocess, sys
+import json, os, resource, subprocess, sys
 
 
 def main():
     glam, run_dir, cfg = sys.argv[1], sys.argv[2], sys.argv[3:]
-    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     r = subprocess.run([glam, "train", "--run-dir", run_dir, "--overwrite", "--train.steps", "2"] + cfg,
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
