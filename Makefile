@@ -68,3 +68,18 @@ gpu-bundle: deps
 
 clean:
 	rm -rf $(BUILD)
+
+# glam plan: the plan table of every paper config (docs/PLAN.md), the performance
+# model against this machine, and PNG plots of a run's metrics.jsonl.
+.PHONY: plan-table plan-check plot
+PLOT_PYTHON ?= $(shell for p in python3 /usr/bin/python3; do $$p -c 'import matplotlib' 2>/dev/null && echo $$p && break; done)
+
+plan-table: build
+	python3 tools/plan-table --glam $(BUILD)/glam
+
+plan-check: corpus
+	python3 bench/plan_check.py --build $(BUILD)
+
+plot:
+	@test -n "$(PLOT_PYTHON)" || { echo "make plot: no python3 with matplotlib (make deps)"; exit 2; }
+	$(PLOT_PYTHON) tools/plot $(RUN_DIR)

@@ -13,6 +13,8 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev
   python3-h5py python3-numpy
+  # tools/plot
+  python3-matplotlib
   # text for the demo corpus
   fortunes wordnet-base jargon-text
 )

@@ -30,8 +30,7 @@ Adafactor::Adafactor(const ParamTable& table, const AdafactorOptions& opt) : opt
   for (const Param& p : table.params) {
     AdafactorSlot s;
     const size_t nd = p.shape.size();
-    s.factored = nd >= 2 && p.global_shape[nd - 1] >= opt.factored_min_dim &&
-                 p.global_shape[nd - 2] >= opt.factored_min_dim;
+    s.factored = adafactor_factored(p, opt);
     if (s.factored) {
       s.rows = p.shape[nd - 2];
       s.cols = p.shape[nd - 1];
@@ -101,6 +100,18 @@ void Adafactor::update(Param& p, AdafactorSlot& s, double rho, double lr, const 
   const double clip = std::max(1.0, rms_u / opt_.clip_threshold);
   const double step = lr * std::max(opt_.min_param_scale, rms_w) / clip;
   for (int64_t i = 0; i < n; i++) p.w[i] -= static_cast<float>(step * u[i]);
+}
+
+bool adafactor_factored(const Param& p, const AdafactorOptions& opt) {
+  const size_t nd = p.global_shape.size();
+  return nd >= 2 && p.global_shape[nd - 1] >= opt.factored_min_dim && p.global_shape[nd - 2] >= opt.factored_min_dim;
+}
+
+int64_t adafactor_state_size(const Param& p, const AdafactorOptions& opt) {
+  if (!adafactor_factored(p, opt)) return p.size();
+  const size_t nd = p.shape.size();
+  const int64_t rows = p.shape[nd - 2], cols = p.shape[nd - 1];
+  return p.size() / (rows * cols) * (rows + cols);
 }
 
 double learning_rate(const TrainConfig& t, int64_t step) {

@@ -14,12 +14,14 @@ namespace {
 const char* kUsage =
     "usage: glam <command> [options]\n"
     "  train      train a model:  glam train --config input/glam-tiny.cfg --run-dir runs/tiny\n"
+    "  plan       parameters, FLOPs, memory, bytes and step time on a mesh:  glam plan --config C --mesh 4x2\n"
     "  generate   continue a prompt:  glam generate --run-dir runs/tiny --prompt \"The\"\n"
     "  eval       evaluate tasks or perplexity:  glam eval --run-dir runs/tiny --tasks tasks/\n"
     "Each command takes --help.\n";
 
 int dispatch(const std::string& cmd, const std::vector<std::string>& args) {
   if (cmd == "train") return glam::train_main(args);
+  if (cmd == "plan") return glam::plan_main(args);
   if (cmd == "generate") return glam::generate_main(args);
   if (cmd == "eval") return glam::eval_main(args);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") { std::fputs(kUsage, stdout); return 0; }

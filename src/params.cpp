@@ -84,8 +84,6 @@ struct Builder {
       shape[data_axis] = E >= D ? E / D : 1;
     }
     p.shape = shape;
-    p.w.assign(p.size(), 0.0f);
-    p.g.assign(p.size(), 0.0f);
     table.params.push_back(std::move(p));
   }
 };
@@ -119,6 +117,15 @@ float draw(const Param& p, uint64_t key, int64_t index) {
 }  // namespace
 
 ParamTable build_params(const ModelConfig& c, const Mesh& mesh) {
+  ParamTable table = describe_params(c, mesh);
+  for (Param& p : table.params) {
+    p.w.assign(p.size(), 0.0f);
+    p.g.assign(p.size(), 0.0f);
+  }
+  return table;
+}
+
+ParamTable describe_params(const ModelConfig& c, const Mesh& mesh) {
   Builder b{mesh, {}};
   const int64_t M = c.d_model, A = c.n_heads * c.d_head, H = c.d_ff, E = c.n_experts;
   const double u_in = std::sqrt(3.0 / M), u_out = std::sqrt(3.0 / H);

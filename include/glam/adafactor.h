@@ -47,6 +47,11 @@ class Adafactor {
   std::vector<AdafactorSlot> slots_;  // one per parameter, in table order
 };
 
+// True when p's second moment is kept as row and column statistics.
+bool adafactor_factored(const Param& p, const AdafactorOptions& opt);
+// Floats of second-moment state this rank keeps for its shard of p.
+int64_t adafactor_state_size(const Param& p, const AdafactorOptions& opt);
+
 // Learning rate at 1-based step t: lr for t <= warmup, then lr * sqrt(warmup / t).
 double learning_rate(const TrainConfig& t, int64_t step);
 

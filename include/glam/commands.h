@@ -11,6 +11,7 @@ namespace glam {
 constexpr int kExitPreempted = 75;
 
 int train_main(const std::vector<std::string>& args);
+int plan_main(const std::vector<std::string>& args);
 int generate_main(const std::vector<std::string>& args);
 int eval_main(const std::vector<std::string>& args);
 

@@ -44,6 +44,9 @@ struct ParamTable {
 // All parameters of a GLaM model described by cfg, with shapes sharded for mesh.
 // Throws UserError when the config cannot be sharded on that mesh.
 ParamTable build_params(const ModelConfig& cfg, const Mesh& mesh);
+// The same table without buffers (w and g empty): shapes only, for planning models
+// too large for this machine. Reads only mesh.data_size and mesh.model_size.
+ParamTable describe_params(const ModelConfig& cfg, const Mesh& mesh);
 // Sums per-shard partial values v[n] of p (e.g. sums of squares) into whole-tensor
 // values on every rank: over the axes p is split on, each shard counted once.
 void sum_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n);

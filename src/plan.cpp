@@ -1,0 +1,186 @@
+// The resource plan (see plan.h): parameter counts from the parameter table,
+// FLOPs from the matmuls model.cpp calls, memory from the buffers of model.h and
+// the Adafactor state, communication from the collectives of model.cpp and
+// expert_exchange.cpp, on a mesh that exists only as its two sizes.
+#include "glam/plan.h"
+
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "glam/adafactor.h"
+#include "glam/check.h"
+#include "glam/mesh.h"
+#include "glam/params.h"
+
+namespace glam {
+
+void parse_mesh_shape(const std::string& shape, const std::string& flag, int* data, int* model) {
+  int d = 0, m = 0;
+  char x = 0, extra = 0;
+  GLAM_REQUIRE(std::sscanf(shape.c_str(), "%d%c%d%c", &d, &x, &m, &extra) == 3 && x == 'x' && d > 0 && m > 0,
+               flag, ": expected DxM with positive integers (e.g. 2x2), got '", shape, "'");
+  *data = d;
+  *model = m;
+}
+
+int64_t parse_bytes(const std::string& text, const std::string& flag) {
+  struct Unit { const char* name; double factor; };
+  static const Unit units[] = {{"", 1.0},          {"B", 1.0},          {"KB", 1e3},
+                               {"MB", 1e6},        {"GB", 1e9},         {"TB", 1e12},
+                               {"KiB", 1024.0},    {"MiB", 1048576.0},  {"GiB", 1073741824.0},
+                               {"TiB", 1099511627776.0}};
+  double value = 0.0;
+  int used = 0;
+  const bool number = std::sscanf(text.c_str(), "%lf%n", &value, &used) == 1 && std::isfinite(value) && value > 0;
+  if (number) {
+    const std::string unit = text.substr(used);
+    for (const Unit& u : units)
+      if (unit == u.name) return static_cast<int64_t>(value * u.factor);
+  }
+  throw UserError(msg(flag, ": expected a positive size with a unit B, KB, MB, GB, TB, KiB, MiB, GiB or TiB ",
+                      "(e.g. 80GiB), got '", text, "'"));
+}
+
+std::string format_bytes(double bytes) {
+  static const char* names[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int i = 0;
+  while (std::fabs(bytes) >= 1024.0 && i < 5) { bytes /= 1024.0; i++; }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, i == 0 ? "%.0f %s" : "%.2f %s", bytes, names[i]);
+  return buf;
+}
+
+namespace {
+
+// Forward FLOPs of one rank per step: the GEMMs of model.cpp (attention scores and
+// P V over all S x S positions, as the CPU code computes them). T tokens in T/S rows,
+// `routed` rows reach this rank's experts; A, H, V are this rank's shares.
+double forward_flops(const ModelConfig& c, double T, double routed, double A, double H, double V) {
+  const double M = static_cast<double>(c.d_model), S = static_cast<double>(c.seq_len);
+  const double n_moe = static_cast<double>(c.n_moe_layers()), n_dense = static_cast<double>(c.n_layers) - n_moe;
+  const double attention = c.n_layers * (4 * 2 * T * M * A + 4 * (T / S) * S * S * A);
+  const double dense = n_dense * 3 * 2 * T * M * H;
+  const double moe = n_moe * (2 * T * M * c.n_experts + 2 * 2 * routed * M * H);
+  const double logits = 2 * T * M * V;
+  return attention + dense + moe + logits;
+}
+
+// Elements forward keeps for backward, plus the output's transients (logits, their
+// gradient, the residual gradient): the LayerActs fields of model.h.
+int64_t activation_elements(const ModelConfig& c, int64_t T, int64_t routed, int64_t A, int64_t nh,
+                            int64_t H, int64_t V) {
+  const int64_t M = c.d_model, S = c.seq_len;
+  int64_t n = 0;
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    n += 4 * T * M + 2 * T;      // x, xn1, x_mid, xn2 [T, M]; rstd1, rstd2 [T]
+    n += 4 * T * A;              // q, k, v, att [T, A]
+    n += (T / S) * nh * S * S;   // probs [B, nh, S, S]
+    if (c.is_moe_layer(l)) n += T * c.n_experts + 2 * routed * H;  // router_logits; pre, eh [n_recv, H]
+    else n += 3 * T * H;         // a0, a1, h [T, H]
+  }
+  n += 2 * T * M + 2 * T;        // x_final, xnf [T, M]; rstdf, lse [T]
+  n += 2 * T * V + 2 * T * M;    // logits and dlogits [T, V]; dxnf, dx [T, M]
+  return n;
+}
+
+}  // namespace
+
+Plan make_plan(const Config& cfg, const PlanOptions& opt) {
+  const ModelConfig& c = cfg.model;
+  Plan p;
+  p.config = cfg.source;
+  p.data = opt.data;
+  p.model = opt.model;
+  const int64_t D = opt.data, Mm = opt.model;
+  p.tokens_per_step = opt.batch_tokens > 0 ? opt.batch_tokens : cfg.train.batch_rows * c.seq_len;
+  GLAM_REQUIRE(p.tokens_per_step % c.seq_len == 0, "--batch-tokens ", p.tokens_per_step,
+               " must be a multiple of model.seq_len ", c.seq_len);
+  const int64_t rows = p.tokens_per_step / c.seq_len;
+  GLAM_REQUIRE(rows % D == 0, "the batch of ", rows, " rows of ", c.seq_len, " tokens must split over the ", D,
+               " data ranks of mesh ", D, "x", Mm, " (train.batch_rows or --batch-tokens)");
+  const int64_t T = p.tokens_per_step / D;
+  GLAM_REQUIRE(c.n_experts == 0 || T % c.group_size == 0, "model.group_size ", c.group_size,
+               " must divide the tokens of each data rank (", T, " on mesh ", D, "x", Mm, ")");
+  p.tokens_per_rank = T;
+
+  Mesh mesh;  // sizes only: describe_params reads nothing else
+  mesh.data_size = opt.data;
+  mesh.model_size = opt.model;
+  const ParamTable table = describe_params(c, mesh);  // refuses shapes the mesh cannot split
+  p.n_params = count_params(c);
+  p.n_act_params = count_activated_params(c);
+
+  const int64_t A = c.n_heads / Mm * c.d_head, nh = c.n_heads / Mm, H = c.d_ff / Mm, V = c.vocab_size / Mm;
+  const int64_t M = c.d_model, n_moe = c.n_moe_layers(), n_dense = c.n_layers - n_moe;
+  // Choices of this rank's tokens; with balanced routing a rank's experts receive as many.
+  const int64_t routed = c.n_experts > 0 ? static_cast<int64_t>(std::llround(2.0 * T * opt.kept_fraction)) : 0;
+  p.rows_per_rank = routed;
+
+  p.forward_flops_per_token = forward_flops(c, static_cast<double>(c.seq_len), 2.0 * c.seq_len,
+                                            static_cast<double>(c.n_heads * c.d_head),
+                                            static_cast<double>(c.d_ff), static_cast<double>(c.vocab_size)) /
+                              static_cast<double>(c.seq_len);
+  p.train_flops_per_token = 3.0 * p.forward_flops_per_token;
+  p.train_flops_per_rank = 3.0 * forward_flops(c, double(T), double(routed), double(A), double(H), double(V));
+
+  // memory
+  const AdafactorOptions ada = AdafactorOptions::from(cfg.train);
+  int64_t state = 0, repl_data = 0, repl_experts = 0;
+  for (const Param& q : table.params) {
+    p.local_params += q.size();
+    state += adafactor_state_size(q, ada);
+    if (q.data_axis < 0) repl_data += q.size();
+    else if (q.data_replicas > 1) repl_experts += q.size();
+  }
+  p.memory.weights = 4 * p.local_params;
+  p.memory.gradients = 4 * p.local_params;
+  p.memory.optimizer = 4 * state;
+  p.memory.activations = opt.act_bytes * activation_elements(c, T, routed, A, nh, H, V);
+  p.memory.dispatch = opt.act_bytes * n_moe * 4 * routed * M;  // ein, eout, xin, xout [rows, M]
+
+  // communication (bytes as CommStats counts them; float collectives only)
+  const int64_t f = 4;
+  if (D > 1) {
+    const double remote = c.n_experts > 0 ? 1.0 - 1.0 / static_cast<double>(std::min<int64_t>(c.n_experts, D)) : 0.0;
+    p.comm.alltoall = static_cast<int64_t>(std::llround(4.0 * n_moe * routed * remote * M * f));
+    p.comm.alltoall_calls = 4 * n_moe;
+    p.comm.allreduce_data = f * repl_data;
+    p.comm.allreduce_replicas = f * repl_experts;
+  }
+  if (Mm > 1) {
+    // embedding and d xnf; attention out and d xn per layer; FFN out and d xn per
+    // layer (dense: T rows; MoE: the rows this rank's experts computed); softmax
+    // row sums and target logits (the row max is a MAX, which CommStats does not count).
+    p.comm.allreduce_model = f * (M * (2 * T + 2 * c.n_layers * T + 2 * n_dense * T + 2 * n_moe * routed) + 2 * T);
+  }
+  // Calls, for latency: the activation reductions above (embedding, d xnf, 2 per
+  // layer forward and 2 backward, 3 softmax statistics), then per tensor the
+  // gradient reduction over data (replicated tensors) and the sums of squares of
+  // the gradient norm and of Adafactor over the axes the tensor is split on.
+  int64_t model_calls = 2 + 4 * c.n_layers + 3, data_calls = n_moe + 1;  // data: MoE statistics, loss
+  for (const Param& q : table.params) {
+    if (q.model_axis >= 0) model_calls += 2;
+    data_calls += q.data_axis < 0 ? 1 : 2;
+  }
+  p.comm.allreduce_model_calls = Mm > 1 ? model_calls : 0;
+  p.comm.allreduce_data_calls = D > 1 ? data_calls : 0;
+  return p;
+}
+
+int64_t largest_fitting_batch(const Config& cfg, PlanOptions opt, int64_t device_memory) {
+  const ModelConfig& c = cfg.model;
+  const int64_t unit = c.n_experts > 0 ? std::lcm(c.seq_len, c.group_size) : c.seq_len;  // tokens per data rank
+  auto total = [&](int64_t per_rank) {
+    opt.batch_tokens = per_rank * opt.data;
+    return make_plan(cfg, opt).memory.total();
+  };
+  const int64_t one = total(unit);
+  if (one > device_memory) return 0;
+  const double slope = double(total(2 * unit) - one) / double(unit);  // bytes per token of a rank
+  int64_t n = slope > 0 ? 1 + static_cast<int64_t>(double(device_memory - one) / (slope * unit)) : 1;
+  while (n > 1 && total(n * unit) > device_memory) n--;  // rounding of the routed rows
+  return n * unit * opt.data;
+}
+
+}  // namespace glam
