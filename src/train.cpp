@@ -90,7 +90,7 @@ std::string json_line(const StepRecord& r) {
   for (size_t l = 0; l < loads.size(); l++) os << (l ? ", " : "") << loads[l].dropped_frac;
   os << "], \"layer_max_mean_load\": [";
   for (size_t l = 0; l < loads.size(); l++) os << (l ? ", " : "") << loads[l].max_over_mean;
-  os << "], \"data_wait_s\": " << r.data_wait_s << ", \"epochs\": {";
+  os << "], \"epochs\": {";
   for (size_t s = 0; s < r.epochs.size(); s++) os << (s ? ", " : "") << "\"" << r.sources[s] << "\": " << r.epochs[s];
   os << "}}";
   return os.str();

@@ -122,7 +122,7 @@ TEST_CASE("config: input/glam-tiny.cfg is read, the command line wins") {
   CHECK(cfg.train.batch_rows == 8);
   CHECK(cfg.train.log_every == 10);
   CHECK(cfg.train.decay_pow == 0.8);  // not in the file: the default
-  CHECK(cfg.data.corpus == "data/demo/corpus.h5");
+  CHECK(cfg.data.corpus == "data/demo/mixture.ini");
   CHECK(cfg.data.tokenizer == "data/demo/spm.model");
 
   const Config over = parse({"--config", tiny, "--model.d_model", "512", "--run-dir", "x"});
