@@ -12,8 +12,10 @@ PACKAGES=(
   libopenblas-dev
   libsentencepiece-dev sentencepiece
   python3-h5py python3-numpy
+  zlib1g-dev nlohmann-json3-dev
   # text for the demo corpus
   fortunes wordnet-base jargon-text
+  bible-kjv bible-kjv-text
 )
 
 missing=()

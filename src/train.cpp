@@ -305,7 +305,7 @@ int train_main(const std::vector<std::string>& args) {
       metrics << json_line(r) << "\n" << std::flush;
       if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
     }
-    if (validator && (st.step % cfg.train.val_every == 0 || st.step == cfg.train.steps)) {
+    if (validator && st.step % cfg.train.val_every == 0) {  // at fixed steps: a resumed run validates as one run
       ScopedPhase phase(model.timers, "validation");
       const ValResult v = validator->run(model);
       if (mesh.is_root()) {

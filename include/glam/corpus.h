@@ -59,6 +59,8 @@ class Corpus {
   // The target of the last token of a document (the eod id) is -1: no loss across
   // a document boundary. Segment ids restart at 0 in every row.
   Batch rows(int64_t first_row, int64_t n_rows, int64_t seq_len) const;
+  // The token ids of document d, without its end-of-document id.
+  std::vector<int32_t> document(int64_t d) const;
   // Row `row` of that stream written to ids, targets, segments [seq_len] each.
   void pack_row(int64_t row, int64_t seq_len, int32_t* ids, int32_t* targets,
                 int32_t* segments) const;

@@ -388,6 +388,11 @@ Batch Corpus::rows(int64_t first_row, int64_t n_rows, int64_t seq_len) const {
   return b;
 }
 
+std::vector<int32_t> Corpus::document(int64_t d) const {
+  GLAM_REQUIRE(d >= 0 && d < info_.n_docs, "document ", d, " is outside [0, ", info_.n_docs, ")");
+  return std::vector<int32_t>(tokens_.begin() + doc_offsets_[d], tokens_.begin() + doc_offsets_[d + 1] - 1);
+}
+
 void Corpus::pack_row(int64_t row, int64_t seq_len, int32_t* ids, int32_t* targets,
                       int32_t* segments) const {
   GLAM_REQUIRE(row >= 0 && seq_len > 0, "Corpus::pack_row: bad arguments row=", row,
