@@ -237,7 +237,12 @@ int train_main(const std::vector<std::string>& args) {
   }
 
   std::unique_ptr<Validator> validator;
-  if (cfg.train.val_every > 0) validator = std::make_unique<Validator>(corpus, cfg, mesh);
+  if (cfg.train.val_every > 0) {
+    validator = std::make_unique<Validator>(corpus, cfg, mesh);
+    for (const std::string& s : validator->skipped())
+      if (mesh.is_root()) std::printf("# validation: source %s has no held-out split (encode it with --val-fraction); left out\n", s.c_str());
+    if (validator->empty()) validator.reset();
+  }
   Model model(cfg, mesh);
   Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
   TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);

@@ -14,15 +14,19 @@ Validator::Validator(const Mixture& mixture, const Config& cfg, const Mesh& mesh
   const int64_t B = cfg.train.batch_rows, rows = B / mesh.data_size, S = cfg.model.seq_len;
   for (size_t s = 0; s < mixture.size(); ++s) {
     const MixtureSource& src = mixture.source(s);
-    GLAM_REQUIRE(src.val, "train.val_every is ", cfg.train.val_every, " but source '", src.name,
-                 "' (", src.path, ") has no held-out split; encode it with "
-                 "'glam-tokenize encode --val-fraction F' and name its manifest.json");
+    if (!src.val) {
+      skipped_.push_back(src.name + " (" + src.path + ")");
+      continue;
+    }
     names_.push_back(src.name);
     weights_.push_back(src.weight);
     batches_.emplace_back();
     for (int64_t c = 0; c < cfg.train.val_rows / B; ++c)
       batches_.back().push_back(src.val->rows(c * B + mesh.data_rank * rows, rows, S));
   }
+  double total = 0;
+  for (double w : weights_) total += w;
+  for (double& w : weights_) w /= total;
 }
 
 ValResult Validator::run(Model& model) const {

@@ -4,6 +4,7 @@
 //              (HDF5, see corpus.h) or, under mpirun, into shards and a manifest
 //              (shards.h, encode.h)
 //   info       prints the header of a corpus file, or checks and sums up a manifest
+//   mixture    loads a mixture as training does; times the loader (mixture.h, loader.h)
 // Every subcommand takes --help. Bad input is a glam::UserError: main prints
 // "glam-tokenize: error: <message>" on stderr and exits with status 2.
 // Errors that every rank sees the same way (bad input) are printed by rank 0 only.
@@ -31,6 +32,8 @@
 #include "glam/check.h"
 #include "glam/corpus.h"
 #include "glam/encode.h"
+#include "glam/loader.h"
+#include "glam/mixture.h"
 #include "glam/shards.h"
 #include "glam/text_input.h"
 #include "glam/tokenizer.h"
@@ -46,6 +49,7 @@ constexpr const char* kUsage =
     "  train-spm  train a SentencePiece model on plain text files\n"
     "  encode     tokenize text or JSON Lines files into a corpus file (.h5) or shards\n"
     "  info       print the header of a corpus file (.h5) or check a shard manifest (.json)\n"
+    "  mixture    check a mixture (sources, weights, sizes) and time its loader\n"
     "'glam-tokenize <command> --help' lists the options of a command.\n";
 
 using Clock = std::chrono::steady_clock;
@@ -331,9 +335,63 @@ int info(const std::vector<std::string>& args) {
   return 0;
 }
 
+// ---- mixture --------------------------------------------------------------
+
+// Loads a corpus or mixture as `glam train` does, prints its sources and, with
+// --steps, runs the loader alone and reports its speed and the epochs drawn.
+int mixture(const std::vector<std::string>& args) {
+  po::options_description opt("mixture options");
+  // clang-format off
+  opt.add_options()
+      ("help,h", "show this help")
+      ("corpus", po::value<std::string>(), "mixture file, manifest.json or .h5 (also the first positional argument)")
+      ("steps", po::value<int64_t>()->default_value(0), "run the loader for this many steps")
+      ("batch-rows", po::value<int64_t>()->default_value(8), "global rows per step")
+      ("seq-len", po::value<int64_t>()->default_value(256), "tokens per row")
+      ("seed", po::value<uint64_t>()->default_value(1234), "train.seed");
+  // clang-format on
+  po::positional_options_description pos;
+  pos.add("corpus", 1);
+  po::variables_map vm;
+  if (!parse_options(args, "mixture", "CORPUS [--steps N --batch-rows B --seq-len S]", opt, pos, vm))
+    return 0;
+  GLAM_REQUIRE(vm.count("corpus"), "mixture needs a corpus: glam-tokenize mixture FILE");
+  const auto load_start = Clock::now();
+  const glam::Mixture mix = glam::Mixture::open(vm["corpus"].as<std::string>());
+  std::printf("%-12s %7s %12s %10s %12s  %s\n", "source", "weight", "tokens", "docs", "held-out", "path");
+  for (size_t s = 0; s < mix.size(); ++s) {
+    const auto& src = mix.source(s);
+    std::printf("%-12s %7.4f %12lld %10lld %12lld  %s\n", src.name.c_str(), src.weight,
+                static_cast<long long>(src.train->info().n_tokens),
+                static_cast<long long>(src.train->info().n_docs),
+                static_cast<long long>(src.val ? src.val->info().n_tokens : 0), src.path.c_str());
+  }
+  std::printf("loaded in %.2f s (checksums verified)\n", seconds_since(load_start));
+  const int64_t steps = vm["steps"].as<int64_t>();
+  if (steps <= 0) return 0;
+  glam::LoaderOptions lo;
+  lo.seed = vm["seed"].as<uint64_t>();
+  lo.batch_rows = vm["batch-rows"].as<int64_t>();
+  lo.seq_len = vm["seq-len"].as<int64_t>();
+  GLAM_REQUIRE(lo.batch_rows > 0 && lo.seq_len > 0, "--batch-rows and --seq-len must be positive");
+  const auto start = Clock::now();
+  glam::DataLoader loader(mix, lo);
+  glam::LoadedBatch last;
+  for (int64_t i = 0; i < steps; ++i) last = loader.next();
+  const double secs = seconds_since(start);
+  std::printf("loader: %lld steps of %lld x %lld tokens in %.2f s: %.3g tokens/s (one thread)\n",
+              static_cast<long long>(steps), static_cast<long long>(lo.batch_rows),
+              static_cast<long long>(lo.seq_len), secs, steps * lo.batch_rows * lo.seq_len / secs);
+  for (size_t s = 0; s < mix.size(); ++s)
+    std::printf("  %-12s %.4f epochs, %.4f of the rows\n", mix.source(s).name.c_str(),
+                glam::epochs_of(mix, last.rows_drawn, s, lo.seq_len),
+                static_cast<double>(last.rows_drawn[s]) / static_cast<double>(steps * lo.batch_rows));
+  return 0;
+}
+
 int run(int argc, char** argv) {
   const std::map<std::string, std::function<int(const std::vector<std::string>&)>> commands = {
-      {"train-spm", train_spm}, {"encode", encode}, {"info", info}};
+      {"train-spm", train_spm}, {"encode", encode}, {"info", info}, {"mixture", mixture}};
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return 2;

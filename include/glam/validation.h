@@ -16,6 +16,7 @@ namespace glam {
 
 struct ValResult {
   double loss = 0.0;                          // sum over sources of weight * loss of the source
+                                              // (weights renormalised over the sources validated)
   std::vector<std::string> names;             // [sources]
   std::vector<double> by_source;              // [sources] mean cross-entropy per target token
 };
@@ -23,14 +24,16 @@ struct ValResult {
 class Validator {
  public:
   // Packs this rank's share of train.val_rows rows of each source's held-out
-  // split, in batches of train.batch_rows rows. A source without a held-out
-  // split is a UserError naming it.
+  // split, in batches of train.batch_rows rows. Sources without a held-out
+  // split (a plain .h5 corpus) are left out and listed in skipped().
   Validator(const Mixture& mixture, const Config& cfg, const Mesh& mesh);
+  bool empty() const { return names_.empty(); }
+  const std::vector<std::string>& skipped() const { return skipped_; }
   // Collective over the mesh: a forward pass over every held-out batch.
   ValResult run(Model& model) const;
 
  private:
-  std::vector<std::string> names_;
+  std::vector<std::string> names_, skipped_;
   std::vector<double> weights_;
   std::vector<std::vector<Batch>> batches_;   // [sources][chunks] this rank's rows
 };

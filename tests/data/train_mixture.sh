@@ -5,8 +5,8 @@
 #  - a run stopped at step 6 and resumed to 12 writes the metrics of an
 #    uninterrupted 12-step run (same rows, same losses, same validation);
 #  - bad data stops with status 2 and names the file: shards of another
-#    tokenizer, a truncated shard, ids outside the model's vocabulary, validation
-#    asked of a source without a held-out split.
+#    tokenizer, a truncated shard, ids outside the model's vocabulary;
+#  - a source without a held-out split is left out of validation, with a note.
 # usage: train_mixture.sh GLAM GLAM_TOKENIZE TINY_MODEL OTHER_MODEL TEXT CONFIG WORK_DIR
 set -euo pipefail
 glam=$1 tokenize=$2 model=$3 other_model=$4 text=$5 config=$6 work=$7/train_mixture
@@ -72,6 +72,12 @@ cp -r "$work/lines" "$work/cut" && cp -r "$work/blocks" "$work/cut_blocks"
 truncate -s 2000 "$work/cut/train-00001.h5"
 printf 'lines 3 cut/manifest.json\nblocks 1 cut_blocks/manifest.json\n' > "$work/cut.ini"
 expect_error "cut/train-00001.h5" "$work/cut.ini" "$model" 200
-expect_error "source 'train-00000' \(.*train-00000.h5\) has no held-out split" \
-  "$work/lines/train-00000.h5" "$model" 200
+# A source without a held-out split is left out of validation, with a note.
+printf 'lines 3 lines/manifest.json\nplain 1 lines/train-00000.h5\n' > "$work/part_val.ini"
+"$glam" train "${SHAPE[@]}" --data.corpus "$work/part_val.ini" --data.tokenizer "$model" --model.vocab_size 200 \
+  --run-dir "$work/part_val" --train.steps 4 > "$work/part_val.log" || fail "training with a source without held-out split"
+grep -q "# validation: source plain (.*train-00000.h5) has no held-out split" "$work/part_val.log" || fail "no note"
+grep -q '"val_loss_by_source": {"lines": ' "$work/part_val/metrics.jsonl" || fail "no validation of the other source"
+grep '"val_loss"' "$work/part_val/metrics.jsonl" | grep -q '"plain"' && fail "a source without held-out split was validated"
+echo "left out of validation as expected: $(grep '# validation' "$work/part_val.log")"
 echo "PASS"
