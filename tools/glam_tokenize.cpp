@@ -22,6 +22,7 @@
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -92,6 +93,41 @@ std::string join(const std::vector<std::string>& parts, const char* sep) {
 
 // ---- train-spm ------------------------------------------------------------
 
+// The lines of every document of inputs SentencePiece cannot read itself (JSON
+// Lines, gzip): one sentence each.
+class DocumentLines : public sentencepiece::SentenceIterator {
+ public:
+  DocumentLines(const std::vector<std::string>& inputs, const glam::InputOptions& in) {
+    for (const auto& path : inputs)
+      for (const auto& doc : glam::read_documents(path, in)) {
+        size_t start = 0;
+        while (start <= doc.size()) {
+          size_t end = doc.find('\n', start);
+          if (end == std::string::npos) end = doc.size();
+          if (end > start) lines_.push_back(doc.substr(start, end - start));
+          start = end + 1;
+        }
+      }
+  }
+  bool done() const override { return i_ >= lines_.size(); }
+  void Next() override { ++i_; }
+  const std::string& value() const override { return lines_[i_]; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  std::vector<std::string> lines_;
+  size_t i_ = 0;
+};
+
+// True when SentencePiece can read the file itself: plain, uncompressed text.
+bool plain_text(const std::string& path, const glam::InputOptions& in) {
+  if (glam::input_format(path, in) != "text") return false;
+  std::ifstream f(path, std::ios::binary);
+  char magic[2] = {0, 0};
+  f.read(magic, 2);
+  return !(static_cast<unsigned char>(magic[0]) == 0x1f && static_cast<unsigned char>(magic[1]) == 0x8b);
+}
+
 int train_spm(const std::vector<std::string>& args) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   po::options_description opt("train-spm options");
@@ -99,7 +135,9 @@ int train_spm(const std::vector<std::string>& args) {
   opt.add_options()
       ("help,h", "show this help")
       ("input", po::value<std::vector<std::string>>()->required()->composing(),
-       "plain text file, one sentence per line (repeat for several files)")
+       "text file, one sentence per line, or JSON Lines, or gzip of either (repeat for several files)")
+      ("format", po::value<std::string>()->default_value("auto"),
+       "auto (jsonl for *.jsonl[.gz], else text), text, or jsonl (objects with a \"text\" field)")
       ("model-prefix", po::value<std::string>()->required(), "writes PREFIX.model and PREFIX.vocab")
       ("vocab-size", po::value<int>()->required(), "number of pieces (a soft limit)")
       ("model-type", po::value<std::string>()->default_value("unigram"), "unigram or bpe")
@@ -135,7 +173,7 @@ int train_spm(const std::vector<std::string>& args) {
   GLAM_REQUIRE(vm["input-sentence-size"].as<int64_t>() >= 0, "--input-sentence-size must be >= 0");
   GLAM_REQUIRE(vm["threads"].as<int>() >= 1, "--threads must be >= 1");
 
-  const std::unordered_map<std::string, std::string> spec = {
+  std::unordered_map<std::string, std::string> spec = {
       {"input", join(inputs, ",")},
       {"model_prefix", prefix},
       {"vocab_size", std::to_string(vocab)},
@@ -153,9 +191,16 @@ int train_spm(const std::vector<std::string>& args) {
       {"max_sentence_length", "1048576"},
       {"minloglevel", vm["verbose"].as<bool>() ? "0" : "1"},
   };
+  glam::InputOptions in;
+  in.format = vm["format"].as<std::string>();
+  std::unique_ptr<DocumentLines> lines;
+  if (!std::all_of(inputs.begin(), inputs.end(), [&](const std::string& p) { return plain_text(p, in); })) {
+    lines = std::make_unique<DocumentLines>(inputs, in);
+    spec.erase("input");
+  }
   sentencepiece::SetRandomGeneratorSeed(vm["seed"].as<uint32_t>());
   const auto start = Clock::now();
-  const auto status = sentencepiece::SentencePieceTrainer::Train(spec);
+  const auto status = sentencepiece::SentencePieceTrainer::Train(spec, lines.get());
   GLAM_REQUIRE(status.ok(), "SentencePiece training failed: ", status.ToString());
   const glam::Tokenizer tok(prefix + ".model");
   std::printf(
