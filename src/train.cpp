@@ -158,6 +158,47 @@ void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double tota
 }
 
 
+// The run's validator; null when validation is off or no source has a held-out split.
+std::unique_ptr<Validator> make_validator(const Mixture& corpus, const Config& cfg, const Mesh& mesh) {
+  if (cfg.train.val_every <= 0) return nullptr;
+  auto v = std::make_unique<Validator>(corpus, cfg, mesh);
+  for (const std::string& s : v->skipped())
+    if (mesh.is_root())
+      std::printf("# validation: source %s has no held-out split (encode it with --val-fraction); left out\n", s.c_str());
+  return v->empty() ? nullptr : std::move(v);
+}
+
+// Collective: one validation pass; rank 0 logs it and appends it to metrics.jsonl.
+void validate(const Validator& validator, Model& model, int64_t step, std::ofstream& metrics, const Mesh& mesh) {
+  ScopedPhase phase(model.timers, "validation");
+  const ValResult v = validator.run(model);
+  if (!mesh.is_root()) return;
+  metrics << val_json(step, v) << "\n" << std::flush;
+  std::printf("val  %5lld | val_loss %.4f |", static_cast<long long>(step), v.loss);
+  for (size_t s = 0; s < v.names.size(); s++) std::printf(" %s %.4f", v.names[s].c_str(), v.by_source[s]);
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
+// This rank's loader: its slice of every global batch from first_step on.
+LoaderOptions loader_options(const Config& cfg, const Mesh& mesh, int64_t first_step) {
+  LoaderOptions o;
+  o.seed = cfg.train.seed;
+  o.batch_rows = cfg.train.batch_rows;
+  o.seq_len = cfg.model.seq_len;
+  o.data_rank = mesh.data_rank;
+  o.data_size = mesh.data_size;
+  o.first_step = first_step;
+  return o;
+}
+
+// [sources] epochs of each source read after the batch's step.
+std::vector<double> epochs_after(const Mixture& corpus, const LoadedBatch& b, int64_t seq_len) {
+  std::vector<double> out;
+  for (size_t s = 0; s < corpus.size(); s++) out.push_back(epochs_of(corpus, b.rows_drawn, s, seq_len));
+  return out;
+}
+
 volatile std::sig_atomic_t g_stop_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
 
@@ -236,13 +277,7 @@ int train_main(const std::vector<std::string>& args) {
     std::printf("# mesh %dx%d (data x model) on %d ranks\n", mesh.data_size, mesh.model_size, mesh.world_size);
   }
 
-  std::unique_ptr<Validator> validator;
-  if (cfg.train.val_every > 0) {
-    validator = std::make_unique<Validator>(corpus, cfg, mesh);
-    for (const std::string& s : validator->skipped())
-      if (mesh.is_root()) std::printf("# validation: source %s has no held-out split (encode it with --val-fraction); left out\n", s.c_str());
-    if (validator->empty()) validator.reset();
-  }
+  const std::unique_ptr<Validator> validator = make_validator(corpus, cfg, mesh);
   Model model(cfg, mesh);
   Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
   TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);
@@ -266,14 +301,7 @@ int train_main(const std::vector<std::string>& args) {
   r.skipped_total = st.skipped_total;
   for (size_t s = 0; s < corpus.size(); s++) r.sources.push_back(corpus.source(s).name);
   const int64_t first_step = st.step;
-  LoaderOptions lopt;
-  lopt.seed = cfg.train.seed;
-  lopt.batch_rows = cfg.train.batch_rows;
-  lopt.seq_len = cfg.model.seq_len;
-  lopt.data_rank = mesh.data_rank;
-  lopt.data_size = mesh.data_size;
-  lopt.first_step = st.step;
-  DataLoader loader(corpus, lopt);
+  DataLoader loader(corpus, loader_options(cfg, mesh, st.step));
   for (int64_t step = st.step; step < cfg.train.steps; step++) {
     const auto t0 = std::chrono::steady_clock::now();
     debug_kill_point("step", step);
@@ -285,8 +313,7 @@ int train_main(const std::vector<std::string>& args) {
     GLAM_ASSERT(loaded.step == step && loaded.batch.rows == rows);
     const Batch& batch = loaded.batch;
     r.data_wait_s = loader.last_wait_s();
-    r.epochs.clear();
-    for (size_t s = 0; s < corpus.size(); s++) r.epochs.push_back(epochs_of(corpus, loaded.rows_drawn, s, cfg.model.seq_len));
+    r.epochs = epochs_after(corpus, loaded, cfg.model.seq_len);
     model.set_step(step);
     model.params().zero_grad();
     r.parts = model.forward(batch);
@@ -310,17 +337,8 @@ int train_main(const std::vector<std::string>& args) {
       metrics << json_line(r) << "\n" << std::flush;
       if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
     }
-    if (validator && st.step % cfg.train.val_every == 0) {  // at fixed steps: a resumed run validates as one run
-      ScopedPhase phase(model.timers, "validation");
-      const ValResult v = validator->run(model);
-      if (mesh.is_root()) {
-        metrics << val_json(st.step, v) << "\n" << std::flush;
-        std::printf("val  %5lld | val_loss %.4f |", static_cast<long long>(st.step), v.loss);
-        for (size_t s = 0; s < v.names.size(); s++) std::printf(" %s %.4f", v.names[s].c_str(), v.by_source[s]);
-        std::printf("\n");
-        std::fflush(stdout);
-      }
-    }
+    if (validator && st.step % cfg.train.val_every == 0)  // at fixed steps: a resumed run validates as one run
+      validate(*validator, model, st.step, metrics, mesh);
     // one decision for the whole mesh: a signal seen by any rank, or a due checkpoint
     const bool stop = mesh.any(g_stop_signal != 0);
     const bool timed = cfg.checkpoint.every_minutes > 0 &&

@@ -1,5 +1,6 @@
 // Held-out loss per source (include/glam/validation.h). Chunk c of source s
-// holds held-out rows [c*B, (c+1)*B) of its packed stream; data rank d takes
+// holds held-out rows [c*B, (c+1)*B) of its packed stream (val_rows rounded up
+// to whole chunks, so that every forward has the training shape); data rank d takes
 // rows [d*B/D, (d+1)*B/D) of each chunk. The loss of a source is the mean
 // cross-entropy over every target of its chunks.
 #include "glam/validation.h"
@@ -21,7 +22,7 @@ Validator::Validator(const Mixture& mixture, const Config& cfg, const Mesh& mesh
     names_.push_back(src.name);
     weights_.push_back(src.weight);
     batches_.emplace_back();
-    for (int64_t c = 0; c < cfg.train.val_rows / B; ++c)
+    for (int64_t c = 0; c < (cfg.train.val_rows + B - 1) / B; ++c)
       batches_.back().push_back(src.val->rows(c * B + mesh.data_rank * rows, rows, S));
   }
   double total = 0;

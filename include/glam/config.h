@@ -42,7 +42,7 @@ struct TrainConfig {
   uint64_t seed = 1234;
   int64_t log_every = 1;
   int64_t val_every = 0;         // steps between validation passes (0: off)
-  int64_t val_rows = 8;          // held-out rows of each source per pass (a multiple of batch_rows)
+  int64_t val_rows = 8;          // held-out rows of each source per pass (rounded up to a multiple of batch_rows)
 };
 
 struct CheckpointConfig {

@@ -23,8 +23,9 @@ struct ValResult {
 
 class Validator {
  public:
-  // Packs this rank's share of train.val_rows rows of each source's held-out
-  // split, in batches of train.batch_rows rows. Sources without a held-out
+  // Packs this rank's share of train.val_rows rows (rounded up to a multiple of
+  // train.batch_rows) of each source's held-out split, in batches of
+  // train.batch_rows rows. Sources without a held-out
   // split (a plain .h5 corpus) are left out and listed in skipped().
   Validator(const Mixture& mixture, const Config& cfg, const Mesh& mesh);
   bool empty() const { return names_.empty(); }

@@ -113,7 +113,9 @@ void check_options(const EncodeOptions& opt) {
   GLAM_REQUIRE(opt.val_fraction >= 0 && opt.val_fraction <= 0.5, "--val-fraction must be in [0, 0.5], not ",
                opt.val_fraction);
   GLAM_REQUIRE(opt.shard_bytes > 0, "--shard-mb must be positive");
-  GLAM_REQUIRE(!opt.source.empty(), "--source must not be empty");
+  GLAM_REQUIRE(!opt.source.empty() && opt.source.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                                                   "0123456789_-.") == std::string::npos,
+               "--source '", opt.source, "' may hold only letters, digits, '_', '-' and '.' (it names the source in mixtures and logs)");
   const fs::path manifest = fs::path(opt.out_dir) / "manifest.json";
   GLAM_REQUIRE(!fs::exists(opt.out_dir) || fs::is_directory(opt.out_dir), "--output-dir '", opt.out_dir,
                "' exists and is not a directory");

@@ -103,6 +103,11 @@ Mixture::Mixture(std::vector<MixtureSource> sources) : sources_(std::move(source
   GLAM_REQUIRE(!sources_.empty(), "a mixture needs at least one source");
   double total = 0;
   for (const auto& s : sources_) {
+    // Names go into logs and metrics.jsonl keys as they are.
+    GLAM_REQUIRE(!s.name.empty() && s.name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                                             "0123456789_-.") == std::string::npos,
+                 "source name '", s.name, "' (", s.path,
+                 ") may hold only letters, digits, '_', '-' and '.'");
     GLAM_REQUIRE(s.weight > 0 && s.train, "source '", s.name, "' needs a positive weight and rows");
     total += s.weight;
   }

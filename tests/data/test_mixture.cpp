@@ -245,6 +245,8 @@ TEST_CASE("bad mixture files are refused naming the file and the line", "[mixtur
   CHECK_THAT(error_with("x 1 missing.h5\n"), Contains("corpus file 'mixture/missing.h5' does not exist"));
   CHECK_THAT(error_with("x 1 x.h5\nz 1 other_hash.h5\n"),
              Contains("source 'z' (mixture/other_hash.h5) was tokenized with another model"));
+  CHECK_THAT(error_with("x y x.h5\n"), Contains("line 1: weight 'y' of source 'x' must be a positive number"));
+  CHECK_THAT(error_with("x\"y 1 x.h5\n"), Contains("source name 'x\"y' (mixture/x.h5) may hold only letters"));
   CHECK_THAT(error_of([] { glam::Mixture::open("mixture/none.ini"); }),
              Contains("corpus file 'mixture/none.ini' does not exist"));
 }
