@@ -214,6 +214,23 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   std::ofstream(path, std::ios::trunc) << kept;
 }
 
+// A resumed run must read tokens of the tokenizer it was trained with (the copy
+// in the run dir), whatever data.tokenizer now names. Collective: every rank
+// reads the copy before rank 0 may replace it, and all decide together.
+void require_same_tokenizer(const std::string& run_dir, const Tokenizer& tokenizer, const Config& cfg,
+                            const Mesh& mesh) {
+  const fs::path saved = fs::path(run_dir) / "tokenizer.model";
+  std::string before = tokenizer.hash();
+  try {
+    if (fs::exists(saved)) before = Tokenizer(saved.string()).hash();
+  } catch (const UserError&) {
+    before = "unreadable";
+  }
+  GLAM_REQUIRE(!mesh.any(before != tokenizer.hash()), "run dir '", run_dir, "' was trained with the tokenizer ",
+               saved.string(), " (hash ", before, ") but data.tokenizer '", cfg.data.tokenizer, "' has hash ",
+               tokenizer.hash(), "; resume with the same tokenizer or start another run dir");
+}
+
 // Resumes from the newest checkpoint of the run dir, or starts at step 0.
 TrainState resume_or_start(const std::string& run_dir, bool overwrite, Model& model, Adafactor& opt,
                            const Config& cfg, const Mesh& mesh) {
@@ -281,6 +298,7 @@ int train_main(const std::vector<std::string>& args) {
   Model model(cfg, mesh);
   Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
   TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);
+  if (st.step > 0) require_same_tokenizer(run_dir, tokenizer, cfg, mesh);
   std::ofstream metrics;
   if (mesh.is_root()) {
     prepare_run_dir(run_dir, cfg);

@@ -5,9 +5,10 @@
 #  - a run stopped at step 6 and resumed to 12 writes the metrics of an
 #    uninterrupted 12-step run (same rows, same losses, same validation);
 #  - bad data stops with status 2 and names the file: shards of another
-#    tokenizer, a truncated shard, ids outside the model's vocabulary;
+#    tokenizer, resuming a run with another tokenizer, a truncated shard, ids outside the model's vocabulary;
 #  - a source without a held-out split is left out of validation, with a note.
 # usage: train_mixture.sh GLAM GLAM_TOKENIZE TINY_MODEL OTHER_MODEL TEXT CONFIG WORK_DIR
+# (a third model, jsonl_spm.model, is expected beside TINY_MODEL)
 set -euo pipefail
 glam=$1 tokenize=$2 model=$3 other_model=$4 text=$5 config=$6 work=$7/train_mixture
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
@@ -54,6 +55,17 @@ mpi -np 2 "$glam" train "${MODEL[@]}" --mesh 2x1 --run-dir "$work/resumed" --tra
 grep -q "resumed from" "$work/part2.log" || fail "the second run did not resume"
 diff <(metrics "$work/full") <(metrics "$work/resumed") || fail "the resumed run differs from the uninterrupted one"
 echo "resume at step 6: metrics identical"
+# Resuming with another tokenizer (and a corpus made with it) is refused.
+other_spm=$(dirname "$model")/jsonl_spm.model
+"$tokenize" encode --tokenizer "$other_spm" --input "$text" --output-dir "$work/other" --source other \
+  --val-fraction 0.2 > /dev/null 2>&1
+rc=0
+mpi -np 2 "$glam" train "${SHAPE[@]}" --data.corpus "$work/other/manifest.json" --data.tokenizer "$other_spm" \
+  --model.vocab_size 200 --mesh 2x1 --run-dir "$work/resumed" --train.steps 14 > "$work/other.log" 2> "$work/other.err" || rc=$?
+[[ $rc -eq 2 ]] || fail "resuming with another tokenizer: status $rc"
+grep -q "run dir '.*resumed' was trained with the tokenizer .*tokenizer.model (hash [0-9a-f]*) but data.tokenizer '.*jsonl_spm.model'" \
+  "$work/other.err" || fail "resuming with another tokenizer: $(cat "$work/other.err")"
+echo "refused as expected: $(grep -m1 error "$work/other.err")"
 
 expect_error() {  # expect_error REGEX CORPUS TOKENIZER VOCAB: glam train exits 2 with REGEX on stderr
   local regex=$1 rc=0; shift
