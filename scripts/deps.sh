@@ -13,10 +13,12 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev
   python3-h5py python3-numpy
+  zlib1g-dev
   # tools/plot
   python3-matplotlib
   # text for the demo corpus
   fortunes wordnet-base jargon-text
+  bible-kjv bible-kjv-text
 )
 
 missing=()

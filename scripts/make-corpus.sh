@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Builds glam's English demo corpus from text that Debian packages install
-# (scripts/deps.sh installs them):
+# Builds glam's English demo corpus, a mixture of four sources made of text that
+# Debian packages install (scripts/deps.sh installs them):
 #   fortunes      /usr/share/games/fortunes/*      one document per fortune
 #   wordnet-base  /usr/share/wordnet/data.*        20 dictionary glosses per document
 #   jargon-text   /usr/share/doc/jargon-text/      one document per Jargon File entry
+#   bible-kjv     /usr/lib/bible.data (`bible`)    one document per chapter of the KJV
 #
 # usage: scripts/make-corpus.sh OUT_DIR BUILD_DIR
-# writes OUT_DIR/demo.txt    UTF-8, documents separated by blank lines, shuffled
-#                            with a fixed seed (training reads the corpus in order)
+# writes OUT_DIR/text/NAME.txt  each source: UTF-8, documents separated by blank
+#                            lines, shuffled with a fixed seed (a source is read in order)
+#        OUT_DIR/demo.txt    all four mixed, shuffled (the tokenizer's training text)
 #        OUT_DIR/spm.model   SentencePiece unigram, 8000 pieces, byte fallback (fixed
-#                            seed and thread count: the same model on any machine)
+#                            seed and thread count: the same model on any machine),
+#                            trained on a sample of 1M sentences of demo.txt
 #        OUT_DIR/spm.vocab
-#        OUT_DIR/corpus.h5   the glam corpus (glam-tokenize encode)
+#        OUT_DIR/NAME/       each source's shards and manifest.json (glam-tokenize
+#                            encode --output-dir on $NP MPI ranks; 2% of documents held out)
+#        OUT_DIR/mixture.ini the sources and their weights (what input/glam-tiny.cfg reads)
+#        OUT_DIR/corpus.h5   demo.txt as one corpus file (the single-file form)
 # Each step is skipped when its outputs exist and are newer than its inputs.
+# Environment: NP (ranks for encoding, default 2), MPIRUN (default
+# "mpirun --allow-run-as-root --oversubscribe").
 set -euo pipefail
 
 if [[ $# -ne 2 ]]; then
@@ -26,6 +34,16 @@ script=${BASH_SOURCE[0]}
 fortune_dir=/usr/share/games/fortunes
 wordnet_dir=/usr/share/wordnet
 jargon_gz=/usr/share/doc/jargon-text/jargon.txt.gz
+bible_data=/usr/lib/bible.data
+np=${NP:-2}
+mpirun=${MPIRUN:-mpirun --allow-run-as-root --oversubscribe}
+# name weight: GLaM's mixture has books, conversations, encyclopedic and forum text;
+# here the Bible stands for books, fortunes for conversation, WordNet for the
+# encyclopedia and the Jargon File for forums.
+weights="fortunes 0.30
+bible 0.30
+jargon 0.25
+wordnet 0.15"
 
 die() {
   echo "make-corpus: error: $*" >&2
@@ -68,22 +86,27 @@ for part in noun verb adj adv; do
   require_source "$wordnet_dir/data.$part" wordnet-base
 done
 require_source "$jargon_gz" jargon-text
+require_source "$bible_data" bible-kjv-text
+command -v bible > /dev/null || die "the command 'bible' is missing: install the Debian package 'bible-kjv'"
 [[ -x $tokenize ]] || die "$tokenize not found: build it first (cmake --build $2 --target glam-tokenize)"
 
 mapfile -t fortune_files < <(find "$fortune_dir" -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' | sort)
 [[ ${#fortune_files[@]} -gt 0 ]] || die "no fortune files in $fortune_dir: reinstall the package 'fortunes'"
 wordnet_files=("$wordnet_dir"/data.noun "$wordnet_dir"/data.verb "$wordnet_dir"/data.adj "$wordnet_dir"/data.adv)
-mkdir -p "$out"
+mkdir -p "$out/text"
+names=(fortunes wordnet jargon bible)
 
 # ---- 1. text ----------------------------------------------------------------
 text=$out/demo.txt
-if up_to_date "$text" "$script" "$jargon_gz" "${fortune_files[@]}" "${wordnet_files[@]}"; then
+if up_to_date "$text" "$script" "$jargon_gz" "$bible_data" "${fortune_files[@]}" "${wordnet_files[@]}"; then
   say "$text is up to date ($(megabytes "$text")), skipping"
 else
   start=$(now)
-  python3 - "$text.tmp" "$jargon_gz" "${#fortune_files[@]}" "${fortune_files[@]}" "${wordnet_files[@]}" <<'PY'
-"""Extracts documents from the three sources and writes them shuffled, as
-blank-line separated blocks of valid UTF-8 with no control characters."""
+  bible -l0 "Ge1:1-Re22:21" > "$out/text/kjv.raw"
+  python3 - "$text.tmp" "$out/text" "$jargon_gz" "$out/text/kjv.raw" "${#fortune_files[@]}" "${fortune_files[@]}" "${wordnet_files[@]}" <<'PY'
+"""Extracts documents from the four sources and writes each source shuffled to
+TEXT_DIR/NAME.txt, and all of them shuffled together to OUT, as blank-line
+separated blocks of valid UTF-8 with no control characters."""
 import gzip
 import random
 import re
@@ -161,25 +184,53 @@ def jargon(path):
         yield "\n".join(doc)
 
 
+def bible(path):
+    """One document per chapter: its heading ("Genesis 1") then one verse per
+    line, without the verse numbers."""
+    with open(path, "rb") as f:
+        text = clean(f.read(), path)
+    doc = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            if len(doc) > 1:
+                yield "\n".join(doc)
+            doc = [line.strip()]
+        else:
+            doc.append(re.sub(r"^\s*\d+\s+", "", line).strip())
+    if len(doc) > 1:
+        yield "\n".join(doc)
+
+
+def write_docs(path, docs):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(docs) + "\n")
+
+
 def main():
-    out, jargon_gz, n_fortune = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    fortune_files = sys.argv[4:4 + n_fortune]
-    wordnet_files = sys.argv[4 + n_fortune:]
+    out, text_dir, jargon_gz, kjv, n_fortune = sys.argv[1:5] + [int(sys.argv[5])]
+    fortune_files = sys.argv[6:6 + n_fortune]
+    wordnet_files = sys.argv[6 + n_fortune:]
     sources = {"fortunes": [d for p in fortune_files for d in fortunes(p)],
                "wordnet": [d for p in wordnet_files for d in wordnet_glosses(p)],
-               "jargon": list(jargon(jargon_gz))}
+               "jargon": list(jargon(jargon_gz)),
+               "bible": list(bible(kjv))}
+    for name, ds in sources.items():
+        random.Random(name).shuffle(ds)
+        write_docs(f"{text_dir}/{name}.txt", ds)
     docs = [d for ds in sources.values() for d in ds]
     random.Random(1234).shuffle(docs)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n\n".join(docs) + "\n")
+    write_docs(out, docs)
     counts = ", ".join(f"{name} {len(ds)}" for name, ds in sources.items())
     print(f"make-corpus: {len(docs)} documents ({counts})")
 
 
 main()
 PY
+  rm "$out/text/kjv.raw"
   mv "$text.tmp" "$text"
-  say "wrote $text ($(megabytes "$text")) in $(elapsed_since "$start")"
+  say "wrote $text ($(megabytes "$text")) and $out/text/{$(IFS=,; echo "${names[*]}")}.txt in $(elapsed_since "$start")"
 fi
 
 # ---- 2. tokenizer -----------------------------------------------------------
@@ -207,3 +258,25 @@ else
 fi
 
 "$tokenize" info "$corpus"
+
+# ---- 4. the mixture: each source in shards, with a held-out split --------------
+for name in "${names[@]}"; do
+  manifest=$out/$name/manifest.json
+  if up_to_date "$manifest" "$text" "$model" "$script"; then
+    say "$manifest is up to date, skipping"
+    continue
+  fi
+  # shellcheck disable=SC2086  # MPIRUN is a command with its options
+  $mpirun -np "$np" "$tokenize" encode --tokenizer "$model" --input "$out/text/$name.txt" \
+    --output-dir "$out/$name" --source "$name" --doc-split blank --val-fraction 0.02 --shard-mb 1 \
+    --overwrite
+done
+{
+  echo "# The demo mixture (scripts/make-corpus.sh): name, weight, shards relative to this file."
+  while read -r name weight; do
+    printf '%-9s %s  %s/manifest.json\n' "$name" "$weight" "$name"
+  done <<< "$weights"
+} > "$out/mixture.ini.tmp"
+mv "$out/mixture.ini.tmp" "$out/mixture.ini"
+say "wrote $out/mixture.ini:"
+cat "$out/mixture.ini"

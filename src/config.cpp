@@ -42,10 +42,12 @@ void add_config_options(po::options_description& desc, Config& c) {
     ("train.factored_min_dim", po::value(&t.factored_min_dim)->default_value(t.factored_min_dim), "factor the second moment when both last dims >= this")
     ("train.seed", po::value(&t.seed)->default_value(t.seed), "seed for initialisation and sampling")
     ("train.log_every", po::value(&t.log_every)->default_value(t.log_every), "steps between progress lines")
+    ("train.val_every", po::value(&t.val_every)->default_value(t.val_every), "steps between validation passes (0: off)")
+    ("train.val_rows", po::value(&t.val_rows)->default_value(t.val_rows), "held-out rows of each source per validation pass (rounded up to a multiple of batch_rows)")
     ("checkpoint.every_steps", po::value(&c.checkpoint.every_steps)->default_value(c.checkpoint.every_steps), "checkpoint every N steps (0: only at the end)")
     ("checkpoint.every_minutes", po::value(&c.checkpoint.every_minutes)->default_value(c.checkpoint.every_minutes), "also checkpoint every T minutes (0: off)")
     ("checkpoint.keep", po::value(&c.checkpoint.keep)->default_value(c.checkpoint.keep), "newest checkpoints kept (0: all)")
-    ("data.corpus", po::value(&c.data.corpus)->default_value(c.data.corpus), "HDF5 corpus file from glam-tokenize")
+    ("data.corpus", po::value(&c.data.corpus)->default_value(c.data.corpus), "corpus: .h5 file, shard manifest .json, or mixture file (docs/DATA.md)")
     ("data.tokenizer", po::value(&c.data.tokenizer)->default_value(c.data.tokenizer), "SentencePiece model file");
   // clang-format on
 }
@@ -97,6 +99,8 @@ void Config::validate() const {
   GLAM_REQUIRE(train.decay_pow > 0 && train.decay_pow <= 1, "train.decay_pow must be in (0, 1], got ", train.decay_pow);
   GLAM_REQUIRE(train.clip_threshold > 0, "train.clip_threshold must be positive");
   require_positive(train.log_every, "train.log_every");
+  GLAM_REQUIRE(train.val_every >= 0, "train.val_every must be >= 0, got ", train.val_every);
+  GLAM_REQUIRE(train.val_rows > 0, "train.val_rows must be positive, got ", train.val_rows);
   require_positive(train.factored_min_dim, "train.factored_min_dim");
   GLAM_REQUIRE(checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0, got ", checkpoint.every_steps);
   GLAM_REQUIRE(checkpoint.every_minutes >= 0, "checkpoint.every_minutes must be >= 0, got ", checkpoint.every_minutes);

@@ -9,14 +9,18 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 
 #include "glam/adafactor.h"
 #include "glam/check.h"
 #include "glam/checkpoint.h"
 #include "glam/commands.h"
 #include "glam/corpus.h"
+#include "glam/loader.h"
+#include "glam/mixture.h"
 #include "glam/model.h"
 #include "glam/tokenizer.h"
+#include "glam/validation.h"
 #include "glam/weights.h"
 
 namespace po = boost::program_options;
@@ -30,6 +34,9 @@ struct StepRecord {
   int64_t step = 0;
   LossParts parts;
   double lr = 0, grad_norm = 0, tokens_per_s = 0, eta_s = 0;
+  double data_wait_s = 0;                  // time the step waited for the loader
+  std::vector<std::string> sources;        // [sources] of the mixture
+  std::vector<double> epochs;              // [sources] epochs consumed after this step
   bool skipped = false;
   int64_t skipped_total = 0;
 };
@@ -83,8 +90,22 @@ std::string json_line(const StepRecord& r) {
   for (size_t l = 0; l < loads.size(); l++) os << (l ? ", " : "") << loads[l].dropped_frac;
   os << "], \"layer_max_mean_load\": [";
   for (size_t l = 0; l < loads.size(); l++) os << (l ? ", " : "") << loads[l].max_over_mean;
-  os << "]}";
+  os << "], \"epochs\": {";
+  for (size_t s = 0; s < r.epochs.size(); s++) os << (s ? ", " : "") << "\"" << r.sources[s] << "\": " << r.epochs[s];
+  os << "}}";
   return os.str();
+}
+
+// "      data fortunes 0.031 ep | wordnet 0.012 ep | wait 0.0 ms" for the progress log.
+std::string epochs_line(const StepRecord& r) {
+  std::string out = "      data";
+  char buf[160];
+  for (size_t s = 0; s < r.epochs.size(); s++) {
+    std::snprintf(buf, sizeof buf, "%s %s %.4f ep", s ? " |" : "", r.sources[s].c_str(), r.epochs[s]);
+    out += buf;
+  }
+  std::snprintf(buf, sizeof buf, " | wait %.2f ms", 1e3 * r.data_wait_s);
+  return out + buf;
 }
 
 // "moe L0 drop 3.1% max/mean 1.42 | L2 ..." for the progress log.
@@ -105,6 +126,7 @@ void print_progress(const StepRecord& r, int64_t steps) {
               static_cast<long long>(r.step), static_cast<long long>(steps), r.parts.loss, r.parts.ce,
               r.parts.aux, r.lr, r.grad_norm, r.tokens_per_s, r.eta_s, r.skipped ? " | SKIPPED (non-finite grad)" : "");
   if (!r.parts.load_before.empty()) std::printf("%s\n", load_line(r.parts).c_str());
+  std::printf("%s\n", epochs_line(r).c_str());
   std::fflush(stdout);
 }
 
@@ -136,6 +158,47 @@ void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double tota
 }
 
 
+// The run's validator; null when validation is off or no source has a held-out split.
+std::unique_ptr<Validator> make_validator(const Mixture& corpus, const Config& cfg, const Mesh& mesh) {
+  if (cfg.train.val_every <= 0) return nullptr;
+  auto v = std::make_unique<Validator>(corpus, cfg, mesh);
+  for (const std::string& s : v->skipped())
+    if (mesh.is_root())
+      std::printf("# validation: source %s has no held-out split (encode it with --val-fraction); left out\n", s.c_str());
+  return v->empty() ? nullptr : std::move(v);
+}
+
+// Collective: one validation pass; rank 0 logs it and appends it to metrics.jsonl.
+void validate(const Validator& validator, Model& model, int64_t step, std::ofstream& metrics, const Mesh& mesh) {
+  ScopedPhase phase(model.timers, "validation");
+  const ValResult v = validator.run(model);
+  if (!mesh.is_root()) return;
+  metrics << val_json(step, v) << "\n" << std::flush;
+  std::printf("val  %5lld | val_loss %.4f |", static_cast<long long>(step), v.loss);
+  for (size_t s = 0; s < v.names.size(); s++) std::printf(" %s %.4f", v.names[s].c_str(), v.by_source[s]);
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
+// This rank's loader: its slice of every global batch from first_step on.
+LoaderOptions loader_options(const Config& cfg, const Mesh& mesh, int64_t first_step) {
+  LoaderOptions o;
+  o.seed = cfg.train.seed;
+  o.batch_rows = cfg.train.batch_rows;
+  o.seq_len = cfg.model.seq_len;
+  o.data_rank = mesh.data_rank;
+  o.data_size = mesh.data_size;
+  o.first_step = first_step;
+  return o;
+}
+
+// [sources] epochs of each source read after the batch's step.
+std::vector<double> epochs_after(const Mixture& corpus, const LoadedBatch& b, int64_t seq_len) {
+  std::vector<double> out;
+  for (size_t s = 0; s < corpus.size(); s++) out.push_back(epochs_of(corpus, b.rows_drawn, s, seq_len));
+  return out;
+}
+
 volatile std::sig_atomic_t g_stop_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
 
@@ -149,6 +212,23 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   }
   in.close();
   std::ofstream(path, std::ios::trunc) << kept;
+}
+
+// A resumed run must read tokens of the tokenizer it was trained with (the copy
+// in the run dir), whatever data.tokenizer now names. Collective: every rank
+// reads the copy before rank 0 may replace it, and all decide together.
+void require_same_tokenizer(const std::string& run_dir, const Tokenizer& tokenizer, const Config& cfg,
+                            const Mesh& mesh) {
+  const fs::path saved = fs::path(run_dir) / "tokenizer.model";
+  std::string before = tokenizer.hash();
+  try {
+    if (fs::exists(saved)) before = Tokenizer(saved.string()).hash();
+  } catch (const UserError&) {
+    before = "unreadable";
+  }
+  GLAM_REQUIRE(!mesh.any(before != tokenizer.hash()), "run dir '", run_dir, "' was trained with the tokenizer ",
+               saved.string(), " (hash ", before, ") but data.tokenizer '", cfg.data.tokenizer, "' has hash ",
+               tokenizer.hash(), "; resume with the same tokenizer or start another run dir");
 }
 
 // Resumes from the newest checkpoint of the run dir, or starts at step 0.
@@ -204,7 +284,7 @@ int train_main(const std::vector<std::string>& args) {
                cfg.model.group_size, " must divide the tokens of each data rank (", local_tokens,
                " = train.batch_rows / ", mesh.data_size, " * model.seq_len): routing groups may not span ranks");
 
-  Corpus corpus(cfg.data.corpus, cfg.model.vocab_size);
+  const Mixture corpus = Mixture::open(cfg.data.corpus, cfg.model.vocab_size);
   Tokenizer tokenizer(cfg.data.tokenizer);
   GLAM_REQUIRE(corpus.info().tokenizer_hash == tokenizer.hash(), "corpus '", cfg.data.corpus,
                "' was tokenized with another SentencePiece model than '", cfg.data.tokenizer,
@@ -217,9 +297,11 @@ int train_main(const std::vector<std::string>& args) {
                 mesh.world_size, device_description(device).c_str());
   }
 
+  const std::unique_ptr<Validator> validator = make_validator(corpus, cfg, mesh);
   Model model(cfg, mesh, device);
   Adafactor optimizer(model.params(), AdafactorOptions::from(cfg.train));
   TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);
+  if (st.step > 0) require_same_tokenizer(run_dir, tokenizer, cfg, mesh);
   model.sync_to_device(&optimizer);  // the GPU's copies start from the checkpoint (no-op on the CPU)
   std::ofstream metrics;
   if (mesh.is_root()) {
@@ -239,15 +321,21 @@ int train_main(const std::vector<std::string>& args) {
   auto last_checkpoint = start;
   StepRecord r;
   r.skipped_total = st.skipped_total;
+  for (size_t s = 0; s < corpus.size(); s++) r.sources.push_back(corpus.source(s).name);
   const int64_t first_step = st.step;
+  DataLoader loader(corpus, loader_options(cfg, mesh, st.step));
   for (int64_t step = st.step; step < cfg.train.steps; step++) {
     const auto t0 = std::chrono::steady_clock::now();
     debug_kill_point("step", step);
-    Batch batch;
+    LoadedBatch loaded;
     {
       ScopedPhase phase(model.timers, "io");
-      batch = corpus.rows(step * cfg.train.batch_rows + mesh.data_rank * rows, rows, cfg.model.seq_len);
+      loaded = loader.next();
     }
+    GLAM_ASSERT(loaded.step == step && loaded.batch.rows == rows);
+    const Batch& batch = loaded.batch;
+    r.data_wait_s = loader.last_wait_s();
+    r.epochs = epochs_after(corpus, loaded, cfg.model.seq_len);
     model.set_step(step);
     model.params().zero_grad();
     r.parts = model.forward(batch);
@@ -271,6 +359,8 @@ int train_main(const std::vector<std::string>& args) {
       metrics << json_line(r) << "\n" << std::flush;
       if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
     }
+    if (validator && st.step % cfg.train.val_every == 0)  // at fixed steps: a resumed run validates as one run
+      validate(*validator, model, st.step, metrics, mesh);
     // one decision for the whole mesh: a signal seen by any rank, or a due checkpoint
     const bool stop = mesh.any(g_stop_signal != 0);
     const bool timed = cfg.checkpoint.every_minutes > 0 &&
@@ -302,6 +392,9 @@ int train_main(const std::vector<std::string>& args) {
     std::printf("# done: step %lld of %lld (%lld skipped) in %.1fs; weights in %s/weights.h5\n",
                 static_cast<long long>(st.step), static_cast<long long>(cfg.train.steps),
                 static_cast<long long>(r.skipped_total), total, run_dir.c_str());
+  if (mesh.is_root())
+    std::printf("# data loader: the steps waited %.3f s in all for batches (%.3f ms per step)\n", loader.total_wait_s(),
+                1e3 * loader.total_wait_s() / std::max<int64_t>(1, st.step - first_step));
   print_phase_report(model.timers, mesh, total, st.step - first_step);
   return 0;
 }

@@ -100,6 +100,8 @@ void check_same(const Config& a, const Config& b) {
   CHECK(t.factored_min_dim == u.factored_min_dim);
   CHECK(t.seed == u.seed);
   CHECK(t.log_every == u.log_every);
+  CHECK(t.val_every == u.val_every);
+  CHECK(t.val_rows == u.val_rows);
   CHECK(a.data.corpus == b.data.corpus);
   CHECK(a.data.tokenizer == b.data.tokenizer);
 }
@@ -121,8 +123,10 @@ TEST_CASE("config: input/glam-tiny.cfg is read, the command line wins") {
   CHECK(cfg.train.steps == 300);
   CHECK(cfg.train.batch_rows == 8);
   CHECK(cfg.train.log_every == 10);
+  CHECK(cfg.train.val_every == 50);
+  CHECK(cfg.train.val_rows == 8);
   CHECK(cfg.train.decay_pow == 0.8);  // not in the file: the default
-  CHECK(cfg.data.corpus == "data/demo/corpus.h5");
+  CHECK(cfg.data.corpus == "data/demo/mixture.ini");
   CHECK(cfg.data.tokenizer == "data/demo/spm.model");
 
   const Config over = parse({"--config", tiny, "--model.d_model", "512", "--run-dir", "x"});
@@ -177,6 +181,9 @@ TEST_CASE("config: bad values are UserErrors naming the key") {
   INFO(e);
   CHECK_THAT(e, Contains("model.n_layers"));
 
+  CHECK_THAT(error_of({"--train.val_every", "-1"}), Contains("train.val_every must be >= 0, got -1"));
+  CHECK_THAT(error_of({"--train.val_rows", "0"}), Contains("train.val_rows must be positive, got 0"));
+
   TempIni file("badvalue", "[model]\nd_model = abc\n");
   e = error_of({"--config", file.str()});
   INFO(e);
@@ -226,6 +233,7 @@ TEST_CASE("config: to_ini() round-trips every field") {
                           "--train.warmup_steps", "500", "--train.decay_pow", "0.75", "--train.clip_threshold", "1.5",
                           "--train.min_param_scale", "0.002", "--train.factored_min_dim", "64",
                           "--train.seed", "18446744073709551615", "--train.log_every", "3",
+                          "--train.val_every", "25", "--train.val_rows", "16",
                           "--data.corpus", "some/dir/c.h5", "--data.tokenizer", "t.model"});
   const std::string ini = a.to_ini();
   std::printf("  to_ini():\n%s", ini.c_str());

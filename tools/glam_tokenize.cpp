@@ -1,10 +1,13 @@
 // glam-tokenize: prepares training data for glam.
 //   train-spm  trains a SentencePiece model on plain text files
-//   encode     turns plain text files into a glam corpus file (HDF5, see corpus.h)
-//   info       prints the header of a corpus file
+//   encode     turns text or JSON Lines files (gzip or not) into one corpus file
+//              (HDF5, see corpus.h) or, under mpirun, into shards and a manifest
+//              (shards.h, encode.h)
+//   info       prints the header of a corpus file, or checks and sums up a manifest
+//   mixture    loads a mixture as training does; times the loader (mixture.h, loader.h)
 // Every subcommand takes --help. Bad input is a glam::UserError: main prints
 // "glam-tokenize: error: <message>" on stderr and exits with status 2.
-// MPI is initialised only because libhdf5 is the MPI build; this tool is serial.
+// Errors that every rank sees the same way (bad input) are printed by rank 0 only.
 #include <mpi.h>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
@@ -19,14 +22,21 @@
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <unistd.h>
 #include <unordered_map>
 #include <vector>
 
 #include "glam/check.h"
 #include "glam/corpus.h"
+#include "glam/encode.h"
+#include "glam/loader.h"
+#include "glam/mixture.h"
+#include "glam/shards.h"
+#include "glam/text_input.h"
 #include "glam/tokenizer.h"
 
 namespace po = boost::program_options;
@@ -38,8 +48,9 @@ constexpr const char* kUsage =
     "usage: glam-tokenize <command> [options]\n"
     "commands:\n"
     "  train-spm  train a SentencePiece model on plain text files\n"
-    "  encode     tokenize plain text files into a glam corpus file (.h5)\n"
-    "  info       print the header of a corpus file\n"
+    "  encode     tokenize text or JSON Lines files into a corpus file (.h5) or shards\n"
+    "  info       print the header of a corpus file (.h5) or check a shard manifest (.json)\n"
+    "  mixture    check a mixture (sources, weights, sizes) and time its loader\n"
     "'glam-tokenize <command> --help' lists the options of a command.\n";
 
 using Clock = std::chrono::steady_clock;
@@ -82,6 +93,41 @@ std::string join(const std::vector<std::string>& parts, const char* sep) {
 
 // ---- train-spm ------------------------------------------------------------
 
+// The lines of every document of inputs SentencePiece cannot read itself (JSON
+// Lines, gzip): one sentence each.
+class DocumentLines : public sentencepiece::SentenceIterator {
+ public:
+  DocumentLines(const std::vector<std::string>& inputs, const glam::InputOptions& in) {
+    for (const auto& path : inputs)
+      for (const auto& doc : glam::read_documents(path, in)) {
+        size_t start = 0;
+        while (start <= doc.size()) {
+          size_t end = doc.find('\n', start);
+          if (end == std::string::npos) end = doc.size();
+          if (end > start) lines_.push_back(doc.substr(start, end - start));
+          start = end + 1;
+        }
+      }
+  }
+  bool done() const override { return i_ >= lines_.size(); }
+  void Next() override { ++i_; }
+  const std::string& value() const override { return lines_[i_]; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  std::vector<std::string> lines_;
+  size_t i_ = 0;
+};
+
+// True when SentencePiece can read the file itself: plain, uncompressed text.
+bool plain_text(const std::string& path, const glam::InputOptions& in) {
+  if (glam::input_format(path, in) != "text") return false;
+  std::ifstream f(path, std::ios::binary);
+  char magic[2] = {0, 0};
+  f.read(magic, 2);
+  return !(static_cast<unsigned char>(magic[0]) == 0x1f && static_cast<unsigned char>(magic[1]) == 0x8b);
+}
+
 int train_spm(const std::vector<std::string>& args) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   po::options_description opt("train-spm options");
@@ -89,7 +135,9 @@ int train_spm(const std::vector<std::string>& args) {
   opt.add_options()
       ("help,h", "show this help")
       ("input", po::value<std::vector<std::string>>()->required()->composing(),
-       "plain text file, one sentence per line (repeat for several files)")
+       "text file, one sentence per line, or JSON Lines, or gzip of either (repeat for several files)")
+      ("format", po::value<std::string>()->default_value("auto"),
+       "auto (jsonl for *.jsonl[.gz], else text), text, or jsonl (objects with a \"text\" field)")
       ("model-prefix", po::value<std::string>()->required(), "writes PREFIX.model and PREFIX.vocab")
       ("vocab-size", po::value<int>()->required(), "number of pieces (a soft limit)")
       ("model-type", po::value<std::string>()->default_value("unigram"), "unigram or bpe")
@@ -125,7 +173,7 @@ int train_spm(const std::vector<std::string>& args) {
   GLAM_REQUIRE(vm["input-sentence-size"].as<int64_t>() >= 0, "--input-sentence-size must be >= 0");
   GLAM_REQUIRE(vm["threads"].as<int>() >= 1, "--threads must be >= 1");
 
-  const std::unordered_map<std::string, std::string> spec = {
+  std::unordered_map<std::string, std::string> spec = {
       {"input", join(inputs, ",")},
       {"model_prefix", prefix},
       {"vocab_size", std::to_string(vocab)},
@@ -143,9 +191,16 @@ int train_spm(const std::vector<std::string>& args) {
       {"max_sentence_length", "1048576"},
       {"minloglevel", vm["verbose"].as<bool>() ? "0" : "1"},
   };
+  glam::InputOptions in;
+  in.format = vm["format"].as<std::string>();
+  std::unique_ptr<DocumentLines> lines;
+  if (!std::all_of(inputs.begin(), inputs.end(), [&](const std::string& p) { return plain_text(p, in); })) {
+    lines = std::make_unique<DocumentLines>(inputs, in);
+    spec.erase("input");
+  }
   sentencepiece::SetRandomGeneratorSeed(vm["seed"].as<uint32_t>());
   const auto start = Clock::now();
-  const auto status = sentencepiece::SentencePieceTrainer::Train(spec);
+  const auto status = sentencepiece::SentencePieceTrainer::Train(spec, lines.get());
   GLAM_REQUIRE(status.ok(), "SentencePiece training failed: ", status.ToString());
   const glam::Tokenizer tok(prefix + ".model");
   std::printf(
@@ -158,100 +213,62 @@ int train_spm(const std::vector<std::string>& args) {
 
 // ---- encode ---------------------------------------------------------------
 
-// Byte offset of the first invalid UTF-8 sequence in s, or npos. Rejects
-// overlong forms, surrogates and code points above U+10FFFF.
-size_t find_invalid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
+// --output FILE.h5: every document of every input in one corpus file, on one rank.
+void encode_one_file(const glam::Tokenizer& tok, const std::vector<std::string>& inputs,
+                     const glam::InputOptions& in, const std::string& output,
+                     const std::string& source, bool overwrite) {
+  int ranks = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  GLAM_REQUIRE(ranks == 1, "--output writes one file on one rank; under mpirun use --output-dir");
+  GLAM_REQUIRE(overwrite || !fs::exists(output), "output file '", output,
+               "' already exists (pass --overwrite to replace it)");
+  require_parent_dir(output, "output file");
+  const auto start = Clock::now();
+  std::vector<std::vector<int32_t>> docs;
+  int64_t bytes = 0, tokens = 0, unk = 0, unk_bytes = 0;
+  for (const auto& path : inputs) {
+    int64_t file_bytes = 0;
+    for (const auto& doc : glam::read_documents(path, in, &file_bytes)) {
+      docs.push_back(tok.encode(doc, unk, unk_bytes));
+      tokens += static_cast<int64_t>(docs.back().size()) + 1;  // + the eod the writer appends
     }
-    int len = 0;
-    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF)
-      len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else
-      return i;
-    if (i + len > s.size()) return i;
-    for (int k = 1; k < len; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return i;
-    }
-    i += len;
+    bytes += file_bytes;
   }
-  return std::string_view::npos;
+  GLAM_REQUIRE(!docs.empty(), "no documents in the input (", join(inputs, ", "),
+               " holds only blank lines)");
+  glam::CorpusInfo info;
+  info.source = source;
+  info.tokenizer_hash = tok.hash();
+  info.vocab_size = tok.vocab_size();
+  info.eod_id = tok.eod_id();
+  glam::write_corpus(output, docs, info, overwrite);
+  const double secs = seconds_since(start), mb = bytes / 1e6;
+  std::printf(
+      "glam-tokenize: encoded %zu docs, %lld tokens (%lld unk) from %.2f MB of text "
+      "in %.1f s (%.2f MB/s) -> %s\n",
+      docs.size(), static_cast<long long>(tokens), static_cast<long long>(unk), mb, secs,
+      mb / std::max(secs, 1e-9), output.c_str());
+  if (unk > 0)
+    std::fprintf(stderr, "glam-tokenize: warning: %lld <unk> ids stand for %lld bytes of text the model cannot spell\n",
+                 static_cast<long long>(unk), static_cast<long long>(unk_bytes));
 }
 
-bool is_blank(std::string_view line) {
-  return line.find_first_not_of(" \t\r\f\v") == std::string_view::npos;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  GLAM_REQUIRE(in, "cannot read input file '", path, "'");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  GLAM_REQUIRE(!in.bad(), "error while reading input file '", path, "'");
-  return text;
-}
-
-// Splits a text file into documents: one per line ("line") or one per block of
-// lines separated by blank lines ("blank"). Blank documents are dropped, lines
-// keep their order and are joined by '\n', a trailing '\r' is removed.
-std::vector<std::string> split_documents(const std::string& path, const std::string& text,
-                                         bool per_line) {
-  std::vector<std::string> docs;
-  std::string doc;
-  auto finish = [&] {
-    if (!doc.empty()) docs.push_back(std::move(doc));
-    doc.clear();
-  };
-  size_t start = 0;
-  for (int64_t line_no = 1; start < text.size(); ++line_no) {
-    size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    std::string_view line(text.data() + start, end - start);
-    start = end + 1;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    const size_t bad = find_invalid_utf8(line);
-    GLAM_REQUIRE(bad == std::string_view::npos, "input file '", path, "' line ", line_no,
-                 ": invalid UTF-8 at byte ", bad + 1, " of the line (convert it with iconv first)");
-    if (is_blank(line)) {
-      finish();
-      continue;
-    }
-    if (!doc.empty()) doc += '\n';
-    doc.append(line);
-    if (per_line) finish();
-  }
-  finish();
-  return docs;
-}
-
-struct EncodeStats {
-  int64_t docs = 0, tokens = 0, unk = 0, bytes = 0;
-};
-
-void encode_file(const glam::Tokenizer& tok, const std::string& path, bool per_line,
-                 std::vector<std::vector<int32_t>>& out, EncodeStats& stats) {
-  const std::string text = read_file(path);
-  stats.bytes += static_cast<int64_t>(text.size());
-  for (const auto& doc : split_documents(path, text, per_line)) {
-    auto ids = tok.encode(doc);
-    for (int32_t id : ids) stats.unk += id == tok.unk_id();
-    stats.tokens += static_cast<int64_t>(ids.size()) + 1;  // + the eod the writer appends
-    ++stats.docs;
-    out.push_back(std::move(ids));
-  }
+// --output-dir DIR: shards and a manifest, split over the MPI ranks (encode.h).
+void encode_shards(const glam::Tokenizer& tok, const glam::EncodeOptions& opt) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const auto st = glam::encode_shards(tok, opt, MPI_COMM_WORLD);
+  if (rank != 0) return;
+  std::printf(
+      "glam-tokenize: encoded %lld docs (%lld held out), %lld tokens (%lld unk) from %.2f MB of text "
+      "in %.1f s (read %.1f s; %.2f MB/s per rank) -> %s/manifest.json, %lld shards\n",
+      static_cast<long long>(st.docs), static_cast<long long>(st.val_docs),
+      static_cast<long long>(st.tokens), static_cast<long long>(st.unk_pieces), st.bytes / 1e6,
+      st.read_s + st.encode_s, st.read_s, st.rank_mb_per_s, opt.out_dir.c_str(),
+      static_cast<long long>(st.shards));
+  if (st.unk_pieces > 0)
+    std::fprintf(stderr, "glam-tokenize: warning: %lld <unk> ids stand for %lld bytes of text the model cannot spell\n",
+                 static_cast<long long>(st.unk_pieces), static_cast<long long>(st.unk_bytes));
 }
 
 int encode(const std::vector<std::string>& args) {
@@ -261,54 +278,78 @@ int encode(const std::vector<std::string>& args) {
       ("help,h", "show this help")
       ("tokenizer", po::value<std::string>()->required(), "SentencePiece .model file")
       ("input", po::value<std::vector<std::string>>()->required()->composing(),
-       "UTF-8 text file (repeat for several files)")
-      ("output", po::value<std::string>()->required(), "corpus file to write (.h5)")
+       "text or JSON Lines file, may be gzip-compressed (repeat for several files)")
+      ("output", po::value<std::string>(), "one corpus file to write (.h5), on one rank")
+      ("output-dir", po::value<std::string>(),
+       "directory for shards and manifest.json (under mpirun the ranks share the work)")
       ("source", po::value<std::string>()->required(),
        "name of the text source, stored in the file")
+      ("format", po::value<std::string>()->default_value("auto"),
+       "auto (jsonl for *.jsonl[.gz], else text), text, or jsonl (objects with a \"text\" field)")
       ("doc-split", po::value<std::string>()->default_value("blank"),
-       "blank: documents are separated by blank lines; line: one document per line")
-      ("overwrite", po::bool_switch(), "replace an existing output file");
+       "text: blank: documents are separated by blank lines; line: one document per line")
+      ("val-fraction", po::value<double>()->default_value(0.0),
+       "--output-dir: share of documents held out for validation (every 1/F-th)")
+      ("shard-mb", po::value<double>()->default_value(16.0),
+       "--output-dir: megabytes of text per shard")
+      ("progress", po::bool_switch(), "show a progress line on stderr (default: when it is a terminal)")
+      ("overwrite", po::bool_switch(), "replace an existing output");
   // clang-format on
   po::variables_map vm;
   const char* synopsis =
-      "--tokenizer M.model --input F [--input F2 ...] --output OUT.h5 --source NAME [options]";
+      "--tokenizer M.model --input F [--input F2 ...] (--output OUT.h5 | --output-dir DIR) "
+      "--source NAME [options]";
   if (!parse_options(args, "encode", synopsis, opt, {}, vm)) return 0;
 
+  GLAM_REQUIRE(vm.count("output") + vm.count("output-dir") == 1,
+               "encode needs one of --output FILE.h5 or --output-dir DIR");
+  glam::InputOptions in;
+  in.format = vm["format"].as<std::string>();
+  in.doc_split = vm["doc-split"].as<std::string>();
   const auto inputs = vm["input"].as<std::vector<std::string>>();
-  const auto output = vm["output"].as<std::string>();
-  const auto split = vm["doc-split"].as<std::string>();
-  GLAM_REQUIRE(split == "blank" || split == "line", "--doc-split must be blank or line, not '",
-               split, "'");
+  for (const auto& path : inputs) glam::input_format(path, in);  // checks the two options
   require_input_files(inputs);
-  GLAM_REQUIRE(vm["overwrite"].as<bool>() || !fs::exists(output), "output file '", output,
-               "' already exists (pass --overwrite to replace it)");
-  require_parent_dir(output, "output file");
-
-  const auto start = Clock::now();
   const glam::Tokenizer tok(vm["tokenizer"].as<std::string>());
-  std::vector<std::vector<int32_t>> docs;
-  EncodeStats stats;
-  for (const auto& path : inputs) encode_file(tok, path, split == "line", docs, stats);
-  GLAM_REQUIRE(!docs.empty(), "no documents in the input (", join(inputs, ", "),
-               " holds only blank lines)");
-
-  glam::CorpusInfo info;
-  info.source = vm["source"].as<std::string>();
-  info.tokenizer_hash = tok.hash();
-  info.vocab_size = tok.vocab_size();
-  info.eod_id = tok.eod_id();
-  glam::write_corpus(output, docs, info, vm["overwrite"].as<bool>());
-  const double secs = seconds_since(start);
-  const double mb = stats.bytes / 1e6;
-  std::printf(
-      "glam-tokenize: encoded %lld docs, %lld tokens (%lld unk) from %.2f MB of text "
-      "in %.1f s (%.2f MB/s) -> %s\n",
-      static_cast<long long>(stats.docs), static_cast<long long>(stats.tokens),
-      static_cast<long long>(stats.unk), mb, secs, mb / std::max(secs, 1e-9), output.c_str());
+  const bool overwrite = vm["overwrite"].as<bool>();
+  if (vm.count("output")) {
+    encode_one_file(tok, inputs, in, vm["output"].as<std::string>(), vm["source"].as<std::string>(),
+                    overwrite);
+    return 0;
+  }
+  glam::EncodeOptions eo;
+  eo.inputs = inputs;
+  eo.input = in;
+  eo.out_dir = vm["output-dir"].as<std::string>();
+  eo.source = vm["source"].as<std::string>();
+  eo.val_fraction = vm["val-fraction"].as<double>();
+  eo.shard_bytes = static_cast<int64_t>(vm["shard-mb"].as<double>() * 1e6);
+  eo.overwrite = overwrite;
+  eo.progress = vm["progress"].as<bool>() || isatty(2);
+  encode_shards(tok, eo);
   return 0;
 }
 
 // ---- info -----------------------------------------------------------------
+
+// Reads every shard of a manifest (checking counts and checksums) and sums it up.
+int manifest_info(const std::string& path) {
+  const glam::ShardManifest m = glam::read_manifest(path);
+  std::printf("manifest        %s\n", path.c_str());
+  std::printf("source          %s\n", m.source.c_str());
+  std::printf("tokenizer_hash  %s\n", m.tokenizer_hash.c_str());
+  std::printf("vocab_size      %lld\n", static_cast<long long>(m.vocab_size));
+  std::printf("input_bytes     %lld\n", static_cast<long long>(m.input_bytes));
+  std::printf("unk             %lld pieces for %lld bytes\n", static_cast<long long>(m.unk_pieces),
+              static_cast<long long>(m.unk_bytes));
+  for (const char* split : {"train", "val"}) {
+    if (m.n_tokens(split) == 0) continue;
+    const glam::Corpus c = glam::load_shards(path, m, split, 0);
+    std::printf("%-5s           %zu shards, %lld docs, %lld tokens (checksums verified)\n", split,
+                c.shard_infos().size(), static_cast<long long>(c.info().n_docs),
+                static_cast<long long>(c.info().n_tokens));
+  }
+  return 0;
+}
 
 int info(const std::vector<std::string>& args) {
   po::options_description opt("info options");
@@ -324,6 +365,7 @@ int info(const std::vector<std::string>& args) {
 
   GLAM_REQUIRE(vm.count("file"), "info needs a corpus file: glam-tokenize info FILE.h5");
   const auto path = vm["file"].as<std::string>();
+  if (fs::path(path).extension() == ".json") return manifest_info(path);
   const glam::Corpus corpus(path);
   const auto& i = corpus.info();
   std::printf("file            %s\n", path.c_str());
@@ -338,9 +380,63 @@ int info(const std::vector<std::string>& args) {
   return 0;
 }
 
+// ---- mixture --------------------------------------------------------------
+
+// Loads a corpus or mixture as `glam train` does, prints its sources and, with
+// --steps, runs the loader alone and reports its speed and the epochs drawn.
+int mixture(const std::vector<std::string>& args) {
+  po::options_description opt("mixture options");
+  // clang-format off
+  opt.add_options()
+      ("help,h", "show this help")
+      ("corpus", po::value<std::string>(), "mixture file, manifest.json or .h5 (also the first positional argument)")
+      ("steps", po::value<int64_t>()->default_value(0), "run the loader for this many steps")
+      ("batch-rows", po::value<int64_t>()->default_value(8), "global rows per step")
+      ("seq-len", po::value<int64_t>()->default_value(256), "tokens per row")
+      ("seed", po::value<uint64_t>()->default_value(1234), "train.seed");
+  // clang-format on
+  po::positional_options_description pos;
+  pos.add("corpus", 1);
+  po::variables_map vm;
+  if (!parse_options(args, "mixture", "CORPUS [--steps N --batch-rows B --seq-len S]", opt, pos, vm))
+    return 0;
+  GLAM_REQUIRE(vm.count("corpus"), "mixture needs a corpus: glam-tokenize mixture FILE");
+  const auto load_start = Clock::now();
+  const glam::Mixture mix = glam::Mixture::open(vm["corpus"].as<std::string>());
+  std::printf("%-12s %7s %12s %10s %12s  %s\n", "source", "weight", "tokens", "docs", "held-out", "path");
+  for (size_t s = 0; s < mix.size(); ++s) {
+    const auto& src = mix.source(s);
+    std::printf("%-12s %7.4f %12lld %10lld %12lld  %s\n", src.name.c_str(), src.weight,
+                static_cast<long long>(src.train->info().n_tokens),
+                static_cast<long long>(src.train->info().n_docs),
+                static_cast<long long>(src.val ? src.val->info().n_tokens : 0), src.path.c_str());
+  }
+  std::printf("loaded in %.2f s (checksums verified)\n", seconds_since(load_start));
+  const int64_t steps = vm["steps"].as<int64_t>();
+  if (steps <= 0) return 0;
+  glam::LoaderOptions lo;
+  lo.seed = vm["seed"].as<uint64_t>();
+  lo.batch_rows = vm["batch-rows"].as<int64_t>();
+  lo.seq_len = vm["seq-len"].as<int64_t>();
+  GLAM_REQUIRE(lo.batch_rows > 0 && lo.seq_len > 0, "--batch-rows and --seq-len must be positive");
+  const auto start = Clock::now();
+  glam::DataLoader loader(mix, lo);
+  glam::LoadedBatch last;
+  for (int64_t i = 0; i < steps; ++i) last = loader.next();
+  const double secs = seconds_since(start);
+  std::printf("loader: %lld steps of %lld x %lld tokens in %.2f s: %.3g tokens/s (one thread)\n",
+              static_cast<long long>(steps), static_cast<long long>(lo.batch_rows),
+              static_cast<long long>(lo.seq_len), secs, steps * lo.batch_rows * lo.seq_len / secs);
+  for (size_t s = 0; s < mix.size(); ++s)
+    std::printf("  %-12s %.4f epochs, %.4f of the rows\n", mix.source(s).name.c_str(),
+                glam::epochs_of(mix, last.rows_drawn, s, lo.seq_len),
+                static_cast<double>(last.rows_drawn[s]) / static_cast<double>(steps * lo.batch_rows));
+  return 0;
+}
+
 int run(int argc, char** argv) {
   const std::map<std::string, std::function<int(const std::vector<std::string>&)>> commands = {
-      {"train-spm", train_spm}, {"encode", encode}, {"info", info}};
+      {"train-spm", train_spm}, {"encode", encode}, {"info", info}, {"mixture", mixture}};
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return 2;
@@ -359,15 +455,18 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   MPI_Init(nullptr, nullptr);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   int rc = 0;
   try {
     rc = run(argc, argv);
   } catch (const glam::UserError& e) {
-    std::fprintf(stderr, "glam-tokenize: error: %s\n", e.what());
+    if (rank == 0) std::fprintf(stderr, "glam-tokenize: error: %s\n", e.what());
     rc = 2;
   } catch (const po::error& e) {
-    std::fprintf(stderr, "glam-tokenize: error: %s (see 'glam-tokenize %s --help')\n", e.what(),
-                 argc > 1 ? argv[1] : "");
+    if (rank == 0)
+      std::fprintf(stderr, "glam-tokenize: error: %s (see 'glam-tokenize %s --help')\n", e.what(),
+                   argc > 1 ? argv[1] : "");
     rc = 2;
   }
   MPI_Finalize();

@@ -41,6 +41,8 @@ struct TrainConfig {
   int64_t factored_min_dim = 128;
   uint64_t seed = 1234;
   int64_t log_every = 1;
+  int64_t val_every = 0;         // steps between validation passes (0: off)
+  int64_t val_rows = 8;          // held-out rows of each source per pass (rounded up to a multiple of batch_rows)
 };
 
 struct CheckpointConfig {
@@ -50,7 +52,7 @@ struct CheckpointConfig {
 };
 
 struct DataConfig {
-  std::string corpus;            // HDF5 corpus written by glam-tokenize
+  std::string corpus;            // corpus .h5, shard manifest .json or mixture file (mixture.h)
   std::string tokenizer;         // SentencePiece model file
 };
 

@@ -15,6 +15,9 @@ class Tokenizer {
   explicit Tokenizer(const std::string& model_path);
   ~Tokenizer();
   std::vector<int32_t> encode(const std::string& text) const;
+  // Like encode, and adds to unk_pieces / unk_bytes the <unk> ids written and
+  // the bytes of text they stand for (text the model could not spell).
+  std::vector<int32_t> encode(const std::string& text, int64_t& unk_pieces, int64_t& unk_bytes) const;
   std::string decode(const std::vector<int32_t>& ids) const;
   int64_t vocab_size() const;
   int32_t eod_id() const;              // the </s> piece

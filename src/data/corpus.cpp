@@ -93,7 +93,9 @@ void write_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type
                    const std::vector<T>& data) {
   const hsize_t dims[1] = {static_cast<hsize_t>(data.size())};
   H5Id space(GLAM_CHECK_H5(H5Screate_simple(1, dims, nullptr)), H5Sclose);
-  H5Id dset(GLAM_CHECK_H5(H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+  H5Id dcpl(GLAM_CHECK_H5(H5Pcreate(H5P_DATASET_CREATE)), H5Pclose);
+  GLAM_CHECK_H5(H5Pset_obj_track_times(dcpl.get(), false));  // same input, same bytes
+  H5Id dset(GLAM_CHECK_H5(H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(),
                                      H5P_DEFAULT)),
             H5Dclose);
   GLAM_CHECK_H5(H5Dwrite(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()));
@@ -117,7 +119,9 @@ void write_file(const std::string& file_path, const std::vector<uint32_t>& token
   hid_t raw = -1;
   {
     QuietH5 quiet;
-    raw = H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    H5Id fcpl(GLAM_CHECK_H5(H5Pcreate(H5P_FILE_CREATE)), H5Pclose);
+    GLAM_CHECK_H5(H5Pset_obj_track_times(fcpl.get(), false));
+    raw = H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT);
   }
   GLAM_REQUIRE(raw >= 0, "cannot create '", file_path,
                "' (does its directory exist and is it writable?)");
@@ -268,8 +272,21 @@ void check_ids(const Reader& in, const std::vector<uint32_t>& tokens, int64_t vo
 
 // ---- public API ---------------------------------------------------------
 
-void write_corpus(const std::string& path, const std::vector<std::vector<int32_t>>& docs,
-                  const CorpusInfo& info, bool overwrite) {
+uint64_t content_checksum(const std::vector<uint32_t>& tokens, const std::vector<uint64_t>& offsets) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](uint64_t v, int bytes) {
+    for (int b = 0; b < bytes; ++b) {
+      h ^= (v >> (8 * b)) & 0xffu;
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (uint32_t t : tokens) mix(t, 4);
+  for (uint64_t o : offsets) mix(o, 8);
+  return h;
+}
+
+CorpusInfo write_corpus(const std::string& path, const std::vector<std::vector<int32_t>>& docs,
+                        const CorpusInfo& info, bool overwrite) {
   GLAM_REQUIRE(overwrite || !std::filesystem::exists(path), "corpus file '", path,
                "' already exists; refusing to overwrite it");
   check_documents(path, docs, info);
@@ -296,24 +313,59 @@ void write_corpus(const std::string& path, const std::vector<std::vector<int32_t
     std::remove(tmp.c_str());
     throw UserError(msg("cannot rename '", tmp, "' to '", path, "': ", std::strerror(err)));
   }
+  CorpusInfo written = info;
+  written.n_docs = static_cast<int64_t>(offsets.size()) - 1;
+  written.n_tokens = static_cast<int64_t>(tokens.size());
+  written.checksum = content_checksum(tokens, offsets);
+  return written;
 }
 
 Corpus::Corpus(const std::string& path, int64_t expected_vocab) : path_(path) {
+  append_shard(path, expected_vocab);
+  info_ = shards_.front();
+}
+
+Corpus::Corpus(const std::vector<std::string>& shard_paths, int64_t expected_vocab) {
+  GLAM_REQUIRE(!shard_paths.empty(), "a corpus needs at least one shard file");
+  path_ = shard_paths.front();
+  for (const auto& p : shard_paths) {
+    append_shard(p, expected_vocab);
+    const CorpusInfo& first = shards_.front();
+    const CorpusInfo& s = shards_.back();
+    GLAM_REQUIRE(s.tokenizer_hash == first.tokenizer_hash, "corpus shard '", p,
+                 "' was tokenized with another model (tokenizer_hash ", s.tokenizer_hash,
+                 ") than '", path_, "' (", first.tokenizer_hash, ")");
+    GLAM_REQUIRE(s.vocab_size == first.vocab_size && s.eod_id == first.eod_id, "corpus shard '", p,
+                 "' has vocab_size ", s.vocab_size, " and eod_id ", s.eod_id, " but '", path_,
+                 "' has ", first.vocab_size, " and ", first.eod_id);
+  }
+  info_ = shards_.front();
+  info_.n_docs = static_cast<int64_t>(doc_offsets_.size()) - 1;
+  info_.n_tokens = static_cast<int64_t>(tokens_.size());
+}
+
+void Corpus::append_shard(const std::string& path, int64_t expected_vocab) {
   QuietH5 quiet;
   H5Id file(open_corpus_file(path), H5Fclose);
-  Reader in(path_, file.get());
-  info_ = read_info(in);
-  tokens_ = in.dataset<uint32_t>("tokens", H5T_NATIVE_UINT32);
-  doc_offsets_ = in.dataset<uint64_t>("doc_offsets", H5T_NATIVE_UINT64);
-  in.require(!tokens_.empty(), "/tokens is empty");
-  in.require(static_cast<uint64_t>(info_.n_tokens) == tokens_.size(),
-             "attribute n_tokens = ", info_.n_tokens, " but /tokens holds ", tokens_.size());
-  in.require(static_cast<uint64_t>(info_.n_docs) + 1 == doc_offsets_.size(),
-             "attribute n_docs = ", info_.n_docs, " but /doc_offsets holds ", doc_offsets_.size(),
+  Reader in(path, file.get());
+  CorpusInfo info = read_info(in);
+  const auto tokens = in.dataset<uint32_t>("tokens", H5T_NATIVE_UINT32);
+  const auto offsets = in.dataset<uint64_t>("doc_offsets", H5T_NATIVE_UINT64);
+  in.require(!tokens.empty(), "/tokens is empty");
+  in.require(static_cast<uint64_t>(info.n_tokens) == tokens.size(),
+             "attribute n_tokens = ", info.n_tokens, " but /tokens holds ", tokens.size());
+  in.require(static_cast<uint64_t>(info.n_docs) + 1 == offsets.size(),
+             "attribute n_docs = ", info.n_docs, " but /doc_offsets holds ", offsets.size(),
              " entries");
-  check_offsets(in, doc_offsets_, tokens_.size());
-  check_ids(in, tokens_, info_.vocab_size, "the file's vocab_size");
-  if (expected_vocab > 0) check_ids(in, tokens_, expected_vocab, "the expected vocabulary size");
+  check_offsets(in, offsets, tokens.size());
+  check_ids(in, tokens, info.vocab_size, "the file's vocab_size");
+  if (expected_vocab > 0) check_ids(in, tokens, expected_vocab, "the expected vocabulary size");
+  info.checksum = content_checksum(tokens, offsets);
+  shards_.push_back(info);
+  const uint64_t base = tokens_.size();
+  if (doc_offsets_.empty()) doc_offsets_.push_back(0);
+  for (size_t d = 1; d < offsets.size(); ++d) doc_offsets_.push_back(base + offsets[d]);
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
 }
 
 Batch Corpus::rows(int64_t first_row, int64_t n_rows, int64_t seq_len) const {
@@ -323,8 +375,6 @@ Batch Corpus::rows(int64_t first_row, int64_t n_rows, int64_t seq_len) const {
   GLAM_REQUIRE(first_row + n_rows <= std::numeric_limits<int64_t>::max() / seq_len,
                "Corpus::rows: row ", first_row + n_rows, " of length ", seq_len,
                " overflows the stream position");
-  const int64_t n = static_cast<int64_t>(tokens_.size());
-  const int64_t last_doc = static_cast<int64_t>(doc_offsets_.size()) - 2;
   Batch b;
   b.rows = n_rows;
   b.seq_len = seq_len;
@@ -332,25 +382,41 @@ Batch Corpus::rows(int64_t first_row, int64_t n_rows, int64_t seq_len) const {
   b.targets.resize(n_rows * seq_len);
   b.segments.resize(n_rows * seq_len);
   for (int64_t r = 0; r < n_rows; ++r) {
-    int64_t pos = ((first_row + r) * seq_len) % n;
-    // The document holding pos: the last offset <= pos.
-    int64_t doc =
-        std::upper_bound(doc_offsets_.begin(), doc_offsets_.end(), static_cast<uint64_t>(pos)) -
-        doc_offsets_.begin() - 1;
-    int32_t segment = 0;
-    for (int64_t j = 0; j < seq_len; ++j) {
-      const int64_t k = r * seq_len + j;
-      if (j > 0 && static_cast<uint64_t>(pos) == doc_offsets_[doc]) ++segment;
-      const bool doc_end = static_cast<uint64_t>(pos + 1) == doc_offsets_[doc + 1];
-      const int64_t next = pos + 1 == n ? 0 : pos + 1;
-      b.ids[k] = static_cast<int32_t>(tokens_[pos]);
-      b.targets[k] = doc_end ? -1 : static_cast<int32_t>(tokens_[next]);
-      b.segments[k] = segment;
-      if (doc_end) doc = doc == last_doc ? 0 : doc + 1;
-      pos = next;
-    }
+    const int64_t k = r * seq_len;
+    pack_row(first_row + r, seq_len, &b.ids[k], &b.targets[k], &b.segments[k]);
   }
   return b;
+}
+
+std::vector<int32_t> Corpus::document(int64_t d) const {
+  GLAM_REQUIRE(d >= 0 && d < info_.n_docs, "document ", d, " is outside [0, ", info_.n_docs, ")");
+  return std::vector<int32_t>(tokens_.begin() + doc_offsets_[d], tokens_.begin() + doc_offsets_[d + 1] - 1);
+}
+
+void Corpus::pack_row(int64_t row, int64_t seq_len, int32_t* ids, int32_t* targets,
+                      int32_t* segments) const {
+  GLAM_REQUIRE(row >= 0 && seq_len > 0, "Corpus::pack_row: bad arguments row=", row,
+               " seq_len=", seq_len);
+  GLAM_REQUIRE(row < std::numeric_limits<int64_t>::max() / seq_len, "Corpus::rows: row ", row + 1,
+               " of length ", seq_len, " overflows the stream position");
+  const int64_t n = static_cast<int64_t>(tokens_.size());
+  const int64_t last_doc = static_cast<int64_t>(doc_offsets_.size()) - 2;
+  int64_t pos = (row * seq_len) % n;
+  // The document holding pos: the last offset <= pos.
+  int64_t doc =
+      std::upper_bound(doc_offsets_.begin(), doc_offsets_.end(), static_cast<uint64_t>(pos)) -
+      doc_offsets_.begin() - 1;
+  int32_t segment = 0;
+  for (int64_t j = 0; j < seq_len; ++j) {
+    if (j > 0 && static_cast<uint64_t>(pos) == doc_offsets_[doc]) ++segment;
+    const bool doc_end = static_cast<uint64_t>(pos + 1) == doc_offsets_[doc + 1];
+    const int64_t next = pos + 1 == n ? 0 : pos + 1;
+    ids[j] = static_cast<int32_t>(tokens_[pos]);
+    targets[j] = doc_end ? -1 : static_cast<int32_t>(tokens_[next]);
+    segments[j] = segment;
+    if (doc_end) doc = doc == last_doc ? 0 : doc + 1;
+    pos = next;
+  }
 }
 
 }  // namespace glam

@@ -61,6 +61,25 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
+std::vector<int32_t> Tokenizer::encode(const std::string& text, int64_t& unk_pieces,
+                                       int64_t& unk_bytes) const {
+  const auto spt = sp_->EncodeAsImmutableProto(text);
+  std::vector<int32_t> ids;
+  ids.reserve(spt.pieces_size());
+  const int unk = sp_->unk_id();
+  for (const auto& piece : spt.pieces()) {
+    const int32_t id = static_cast<int32_t>(piece.id());
+    ids.push_back(id);
+    if (id == unk) {
+      ++unk_pieces;
+      unk_bytes += static_cast<int64_t>(piece.end()) - static_cast<int64_t>(piece.begin());
+    }
+  }
+  GLAM_REQUIRE(!ids.empty() || text.find_first_not_of(" \t\r\n") == std::string::npos,
+               "SentencePiece failed to encode a text of ", text.size(), " bytes");
+  return ids;
+}
+
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   const int64_t n = vocab_size();
   for (int32_t id : ids)

@@ -1,0 +1,45 @@
+// Validation on the held-out split of every source of the mixture: the same
+// rows at every pass, split over the data ranks like a training batch, forward
+// only (the parameters are not touched, so training is the same with or
+// without it).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "glam/config.h"
+#include "glam/corpus.h"
+#include "glam/mesh.h"
+#include "glam/mixture.h"
+#include "glam/model.h"
+
+namespace glam {
+
+struct ValResult {
+  double loss = 0.0;                          // sum over sources of weight * loss of the source
+                                              // (weights renormalised over the sources validated)
+  std::vector<std::string> names;             // [sources]
+  std::vector<double> by_source;              // [sources] mean cross-entropy per target token
+};
+
+class Validator {
+ public:
+  // Packs this rank's share of train.val_rows rows (rounded up to a multiple of
+  // train.batch_rows) of each source's held-out split, in batches of
+  // train.batch_rows rows. Sources without a held-out
+  // split (a plain .h5 corpus) are left out and listed in skipped().
+  Validator(const Mixture& mixture, const Config& cfg, const Mesh& mesh);
+  bool empty() const { return names_.empty(); }
+  const std::vector<std::string>& skipped() const { return skipped_; }
+  // Collective over the mesh: a forward pass over every held-out batch.
+  ValResult run(Model& model) const;
+
+ private:
+  std::vector<std::string> names_, skipped_;
+  std::vector<double> weights_;
+  std::vector<std::vector<Batch>> batches_;   // [sources][chunks] this rank's rows
+};
+
+// {"step": N, "val_loss": X, "val_loss_by_source": {"name": X, ...}}
+std::string val_json(int64_t step, const ValResult& r);
+
+}  // namespace glam
