@@ -44,6 +44,7 @@ class Adafactor {
   void update(Param& p, AdafactorSlot& s, double rho, double lr, const Mesh& mesh);
   AdafactorOptions opt_;
   std::vector<AdafactorSlot> slots_;  // one per parameter, in table order
+  std::vector<float> u_;              // [largest parameter] scratch for the update
 };
 
 // Learning rate at 1-based step t: lr for t <= warmup, then lr * sqrt(warmup / t).

@@ -8,6 +8,7 @@
 #include "glam/config.h"
 #include "glam/corpus.h"
 #include "glam/exchange.h"
+#include "glam/layers_fast.h"
 #include "glam/mesh.h"
 #include "glam/moe.h"
 #include "glam/params.h"
@@ -86,6 +87,9 @@ class Model {
   // Named activations of the last forward, for debugging and tests.
   const std::vector<LayerActs>& layer_acts() const { return acts_; }
   const ExpertPlacement& experts() const { return place_; }
+  // The readable reference kernels instead of the fast ones (the default), for
+  // tests that compare the two on the whole model.
+  void use_reference_kernels(bool on) { kern_ = on ? cpu::Kernels::reference() : cpu::Kernels::fast(); }
   // Seconds per phase (attention, router, dispatch, experts, combine, dense_ffn, output).
   PhaseTimers timers;
 
@@ -115,6 +119,8 @@ class Model {
   std::vector<float> xnf, rstdf;  // [T, M], [T] final RMSNorm
   std::vector<float> logits_;     // [T, Vl] (h * M^-0.5) @ Emb^T
   std::vector<float> lse_;        // [T]
+  std::vector<float> dlogits_;    // [T, Vl] backward scratch, kept between steps
+  cpu::Kernels kern_ = cpu::Kernels::fast();
 };
 
 }  // namespace glam

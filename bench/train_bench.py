@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Training speed of glam against its PyTorch peer (bench/torch_glam.py), timed in
+the same run on the same cores, with model-FLOPs utilisation against the
+machine's measured OpenBLAS sgemm rate (build/gemm_rate).
+
+For every config (glam-tiny and the larger glam-small-cpu by default) it trains
+a few steps with
+  glam  1 rank x N threads         (mesh 1x1, OMP/OpenBLAS threads = N)
+  glam  N ranks x 1 thread         (mesh Nx1: data and experts over N ranks)
+  torch 1 process x N threads      (torch.set_num_threads(N)), same batches
+where N = --cores, drops the first --warmup steps and reports tokens/s, the best
+glam setting over torch, and MFU:
+  model FLOPs per token = 6 * activated parameters (matmul weights: the tied
+  output layer, attention, GEGLU, two experts, router) + 12 * L * heads * d_head * S
+  (attention scores and values over the full S x S square, as both codes compute it)
+  MFU = tokens/s * FLOPs per token / sgemm rate (best square sgemm, N threads).
+It also checks that the peer is the same model: equal parameter counts and the
+same loss at step 1 (both start from glam's initialiser on the same batch).
+
+usage: bench/train_bench.py [--build build] [--configs input/glam-tiny.cfg,bench/glam-small-cpu.cfg]
+       [--steps 6] [--warmup 2] [--cores 2] [--corpus FILE --tokenizer FILE] [--json OUT]
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from torch_glam import count_params, read_config  # noqa: E402  (the same INI reader)
+
+
+def fail(msg):
+    sys.exit(f"train_bench: error: {msg}")
+
+
+def gemm_rate(build, threads):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([f"{build}/gemm_rate", "--sizes", "512,1024,2048", "--reps", "5"], env=env,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"{build}/gemm_rate failed (build it: cmake --build {build} --target gemm_rate):\n{out.stderr}")
+    return max(json.loads(l)["gflops"] for l in out.stdout.splitlines()) * 1e9
+
+
+def flops_per_token(c):
+    attn = 12 * c["model.n_layers"] * c["model.n_heads"] * c["model.d_head"] * c["model.seq_len"]
+    return 6 * count_params(c, activated=True) + attn
+
+
+def steady_rate(per_step, warmup):
+    """tokens/s over the steps after the warm-up: total tokens / total time."""
+    timed = per_step[warmup:]
+    return len(timed) / sum(1.0 / r for r in timed)
+
+
+def run_glam(a, cfg, ranks, threads, extra):
+    run_dir = f"runs/bench-train-{os.path.basename(cfg)}-{ranks}x{threads}"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks),
+           "-x", "OMP_NUM_THREADS", "-x", "OPENBLAS_NUM_THREADS",
+           f"{a.build}/glam", "train", "--config", cfg, "--run-dir", run_dir, "--mesh", f"{ranks}x1",
+           "--train.steps", str(a.steps), "--train.log_every", str(a.steps), "--checkpoint.keep", "1",
+           "--overwrite"] + extra
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"glam on {ranks} rank(s) x {threads} thread(s) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    n_params = int(re.search(r"# model: (\d+) parameters", out.stdout).group(1))
+    metrics = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return {"tokens_per_s": steady_rate([m["tokens_per_s"] for m in metrics], a.warmup),
+            "params": n_params, "loss1": metrics[0]["loss"]}
+
+
+def run_torch(a, cfg, threads, corpus):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    cmd = [sys.executable, os.path.join(HERE, "torch_glam.py"), "--config", cfg, "--steps", str(a.steps),
+           "--warmup", str(a.warmup), "--threads", str(threads)] + (["--corpus", corpus] if corpus else [])
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"the PyTorch peer failed:\n{out.stderr[-3000:]}")
+    r = json.loads(out.stdout.splitlines()[-1])
+    return {"tokens_per_s": r["tokens_per_s"], "params": r["params"], "loss1": r["losses"][0]["loss"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--configs", default="input/glam-tiny.cfg,bench/glam-small-cpu.cfg")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--corpus", help="override [data] corpus (with --tokenizer)")
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args()
+    if a.steps <= a.warmup:
+        fail("--steps must exceed --warmup")
+    if bool(a.corpus) != bool(a.tokenizer):
+        fail("--corpus and --tokenizer go together")
+    extra = ["--data.corpus", a.corpus, "--data.tokenizer", a.tokenizer] if a.corpus else []
+    rate = gemm_rate(a.build, a.cores)
+    print(f"# {a.cores} cores; OpenBLAS sgemm {rate / 1e9:.1f} GFLOP/s with {a.cores} threads; "
+          f"{a.steps} steps per run, the first {a.warmup} not timed")
+    results = {"cores": a.cores, "sgemm_flops": rate, "configs": []}
+    for cfg in a.configs.split(","):
+        c = read_config(cfg)
+        fpt = flops_per_token(c)
+        runs = {f"glam 1x{a.cores}": run_glam(a, cfg, 1, a.cores, extra),
+                f"glam {a.cores}x1": run_glam(a, cfg, a.cores, 1, extra),
+                f"torch 1x{a.cores}": run_torch(a, cfg, a.cores, a.corpus)}
+        rate = max(rate, gemm_rate(a.build, a.cores))  # the better of two measurements
+        torch_run = runs[f"torch 1x{a.cores}"]
+        best = max((k for k in runs if k.startswith("glam")), key=lambda k: runs[k]["tokens_per_s"])
+        same_params = len({r["params"] for r in runs.values()}) == 1
+        loss_gap = abs(runs[best]["loss1"] - torch_run["loss1"])
+        print(f"\n## {cfg}: {runs[best]['params'] / 1e6:.1f}M parameters, {count_params(c, True) / 1e6:.2f}M "
+              f"activated, {fpt / 1e6:.1f} MFLOP per token (training)")
+        print(f"{'run':>12} {'tok/s':>8} {'GFLOP/s':>8} {'MFU':>6} {'loss@1':>9}")
+        for name, r in runs.items():
+            print(f"{name:>12} {r['tokens_per_s']:8.0f} {r['tokens_per_s'] * fpt / 1e9:8.1f} "
+                  f"{r['tokens_per_s'] * fpt / rate:6.1%} {r['loss1']:9.4f}")
+        ratio = runs[best]["tokens_per_s"] / torch_run["tokens_per_s"]
+        print(f"best glam ({best}) / torch: {ratio:.2f}x; parameters equal: {same_params}; "
+              f"|loss@1 glam - torch| = {loss_gap:.2e}")
+        results["configs"].append({"config": cfg, "flops_per_token": fpt, "runs": runs, "best": best,
+                                   "ratio": ratio, "same_params": same_params, "loss1_gap": loss_gap})
+        if not same_params or loss_gap > 1e-3:
+            fail("the PyTorch peer is not the same model as glam (parameter count or first loss differ)")
+    results["sgemm_flops"] = rate
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
