@@ -13,7 +13,8 @@ glam setting over torch, and MFU:
   model FLOPs per token = 6 * activated parameters (matmul weights: the tied
   output layer, attention, GEGLU, two experts, router) + 12 * L * heads * d_head * S
   (attention scores and values over the full S x S square, as both codes compute it)
-  MFU = tokens/s * FLOPs per token / sgemm rate (best square sgemm, N threads).
+  MFU = tokens/s * FLOPs per token / sgemm rate (the best square sgemm on the N
+  cores: 1 process x N threads or N processes x 1 thread at once).
 It also checks that the peer is the same model: equal parameter counts and the
 same loss at step 1 (both start from glam's initialiser on the same batch).
 
@@ -36,13 +37,27 @@ def fail(msg):
     sys.exit(f"train_bench: error: {msg}")
 
 
-def gemm_rate(build, threads):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([f"{build}/gemm_rate", "--sizes", "512,1024,2048", "--reps", "5"], env=env,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        fail(f"{build}/gemm_rate failed (build it: cmake --build {build} --target gemm_rate):\n{out.stderr}")
-    return max(json.loads(l)["gflops"] for l in out.stdout.splitlines()) * 1e9
+def gemm_rate(build, cores):
+    """The machine's sgemm rate on `cores` cores: the better of one process with
+    `cores` OpenBLAS threads and `cores` single-threaded processes run at once
+    (their rates summed), each the best over square sizes 512..2048."""
+    cmd = [f"{build}/gemm_rate", "--sizes", "512,1024,2048", "--reps", "5"]
+
+    def launch(threads):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def rates(proc):
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            fail(f"{build}/gemm_rate failed (build it: cmake --build {build} --target gemm_rate):\n{err}")
+        return {json.loads(l)["n"]: json.loads(l)["gflops"] * 1e9 for l in out.splitlines()}
+
+    threaded = max(rates(launch(cores)).values())
+    procs = [launch(1) for _ in range(cores)]
+    per_proc = [rates(p) for p in procs]
+    together = max(sum(r[n] for r in per_proc) for n in per_proc[0])
+    return max(threaded, together), threaded, together
 
 
 def flops_per_token(c):
@@ -100,9 +115,10 @@ def main():
     if bool(a.corpus) != bool(a.tokenizer):
         fail("--corpus and --tokenizer go together")
     extra = ["--data.corpus", a.corpus, "--data.tokenizer", a.tokenizer] if a.corpus else []
-    rate = gemm_rate(a.build, a.cores)
-    print(f"# {a.cores} cores; OpenBLAS sgemm {rate / 1e9:.1f} GFLOP/s with {a.cores} threads; "
-          f"{a.steps} steps per run, the first {a.warmup} not timed")
+    rate, threaded, together = gemm_rate(a.build, a.cores)
+    print(f"# {a.cores} cores; OpenBLAS sgemm {threaded / 1e9:.1f} GFLOP/s in 1 process x {a.cores} threads, "
+          f"{together / 1e9:.1f} GFLOP/s in {a.cores} processes x 1 thread; MFU below is against the better, "
+          f"re-measured after each config; {a.steps} steps per run, the first {a.warmup} not timed")
     results = {"cores": a.cores, "sgemm_flops": rate, "configs": []}
     for cfg in a.configs.split(","):
         c = read_config(cfg)
@@ -110,7 +126,7 @@ def main():
         runs = {f"glam 1x{a.cores}": run_glam(a, cfg, 1, a.cores, extra),
                 f"glam {a.cores}x1": run_glam(a, cfg, a.cores, 1, extra),
                 f"torch 1x{a.cores}": run_torch(a, cfg, a.cores, a.corpus)}
-        rate = max(rate, gemm_rate(a.build, a.cores))  # the better of two measurements
+        rate = max(rate, gemm_rate(a.build, a.cores)[0])  # the best of the measurements so far
         torch_run = runs[f"torch 1x{a.cores}"]
         best = max((k for k in runs if k.startswith("glam")), key=lambda k: runs[k]["tokens_per_s"])
         same_params = len({r["params"] for r in runs.values()}) == 1

@@ -159,7 +159,7 @@ void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool f
     ScopedPhase phase(timers, "experts");
     const int64_t n = a.xplan.n_recv();
     a.pre.resize(n * H_); a.eh.resize(n * H_); a.xout.resize(n * M);
-    cpu::experts_forward(a.xout.data(), a.pre.data(), a.eh.data(), a.xin.data(),
+    kern_.experts_forward(a.xout.data(), a.pre.data(), a.eh.data(), a.xin.data(),
                          params_.get(pname(l, "moe/wi")).w.data(), params_.get(pname(l, "moe/wo")).w.data(),
                          a.xplan.local_offsets, M, H_, expert_act());
     mesh_.allreduce_sum_model(a.xout.data(), n * M);
@@ -372,7 +372,7 @@ void Model::moe_backward(int64_t l, const std::vector<float>& dout, std::vector<
   {  // experts backward (hidden dim split over model: sum the input gradient)
     ScopedPhase phase(timers, "experts");
     std::vector<float> scratch(n * H_);
-    cpu::experts_backward(dxin.data(), wi.g.data(), wo.g.data(), scratch.data(), dxout.data(), a.xin.data(),
+    kern_.experts_backward(dxin.data(), wi.g.data(), wo.g.data(), scratch.data(), dxout.data(), a.xin.data(),
                           a.pre.data(), a.eh.data(), wi.w.data(), wo.w.data(), a.xplan.local_offsets, M, H_,
                           expert_act());
     mesh_.allreduce_sum_model(dxin.data(), n * M);

@@ -127,6 +127,33 @@ TEST_CASE("fast attention equals the reference, with documents packed in rows") 
   compare("attention drb", drb_fast, drb_ref, 1e-4);
 }
 
+TEST_CASE("fast experts equal the reference, an expert without rows included") {
+  const int64_t M = 12, H = 20;
+  const std::vector<int64_t> offsets = {0, 7, 7, 19, 24};  // expert 1 receives nothing
+  const int64_t E = 4, rows = offsets[E];
+  auto x = random_vec(rows * M, 30), wi = random_vec(E * M * H, 31), wo = random_vec(E * H * M, 32);
+  auto dy = random_vec(rows * M, 33);
+  for (cpu::Act act : {cpu::Act::relu, cpu::Act::gelu}) {
+    const std::string name = act == cpu::Act::relu ? "experts relu " : "experts gelu ";
+    std::vector<float> y_ref(rows * M), pre_ref(rows * H), h_ref(rows * H);
+    std::vector<float> y_fast(rows * M), pre_fast(rows * H), h_fast(rows * H);
+    cpu::experts_forward(y_ref.data(), pre_ref.data(), h_ref.data(), x.data(), wi.data(), wo.data(), offsets, M, H, act);
+    cpu::fast::experts_forward(y_fast.data(), pre_fast.data(), h_fast.data(), x.data(), wi.data(), wo.data(), offsets,
+                               M, H, act);
+    compare(name + "y", y_fast, y_ref, 1e-5);
+    auto dx_ref = random_vec(rows * M, 34), dwi_ref = random_vec(E * M * H, 35), dwo_ref = random_vec(E * H * M, 36);
+    auto dx_fast = dx_ref, dwi_fast = dwi_ref, dwo_fast = dwo_ref;
+    std::vector<float> s_ref(rows * H), s_fast(rows * H, 9.0f);  // fast must not rely on a zeroed scratch
+    cpu::experts_backward(dx_ref.data(), dwi_ref.data(), dwo_ref.data(), s_ref.data(), dy.data(), x.data(),
+                          pre_ref.data(), h_ref.data(), wi.data(), wo.data(), offsets, M, H, act);
+    cpu::fast::experts_backward(dx_fast.data(), dwi_fast.data(), dwo_fast.data(), s_fast.data(), dy.data(), x.data(),
+                                pre_ref.data(), h_ref.data(), wi.data(), wo.data(), offsets, M, H, act);
+    compare(name + "dx", dx_fast, dx_ref, 1e-5);
+    compare(name + "dwi", dwi_fast, dwi_ref, 1e-5);
+    compare(name + "dwo", dwo_fast, dwo_ref, 1e-5);
+  }
+}
+
 TEST_CASE("the model with fast kernels equals the model with reference kernels") {
   for (int64_t n_experts : {0, 4}) {
     Config cfg;

@@ -2,7 +2,7 @@
 // reference in layers.h (outputs, then inputs, then sizes; backward accumulates),
 // in namespace glam::cpu::fast. They differ only in how they compute: vectorised
 // exp/tanh (src/cpu/fastmath.h) instead of libm, one tanh per element in GEGLU's
-// backward, loops over the unmasked keys only, OpenMP over rows. Results agree
+// backward, loops over the unmasked keys only, OpenMP over rows, no zeroed scratch. Results agree
 // with the reference to float rounding (tests/test_fast_kernels.cpp).
 // The model picks one set through Kernels (reference for the tests that want the
 // oracle, fast for training).
@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "glam/layers.h"
+#include "glam/moe.h"
 
 namespace glam::cpu::fast {
 
@@ -32,6 +33,15 @@ void attention_backward(float* dq, float* dk, float* dv, float* drb, const float
                         const float* probs, const float* q, const float* k, const float* v,
                         const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh);
 
+// ---- fast_experts.cpp ---------------------------------------------------------------
+void experts_forward(float* y, float* pre, float* h, const float* x, const float* wi,
+                     const float* wo, const std::vector<int64_t>& offsets, int64_t M, int64_t H,
+                     Act act);
+void experts_backward(float* dx, float* dwi, float* dwo, float* dh_scratch, const float* dy,
+                      const float* x, const float* pre, const float* h, const float* wi,
+                      const float* wo, const std::vector<int64_t>& offsets, int64_t M, int64_t H,
+                      Act act);
+
 }  // namespace glam::cpu::fast
 
 namespace glam::cpu {
@@ -44,16 +54,18 @@ struct Kernels {
   decltype(&cpu::softmax_xent_backward) softmax_xent_backward;
   decltype(&cpu::attention_forward) attention_forward;
   decltype(&cpu::attention_backward) attention_backward;
+  decltype(&cpu::experts_forward) experts_forward;
+  decltype(&cpu::experts_backward) experts_backward;
 
   static Kernels reference() {
     return {cpu::geglu_forward, cpu::geglu_backward,
             cpu::softmax_xent_forward, cpu::softmax_xent_backward, cpu::attention_forward,
-            cpu::attention_backward};
+            cpu::attention_backward, cpu::experts_forward, cpu::experts_backward};
   }
   static Kernels fast() {
     return {fast::geglu_forward, fast::geglu_backward,
             fast::softmax_xent_forward, fast::softmax_xent_backward, fast::attention_forward,
-            fast::attention_backward};
+            fast::attention_backward, fast::experts_forward, fast::experts_backward};
   }
 };
 
