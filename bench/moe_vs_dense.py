@@ -124,7 +124,8 @@ def report(path, a, moe, dense, is_val, fraction, c_moe, c_dense, plot_path):
         "**fallback: training cross-entropy** in windows of "
         f"{a.window} steps (this glam had no `train.val_every`); each step's loss is taken "
         "before the model learns from that batch, so it is a held-out estimate, only noisier")
-    frac = f"**{fraction:.0%}**" if fraction is not None else "not reached within the run"
+    reach = (f"after **{fraction:.0%}** of the dense model's tokens" if fraction is not None
+             else "**not within the run** (train longer: --steps)")
     lines = [
         "# MoE vs dense at equal activated FLOPs",
         "",
@@ -141,8 +142,7 @@ def report(path, a, moe, dense, is_val, fraction, c_moe, c_dense, plot_path):
         f"Both: {a.steps} steps of {tps} tokens ({a.steps * tps / 1e6:.2f}M tokens), mesh {a.mesh} on "
         f"{a.np} ranks, {a.threads} thread(s) each. Loss: {kind}.",
         "",
-        f"The MoE model reaches the dense model's final loss ({dense[-1][1]:.4f}) after {frac} of "
-        "the dense model's tokens.",
+        f"The MoE model reaches the dense model's final loss ({dense[-1][1]:.4f}) {reach}.",
         "",
         f"![validation curves]({os.path.relpath(plot_path, os.path.dirname(path) or '.')})",
         "",

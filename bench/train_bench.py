@@ -8,6 +8,7 @@ a few steps with
   glam  1 rank x N threads         (mesh 1x1, OMP/OpenBLAS threads = N)
   glam  N ranks x 1 thread         (mesh Nx1: data and experts over N ranks)
   torch 1 process x N threads      (torch.set_num_threads(N)), same batches
+every one with OMP_WAIT_POLICY=passive (--omp-wait-policy),
 where N = --cores, drops the first --warmup steps and reports tokens/s, the best
 glam setting over torch, and MFU:
   model FLOPs per token = 6 * activated parameters (matmul weights: the tied
@@ -73,9 +74,10 @@ def steady_rate(per_step, warmup):
 
 def run_glam(a, cfg, ranks, threads, extra):
     run_dir = f"runs/bench-train-{os.path.basename(cfg)}-{ranks}x{threads}"
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               OMP_WAIT_POLICY=a.omp_wait_policy)
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks),
-           "-x", "OMP_NUM_THREADS", "-x", "OPENBLAS_NUM_THREADS",
+           "-x", "OMP_NUM_THREADS", "-x", "OPENBLAS_NUM_THREADS", "-x", "OMP_WAIT_POLICY",
            f"{a.build}/glam", "train", "--config", cfg, "--run-dir", run_dir, "--mesh", f"{ranks}x1",
            "--train.steps", str(a.steps), "--train.log_every", str(a.steps), "--checkpoint.keep", "1",
            "--overwrite"] + extra
@@ -89,7 +91,8 @@ def run_glam(a, cfg, ranks, threads, extra):
 
 
 def run_torch(a, cfg, threads, corpus):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               OMP_WAIT_POLICY=a.omp_wait_policy)
     cmd = [sys.executable, os.path.join(HERE, "torch_glam.py"), "--config", cfg, "--steps", str(a.steps),
            "--warmup", str(a.warmup), "--threads", str(threads)] + (["--corpus", corpus] if corpus else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -109,6 +112,9 @@ def main():
     ap.add_argument("--corpus", help="override [data] corpus (with --tokenizer)")
     ap.add_argument("--tokenizer")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--omp-wait-policy", default="passive", choices=["passive", "active"],
+                    help="OMP_WAIT_POLICY of every run, glam and torch alike: idle OpenMP threads "
+                         "sleep instead of spinning against OpenBLAS's threads on the same cores")
     a = ap.parse_args()
     if a.steps <= a.warmup:
         fail("--steps must exceed --warmup")
@@ -118,7 +124,8 @@ def main():
     rate, threaded, together = gemm_rate(a.build, a.cores)
     print(f"# {a.cores} cores; OpenBLAS sgemm {threaded / 1e9:.1f} GFLOP/s in 1 process x {a.cores} threads, "
           f"{together / 1e9:.1f} GFLOP/s in {a.cores} processes x 1 thread; MFU below is against the better, "
-          f"re-measured after each config; {a.steps} steps per run, the first {a.warmup} not timed")
+          f"re-measured after each config; {a.steps} steps per run, the first {a.warmup} not timed; "
+          f"OMP_WAIT_POLICY={a.omp_wait_policy}")
     results = {"cores": a.cores, "sgemm_flops": rate, "configs": []}
     for cfg in a.configs.split(","):
         c = read_config(cfg)
