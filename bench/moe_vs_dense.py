@@ -33,10 +33,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from torch_glam import count_params, read_config  # noqa: E402  (the same INI reader)
+from glam_config import count_params, read_config  # noqa: E402
 
-MOE_CFG = "input/glam-tiny.cfg"
-DENSE_CFG = os.path.join(os.path.relpath(HERE), "glam-tiny-dense.cfg")
+ROOT = os.path.dirname(HERE)
+MOE_CFG = "input/glam-tiny.cfg"         # relative to the repository root
+DENSE_CFG = "bench/glam-tiny-dense.cfg"
 
 
 def fail(msg):
@@ -136,7 +137,7 @@ def report(path, a, moe, dense, is_val, fraction, c_moe, c_dense, plot_path):
         "| model | config | parameters | activated per token | final loss |",
         "|---|---|---|---|---|",
         f"| MoE | `{MOE_CFG}` | {count_params(c_moe) / 1e6:.2f}M | {count_params(c_moe, True) / 1e6:.2f}M | {moe[-1][1]:.4f} |",
-        f"| dense | `{os.path.relpath(DENSE_CFG)}` | {count_params(c_dense) / 1e6:.2f}M | "
+        f"| dense | `{DENSE_CFG}` | {count_params(c_dense) / 1e6:.2f}M | "
         f"{count_params(c_dense, True) / 1e6:.2f}M | {dense[-1][1]:.4f} |",
         "",
         f"Both: {a.steps} steps of {tps} tokens ({a.steps * tps / 1e6:.2f}M tokens), mesh {a.mesh} on "
@@ -144,8 +145,7 @@ def report(path, a, moe, dense, is_val, fraction, c_moe, c_dense, plot_path):
         "",
         f"The MoE model reaches the dense model's final loss ({dense[-1][1]:.4f}) {reach}.",
         "",
-        f"![validation curves]({os.path.relpath(plot_path, os.path.dirname(path) or '.')})",
-        "",
+    ] + ([f"![validation curves]({os.path.relpath(plot_path, os.path.dirname(path) or '.')})", ""] if plot_path else []) + [
         "Reproduce: `make moe-vs-dense` (`bench/moe_vs_dense.py --steps "
         f"{a.steps} --np {a.np} --mesh {a.mesh} --val-every {a.val_every} --val-rows {a.val_rows}`).",
         "",
@@ -172,7 +172,7 @@ def main():
     ap.add_argument("--val-rows", type=int, default=16)
     ap.add_argument("--window", type=int, default=50, help="steps per point of the training-loss fallback")
     ap.add_argument("--runs", default="runs", help="run dirs go to RUNS/moe-vs-dense-{moe,dense}")
-    ap.add_argument("--plot", default="docs/moe_vs_dense.png")
+    ap.add_argument("--plot", default="docs/moe_vs_dense.png", help="PNG of both curves ('' for none)")
     ap.add_argument("--report", default="docs/MOE_VS_DENSE.md")
     ap.add_argument("--reuse", action="store_true", help="plot existing run dirs without training")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -181,11 +181,12 @@ def main():
     if a.steps < 1 or a.val_every < 1 or a.val_rows < 1 or a.window < 1:
         fail("--steps, --val-every, --val-rows and --window must be positive")
     overrides = [s for s in a.set if s.startswith(("model.", "train.", "data."))]
-    c_moe, c_dense = read_config(MOE_CFG, overrides), read_config(DENSE_CFG, overrides)
+    c_moe = read_config(os.path.join(ROOT, MOE_CFG), overrides)
+    c_dense = read_config(os.path.join(ROOT, DENSE_CFG), overrides)
     if count_params(c_moe, True) != count_params(c_dense, True):
         fail(f"activated parameters differ: MoE {count_params(c_moe, True)}, dense {count_params(c_dense, True)}")
-    runs = {"moe": (MOE_CFG, os.path.join(a.runs, "moe-vs-dense-moe")),
-            "dense": (DENSE_CFG, os.path.join(a.runs, "moe-vs-dense-dense"))}
+    runs = {"moe": (os.path.join(ROOT, MOE_CFG), os.path.join(a.runs, "moe-vs-dense-moe")),
+            "dense": (os.path.join(ROOT, DENSE_CFG), os.path.join(a.runs, "moe-vs-dense-dense"))}
     if not a.reuse:
         validate = has_validation(a.build)
         if not validate:
@@ -202,13 +203,14 @@ def main():
     reached = tokens_to_reach(moe, dense[-1][1])
     fraction = reached / dense[-1][0] if reached is not None else None
     title = "MoE vs dense, equal activated FLOPs per token" + ("" if is_val else " (training-loss fallback)")
-    os.makedirs(os.path.dirname(a.plot) or ".", exist_ok=True)
-    plot(a.plot, moe, dense, is_val, fraction, title)
+    if a.plot:
+        os.makedirs(os.path.dirname(a.plot) or ".", exist_ok=True)
+        plot(a.plot, moe, dense, is_val, fraction, title)
     report(a.report, a, moe, dense, is_val, fraction, c_moe, c_dense, a.plot)
     print(f"dense final loss {dense[-1][1]:.4f}; MoE final {moe[-1][1]:.4f}; "
           f"MoE reaches the dense final loss after "
           f"{'%.0f%%' % (100 * fraction) if fraction is not None else 'never (within the run)'} of the tokens"
-          f"{'' if is_val else ' (training-loss fallback)'}; plot {a.plot}, report {a.report}")
+          f"{'' if is_val else ' (training-loss fallback)'}; plot {a.plot or '-'}, report {a.report}")
 
 
 if __name__ == "__main__":

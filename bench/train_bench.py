@@ -31,7 +31,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from torch_glam import count_params, read_config  # noqa: E402  (the same INI reader)
+from glam_config import count_params, read_config  # noqa: E402
 
 
 def fail(msg):
@@ -146,7 +146,7 @@ def main():
                   f"{r['tokens_per_s'] * fpt / rate:6.1%} {r['loss1']:9.4f}")
         ratio = runs[best]["tokens_per_s"] / torch_run["tokens_per_s"]
         print(f"best glam ({best}) / torch: {ratio:.2f}x; parameters equal: {same_params}; "
-              f"|loss@1 glam - torch| = {loss_gap:.2e}")
+              f"|loss@1 glam - torch| = {loss_gap:.2e}", flush=True)
         results["configs"].append({"config": cfg, "flops_per_token": fpt, "runs": runs, "best": best,
                                    "ratio": ratio, "same_params": same_params, "loss1_gap": loss_gap})
         if not same_params or loss_gap > 1e-3:
