@@ -41,8 +41,8 @@ def fail(msg):
 def gemm_rate(build, cores):
     """The machine's sgemm rate on `cores` cores: the better of one process with
     `cores` OpenBLAS threads and `cores` single-threaded processes run at once
-    (their rates summed), each the best over square sizes 512..2048."""
-    cmd = [f"{build}/gemm_rate", "--sizes", "512,1024,2048", "--reps", "5"]
+    (their rates summed), each the best over square sizes 256..2048."""
+    cmd = [f"{build}/gemm_rate", "--sizes", "256,512,1024,2048", "--reps", "5"]
 
     def launch(threads):
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))

@@ -3,7 +3,8 @@
 // row segments are runs, so the keys of query i are the contiguous range
 // [first(i), i], first(i) = start of i's document; the bias of a distance comes
 // from a per-head table rb[h, bucket(d)] laid out by d, and exp is vectorised.
-// The row loops run under OpenMP; each thread sums its own relative-bias gradient.
+// OpenMP runs the (b, h) blocks in parallel; each thread sums its own relative-bias
+// gradient.
 #include <cblas.h>
 
 #include <algorithm>
@@ -57,31 +58,37 @@ void softmax_row(float* p, const float* bias_h, int64_t j0, int64_t i, int64_t S
 
 }  // namespace
 
+// OpenBLAS runs single-threaded inside the (b, h) loop, which OpenMP spreads over
+// the cores; the previous BLAS thread count is restored on leaving.
+class SerialBlas {
+ public:
+  SerialBlas() : threads_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~SerialBlas() { openblas_set_num_threads(threads_); }
+ private:
+  int threads_;
+};
+
+// One (b, h) at a time, so that its [S, S] block stays in cache from the scores to P V.
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
                        const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
                        int64_t dh) {
   const int64_t ld = nh * dh;
   const std::vector<int64_t> first = segment_starts(segments, B, S);
   const std::vector<float> bias = bias_by_distance(rb, nh, S);
-  for (int64_t bh = 0; bh < B * nh; bh++) {  // scores P = Q K^T  [S, S]
-    const int64_t b = bh / nh, h = bh % nh;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, q + b * S * ld + h * dh, ld,
-                k + b * S * ld + h * dh, ld, 0.0f, probs + bh * S * S, S);
-  }
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t bh = 0; bh < B * nh; bh++)
-    for (int64_t i = 0; i < S; i++) {
-      const int64_t b = bh / nh, h = bh % nh;
-      softmax_row(probs + (bh * S + i) * S, bias.data() + h * S, first[b * S + i], i, S);
-    }
-  for (int64_t bh = 0; bh < B * nh; bh++) {  // out = P V  [S, dh]
-    const int64_t b = bh / nh, h = bh % nh;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, dh, S, 1.0f, probs + bh * S * S, S,
-                v + b * S * ld + h * dh, ld, 0.0f, out + b * S * ld + h * dh, ld);
+  SerialBlas serial;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < B * nh; bh++) {
+    const int64_t b = bh / nh, h = bh % nh, off = b * S * ld + h * dh;
+    float* P = probs + bh * S * S;
+    // scores P = Q K^T [S, S], then probabilities row by row, then out = P V [S, dh]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, q + off, ld, k + off, ld, 0.0f, P, S);
+    for (int64_t i = 0; i < S; i++) softmax_row(P + i * S, bias.data() + h * S, first[b * S + i], i, S);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, dh, S, 1.0f, P, S, v + off, ld, 0.0f, out + off, ld);
   }
 }
 
 // dA_ij = p_ij (dP_ij - sum_k p_ik dP_ik) over the visible keys; drb[h, bucket(i-j)] += dA_ij.
+// Each thread has its own [S, S] scratch and relative-bias gradient.
 void attention_backward(float* dq, float* dk, float* dv, float* drb, const float* dout,
                         const float* probs, const float* q, const float* k, const float* v,
                         const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh) {
@@ -89,27 +96,26 @@ void attention_backward(float* dq, float* dk, float* dv, float* drb, const float
   const std::vector<int64_t> first = segment_starts(segments, B, S);
   std::vector<int> bucket(S);
   for (int64_t d = 0; d < S; d++) bucket[d] = relpos_bucket(d);
-  std::vector<float> dA(B * nh * S * S);  // [B, nh, S, S]
-  for (int64_t bh = 0; bh < B * nh; bh++) {  // dP = dO V^T ; dV += P^T dO
-    const int64_t off = (bh / nh) * S * ld + (bh % nh) * dh;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, dout + off, ld, v + off, ld, 0.0f,
-                dA.data() + bh * S * S, S);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, probs + bh * S * S, S, dout + off,
-                ld, 1.0f, dv + off, ld);
-  }
+  SerialBlas serial;
 #pragma omp parallel
   {
-    std::vector<float> drb_local(nh * kRelposBuckets, 0.0f);
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t bh = 0; bh < B * nh; bh++)
+    std::vector<float> dA(S * S), drb_local(nh * kRelposBuckets, 0.0f);
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < B * nh; bh++) {
+      const int64_t b = bh / nh, h = bh % nh, off = b * S * ld + h * dh;
+      const float* P = probs + bh * S * S;
+      // dP = dO V^T ; dV += P^T dO
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, dout + off, ld, v + off, ld, 0.0f,
+                  dA.data(), S);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, P, S, dout + off, ld, 1.0f, dv + off, ld);
+      float* drb_h = drb_local.data() + h * kRelposBuckets;
       for (int64_t i = 0; i < S; i++) {
-        const int64_t b = bh / nh, h = bh % nh, j0 = first[b * S + i];
-        const float* p = probs + (bh * S + i) * S;
-        float* d = dA.data() + (bh * S + i) * S;
+        const int64_t j0 = first[b * S + i];
+        const float* p = P + i * S;
+        float* d = dA.data() + i * S;
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
         for (int64_t j = j0; j <= i; j++) dot += p[j] * d[j];
-        float* drb_h = drb_local.data() + h * kRelposBuckets;
         for (int64_t j = j0; j <= i; j++) {
           d[j] = p[j] * (d[j] - dot);
           drb_h[bucket[i - j]] += d[j];
@@ -117,16 +123,14 @@ void attention_backward(float* dq, float* dk, float* dv, float* drb, const float
         std::fill(d, d + j0, 0.0f);
         std::fill(d + i + 1, d + S, 0.0f);
       }
+      // dQ += dA K ; dK += dA^T Q
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, dh, S, 1.0f, dA.data(), S, k + off, ld, 1.0f,
+                  dq + off, ld);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, dA.data(), S, q + off, ld, 1.0f,
+                  dk + off, ld);
+    }
 #pragma omp critical
     for (int64_t x = 0; x < nh * kRelposBuckets; x++) drb[x] += drb_local[x];
-  }
-  for (int64_t bh = 0; bh < B * nh; bh++) {  // dQ += dA K ; dK += dA^T Q
-    const int64_t off = (bh / nh) * S * ld + (bh % nh) * dh;
-    const float* dAbh = dA.data() + bh * S * S;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, dh, S, 1.0f, dAbh, S, k + off, ld, 1.0f,
-                dq + off, ld);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, dAbh, S, q + off, ld, 1.0f,
-                dk + off, ld);
   }
 }
 
