@@ -20,7 +20,7 @@ It also checks that the peer is the same model: equal parameter counts and the
 same loss at step 1 (both start from glam's initialiser on the same batch).
 
 usage: bench/train_bench.py [--build build] [--configs input/glam-tiny.cfg,bench/glam-small-cpu.cfg]
-       [--steps 6] [--warmup 2] [--cores 2] [--rounds 1] [--corpus FILE --tokenizer FILE] [--json OUT]
+       [--steps 12] [--warmup 4] [--cores 2] [--rounds 1] [--corpus FILE --tokenizer FILE] [--json OUT]
 """
 import argparse
 import json
@@ -106,8 +106,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default="build")
     ap.add_argument("--configs", default="input/glam-tiny.cfg,bench/glam-small-cpu.cfg")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--corpus", help="override [data] corpus (with --tokenizer)")
     ap.add_argument("--tokenizer")

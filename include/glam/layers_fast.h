@@ -2,8 +2,9 @@
 // reference in layers.h (outputs, then inputs, then sizes; backward accumulates),
 // in namespace glam::cpu::fast. They differ only in how they compute: vectorised
 // exp/tanh (src/cpu/fastmath.h) instead of libm, one tanh per element in GEGLU's
-// backward, loops over the unmasked keys only, OpenMP over rows, no zeroed scratch. Results agree
-// with the reference to float rounding (tests/test_fast_kernels.cpp).
+// backward, loops over the unmasked keys only, OpenMP over rows, no zeroed
+// scratch. Results agree with the reference to float rounding
+// (tests/test_fast_kernels.cpp).
 // The model picks one set through Kernels (reference for the tests that want the
 // oracle, fast for training).
 #pragma once

@@ -39,6 +39,7 @@ std::vector<float> bias_by_distance(const float* rb, int64_t nh, int64_t S) {
 // Row i of P: raw scores q.k in, probabilities out (zeros outside [j0, i]).
 void softmax_row(float* p, const float* bias_h, int64_t j0, int64_t i, int64_t S) {
   float m = 0.0f;  // the extra zero logit takes part in the max
+#pragma omp simd reduction(max : m)
   for (int64_t j = j0; j <= i; j++) {
     p[j] += bias_h[i - j];
     m = std::max(m, p[j]);
