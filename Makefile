@@ -13,11 +13,14 @@ DEMO_DIR ?= data/demo
 RUN_DIR  ?= runs/tiny
 DEMO_STEPS ?= 300
 PROMPT   ?= The meaning of
+# Debian's python3: python3-torch and python3-matplotlib (deps.sh --bench) install there.
+PYTHON   ?= /usr/bin/python3
+MVD_STEPS ?= 1000
 
 export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: all build deps configure test demo corpus bench bench-gpu gpu-bundle clean
+.PHONY: all build deps configure test demo corpus bench moe-vs-dense bench-gpu gpu-bundle clean
 
 all: build
 
@@ -48,7 +51,14 @@ demo: corpus
 
 # Benchmarks print figures and ratios against a peer measured in the same run.
 bench: corpus
+	@scripts/deps.sh --bench
 	python3 bench/mesh_bench.py --build $(BUILD)
+	$(PYTHON) bench/train_bench.py --build $(BUILD)
+
+# MoE vs dense at equal activated FLOPs on the demo corpus: docs/MOE_VS_DENSE.md.
+moe-vs-dense: corpus
+	@scripts/deps.sh --bench
+	$(PYTHON) bench/moe_vs_dense.py --build $(BUILD) --steps $(MVD_STEPS)
 
 # On a GPU: tokens/s and MFU of a glam-0.1b-64e-shaped and a 1.7B-shaped model.
 BENCH_GPU_CONFIGS ?= input/glam-0.1b-64e.cfg input/glam-1.7b.cfg

@@ -20,6 +20,10 @@ PACKAGES=(
   fortunes wordnet-base jargon-text
   bible-kjv bible-kjv-text
 )
+# scripts/deps.sh --bench adds what `make bench` and `make moe-vs-dense` need (the
+# PyTorch peer and the plot); the base list above is what builds and tests use.
+BENCH_PACKAGES=(python3-torch python3-matplotlib)
+if [[ "${1:-}" == "--bench" ]]; then PACKAGES+=("${BENCH_PACKAGES[@]}"); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -18,11 +18,14 @@ AdafactorOptions AdafactorOptions::from(const TrainConfig& t) {
 
 namespace {
 
-double sum_squares(const std::vector<float>& x) {
+double sum_squares(const float* x, int64_t n) {
   double s = 0.0;
-  for (float v : x) s += static_cast<double>(v) * v;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; i++) s += static_cast<double>(x[i]) * x[i];
   return s;
 }
+
+double sum_squares(const std::vector<float>& x) { return sum_squares(x.data(), static_cast<int64_t>(x.size())); }
 
 }  // namespace
 
@@ -52,7 +55,8 @@ void Adafactor::step(ParamTable& table, double lr, int64_t t, const Mesh& mesh) 
 void Adafactor::update(Param& p, AdafactorSlot& s, double rho, double lr, const Mesh& mesh) {
   const int64_t n = p.size();
   const size_t nd = p.shape.size();
-  std::vector<float> u(n);  // the update U, before clipping
+  std::vector<float>& u = u_;  // [n] the update U, before clipping
+  u.resize(n);
   if (s.factored) {
     const int64_t R = s.rows, C = s.cols;
     const bool rows_split = p.model_axis == static_cast<int>(nd) - 2;
@@ -62,12 +66,18 @@ void Adafactor::update(Param& p, AdafactorSlot& s, double rho, double lr, const 
     for (int64_t b = 0; b < s.lead; b++) {
       const float* g = p.g.data() + b * R * C;
       std::vector<double> row(R, 0.0), col(C, 0.0);  // sums of g^2 + eps
-      for (int64_t r = 0; r < R; r++)
+      for (int64_t r = 0; r < R; r++) {
+        const float* gr = g + r * C;
+        double* cl = col.data();
+        double rs = 0.0;
+#pragma omp simd reduction(+ : rs)
         for (int64_t c = 0; c < C; c++) {
-          double g2 = static_cast<double>(g[r * C + c]) * g[r * C + c] + opt_.eps;
-          row[r] += g2;
-          col[c] += g2;
+          const double g2 = static_cast<double>(gr[c]) * gr[c] + opt_.eps;
+          rs += g2;
+          cl[c] += g2;
         }
+        row[r] = rs;
+      }
       if (cols_split) mesh.allreduce_sum_model(row.data(), R);
       if (rows_split) mesh.allreduce_sum_model(col.data(), C);
       float* vr = s.vr.data() + b * R;
@@ -80,11 +90,16 @@ void Adafactor::update(Param& p, AdafactorSlot& s, double rho, double lr, const 
       for (int64_t c = 0; c < C; c++) vc[c] = static_cast<float>(rho * vc[c] + (1.0 - rho) * col[c] / R_global);
       if (rows_split) mesh.allreduce_sum_model(&vr_sum, 1);
       const double vr_mean = vr_sum / R_global;
-      for (int64_t r = 0; r < R; r++)
-        for (int64_t c = 0; c < C; c++) {
-          double v = static_cast<double>(vr[r]) * vc[c] / vr_mean;
-          u[b * R * C + r * C + c] = static_cast<float>(g[r * C + c] / std::sqrt(v));
-        }
+      // U = g / sqrt(vr[r] vc[c] / mean(vr)), as a product of a row and a column factor
+      std::vector<float> col_scale(C);
+      for (int64_t c = 0; c < C; c++) col_scale[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(vc[c])));
+      for (int64_t r = 0; r < R; r++) {
+        const float row_scale = static_cast<float>(std::sqrt(vr_mean / vr[r]));
+        const float* gr = g + r * C;
+        float* ur = u.data() + b * R * C + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) ur[c] = gr[c] * row_scale * col_scale[c];
+      }
     }
   } else {
     for (int64_t i = 0; i < n; i++) {
@@ -93,13 +108,16 @@ void Adafactor::update(Param& p, AdafactorSlot& s, double rho, double lr, const 
       u[i] = static_cast<float>(p.g[i] / std::sqrt(static_cast<double>(s.v[i])));
     }
   }
-  double sums[2] = {sum_squares(u), sum_squares(p.w)};
+  double sums[2] = {sum_squares(u.data(), n), sum_squares(p.w)};
   sum_over_shards(p, mesh, sums, 2);
   const double count = static_cast<double>(p.global_size());
   const double rms_u = std::sqrt(sums[0] / count), rms_w = std::sqrt(sums[1] / count);
   const double clip = std::max(1.0, rms_u / opt_.clip_threshold);
   const double step = lr * std::max(opt_.min_param_scale, rms_w) / clip;
-  for (int64_t i = 0; i < n; i++) p.w[i] -= static_cast<float>(step * u[i]);
+  const float fstep = static_cast<float>(step);
+  float* w = p.w.data();
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) w[i] -= fstep * u[i];
 }
 
 bool adafactor_factored(const Param& p, const AdafactorOptions& opt) {

@@ -141,7 +141,7 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   logits_.resize(T_ * V_); lse_.resize(T_);
   cpu::logits_forward(logits_.data(), xnf.data(), params_.get("embedding").w.data(), T_, M, V_,
                       1.0f / std::sqrt(static_cast<float>(M)));
-  cpu::LossSums sums = cpu::softmax_xent_forward(lse_.data(), logits_.data(), batch.targets.data(),
+  cpu::LossSums sums = kern_.softmax_xent_forward(lse_.data(), logits_.data(), batch.targets.data(),
                                                  T_, V_, v0_, mesh_);
   double global[3] = {sums.ce, sums.z, static_cast<double>(sums.count)};
   mesh_.allreduce_sum_data(global, 3);
@@ -164,7 +164,7 @@ void Model::attention_forward(int64_t l) {
   cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A);
   cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A);
   a.probs.resize(B_ * nh_ * S_ * S_); a.att.resize(T_ * A);
-  cpu::attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
+  kern_.attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
                          params_.get(pname(l, "attn/rel_bias")).w.data(), batch_->segments.data(),
                          B_, S_, nh_, dh);
   a.x_mid.resize(T_ * M);
@@ -179,7 +179,7 @@ void Model::dense_forward(int64_t l, std::vector<float>& out) {
   a.a0.resize(T_ * H_); a.a1.resize(T_ * H_); a.h.resize(T_ * H_); out.resize(T_ * M);
   cpu::matmul_forward(a.a0.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi0")).w.data(), T_, M, H_);
   cpu::matmul_forward(a.a1.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi1")).w.data(), T_, M, H_);
-  cpu::geglu_forward(a.h.data(), a.a0.data(), a.a1.data(), T_ * H_);
+  kern_.geglu_forward(a.h.data(), a.a0.data(), a.a1.data(), T_ * H_);
   cpu::matmul_forward(out.data(), a.h.data(), params_.get(pname(l, "ffn/wo")).w.data(), T_, H_, M);
   mesh_.allreduce_sum_model(out.data(), T_ * M);
 }
@@ -219,7 +219,7 @@ void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool f
     ScopedPhase phase(timers, "experts");
     const int64_t n = a.xplan.n_recv();
     a.pre.resize(n * H_); a.eh.resize(n * H_); a.xout.resize(n * M);
-    cpu::experts_forward(a.xout.data(), a.pre.data(), a.eh.data(), a.xin.data(),
+    kern_.experts_forward(a.xout.data(), a.pre.data(), a.eh.data(), a.xin.data(),
                          params_.get(pname(l, "moe/wi")).w.data(), params_.get(pname(l, "moe/wo")).w.data(),
                          a.xplan.local_offsets, M, H_, expert_act());
     mesh_.allreduce_sum_model(a.xout.data(), n * M);
@@ -346,8 +346,10 @@ void Model::backward() {
   {
     ScopedPhase phase(timers, "output");
     const double n = std::max<int64_t>(1, parts_.n_targets);
-    std::vector<float> dlogits(T_ * V_), dxnf(T_ * M, 0.0f);
-    cpu::softmax_xent_backward(dlogits.data(), logits_.data(), lse_.data(), batch.targets.data(), T_, V_,
+    std::vector<float> dxnf(T_ * M, 0.0f);
+    std::vector<float>& dlogits = dlogits_;
+    dlogits.resize(T_ * V_);
+    kern_.softmax_xent_backward(dlogits.data(), logits_.data(), lse_.data(), batch.targets.data(), T_, V_,
                                v0_, static_cast<float>(1.0 / n), static_cast<float>(cfg_.z_loss_weight / n));
     cpu::logits_backward(dxnf.data(), emb.g.data(), dlogits.data(), xnf.data(), emb.w.data(), T_, M, V_,
                          1.0f / std::sqrt(static_cast<float>(M)));
@@ -396,7 +398,7 @@ void Model::attention_backward(int64_t l, std::vector<float>& dx) {
   Param& wo = params_.get(pname(l, "attn/wo"));
   std::vector<float> datt(T_ * A, 0.0f), dq(T_ * A, 0.0f), dk(T_ * A, 0.0f), dv(T_ * A, 0.0f);
   cpu::matmul_backward(datt.data(), wo.g.data(), dx.data(), a.att.data(), wo.w.data(), T_, A, M);
-  cpu::attention_backward(dq.data(), dk.data(), dv.data(), params_.get(pname(l, "attn/rel_bias")).g.data(),
+  kern_.attention_backward(dq.data(), dk.data(), dv.data(), params_.get(pname(l, "attn/rel_bias")).g.data(),
                           datt.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
                           batch_->segments.data(), B_, S_, nh_, dh);
   std::vector<float> dxn(T_ * M, 0.0f);
@@ -416,7 +418,7 @@ void Model::dense_backward(int64_t l, const std::vector<float>& dout, std::vecto
   Param& wo = params_.get(pname(l, "ffn/wo"));
   std::vector<float> dh(T_ * H_, 0.0f), da0(T_ * H_, 0.0f), da1(T_ * H_, 0.0f);
   cpu::matmul_backward(dh.data(), wo.g.data(), dout.data(), a.h.data(), wo.w.data(), T_, H_, M);
-  cpu::geglu_backward(da0.data(), da1.data(), dh.data(), a.a0.data(), a.a1.data(), T_ * H_);
+  kern_.geglu_backward(da0.data(), da1.data(), dh.data(), a.a0.data(), a.a1.data(), T_ * H_);
   cpu::matmul_backward(dxn.data(), wi0.g.data(), da0.data(), a.xn2.data(), wi0.w.data(), T_, M, H_);
   cpu::matmul_backward(dxn.data(), wi1.g.data(), da1.data(), a.xn2.data(), wi1.w.data(), T_, M, H_);
   mesh_.allreduce_sum_model(dxn.data(), T_ * M);
@@ -439,7 +441,7 @@ void Model::moe_backward(int64_t l, const std::vector<float>& dout, std::vector<
   {  // experts backward (hidden dim split over model: sum the input gradient)
     ScopedPhase phase(timers, "experts");
     std::vector<float> scratch(n * H_);
-    cpu::experts_backward(dxin.data(), wi.g.data(), wo.g.data(), scratch.data(), dxout.data(), a.xin.data(),
+    kern_.experts_backward(dxin.data(), wi.g.data(), wo.g.data(), scratch.data(), dxout.data(), a.xin.data(),
                           a.pre.data(), a.eh.data(), wi.w.data(), wo.w.data(), a.xplan.local_offsets, M, H_,
                           expert_act());
     mesh_.allreduce_sum_model(dxin.data(), n * M);

@@ -45,6 +45,7 @@ class Adafactor {
   void update(Param& p, AdafactorSlot& s, double rho, double lr, const Mesh& mesh);
   AdafactorOptions opt_;
   std::vector<AdafactorSlot> slots_;  // one per parameter, in table order
+  std::vector<float> u_;              // [largest parameter] scratch for the update
 };
 
 // True when p's second moment is kept as row and column statistics.

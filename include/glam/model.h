@@ -10,6 +10,7 @@
 #include "glam/corpus.h"
 #include "glam/device.h"
 #include "glam/exchange.h"
+#include "glam/layers_fast.h"
 #include "glam/mesh.h"
 #include "glam/moe.h"
 #include "glam/params.h"
@@ -105,6 +106,9 @@ class Model {
   // Named activations of the last forward, for debugging and tests.
   const std::vector<LayerActs>& layer_acts() const { return acts_; }
   const ExpertPlacement& experts() const { return place_; }
+  // The readable reference kernels instead of the fast ones (the default), for
+  // tests that compare the two on the whole model.
+  void use_reference_kernels(bool on) { kern_ = on ? cpu::Kernels::reference() : cpu::Kernels::fast(); }
   // Seconds per phase (attention, router, dispatch, experts, combine, dense_ffn, output).
   PhaseTimers timers;
 
@@ -137,6 +141,8 @@ class Model {
   std::shared_ptr<cuda::Engine> gpu_;  // set for Device::cuda
   mutable bool gpu_outputs_stale_ = false;  // logits_/lse_ still on the GPU
   void fetch_gpu_outputs() const;
+  std::vector<float> dlogits_;    // [T, Vl] backward scratch, kept between steps
+  cpu::Kernels kern_ = cpu::Kernels::fast();
 };
 
 }  // namespace glam

@@ -1,0 +1,138 @@
+// Fast causal attention (reference: attention.cpp). Same layout and GEMMs; the
+// softmax and its backward visit only the keys a query may see. Within a packed
+// row segments are runs, so the keys of query i are the contiguous range
+// [first(i), i], first(i) = start of i's document; the bias of a distance comes
+// from a per-head table rb[h, bucket(d)] laid out by d, and exp is vectorised.
+// OpenMP runs the (b, h) blocks in parallel; each thread sums its own relative-bias
+// gradient.
+#include <cblas.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "fastmath.h"
+#include "glam/layers_fast.h"
+
+namespace glam::cpu::fast {
+
+namespace {
+
+// [B, S]: the first position of the document of each position.
+std::vector<int64_t> segment_starts(const int32_t* segments, int64_t B, int64_t S) {
+  std::vector<int64_t> first(B * S);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t i = 0; i < S; i++)
+      first[b * S + i] = i > 0 && segments[b * S + i] == segments[b * S + i - 1] ? first[b * S + i - 1] : i;
+  return first;
+}
+
+// [nh, S]: bias of distance d for head h, rb[h, bucket(d)].
+std::vector<float> bias_by_distance(const float* rb, int64_t nh, int64_t S) {
+  std::vector<float> table(nh * S);
+  for (int64_t d = 0; d < S; d++) {
+    const int b = relpos_bucket(d);
+    for (int64_t h = 0; h < nh; h++) table[h * S + d] = rb[h * kRelposBuckets + b];
+  }
+  return table;
+}
+
+// Row i of P: raw scores q.k in, probabilities out (zeros outside [j0, i]).
+void softmax_row(float* p, const float* bias_h, int64_t j0, int64_t i, int64_t S) {
+  float m = 0.0f;  // the extra zero logit takes part in the max
+#pragma omp simd reduction(max : m)
+  for (int64_t j = j0; j <= i; j++) {
+    p[j] += bias_h[i - j];
+    m = std::max(m, p[j]);
+  }
+  float denom = fast_exp(-m);
+#pragma omp simd reduction(+ : denom)
+  for (int64_t j = j0; j <= i; j++) {
+    p[j] = fast_exp(p[j] - m);
+    denom += p[j];
+  }
+  const float inv = 1.0f / denom;
+#pragma omp simd
+  for (int64_t j = j0; j <= i; j++) p[j] *= inv;
+  std::fill(p, p + j0, 0.0f);
+  std::fill(p + i + 1, p + S, 0.0f);
+}
+
+}  // namespace
+
+// OpenBLAS runs single-threaded inside the (b, h) loop, which OpenMP spreads over
+// the cores; the previous BLAS thread count is restored on leaving.
+class SerialBlas {
+ public:
+  SerialBlas() : threads_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~SerialBlas() { openblas_set_num_threads(threads_); }
+ private:
+  int threads_;
+};
+
+// One (b, h) at a time, so that its [S, S] block stays in cache from the scores to P V.
+void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
+                       const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
+                       int64_t dh) {
+  const int64_t ld = nh * dh;
+  const std::vector<int64_t> first = segment_starts(segments, B, S);
+  const std::vector<float> bias = bias_by_distance(rb, nh, S);
+  SerialBlas serial;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < B * nh; bh++) {
+    const int64_t b = bh / nh, h = bh % nh, off = b * S * ld + h * dh;
+    float* P = probs + bh * S * S;
+    // scores P = Q K^T [S, S], then probabilities row by row, then out = P V [S, dh]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, q + off, ld, k + off, ld, 0.0f, P, S);
+    for (int64_t i = 0; i < S; i++) softmax_row(P + i * S, bias.data() + h * S, first[b * S + i], i, S);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, dh, S, 1.0f, P, S, v + off, ld, 0.0f, out + off, ld);
+  }
+}
+
+// dA_ij = p_ij (dP_ij - sum_k p_ik dP_ik) over the visible keys; drb[h, bucket(i-j)] += dA_ij.
+// Each thread has its own [S, S] scratch and relative-bias gradient.
+void attention_backward(float* dq, float* dk, float* dv, float* drb, const float* dout,
+                        const float* probs, const float* q, const float* k, const float* v,
+                        const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh) {
+  const int64_t ld = nh * dh;
+  const std::vector<int64_t> first = segment_starts(segments, B, S);
+  std::vector<int> bucket(S);
+  for (int64_t d = 0; d < S; d++) bucket[d] = relpos_bucket(d);
+  SerialBlas serial;
+#pragma omp parallel
+  {
+    std::vector<float> dA(S * S), drb_local(nh * kRelposBuckets, 0.0f);
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < B * nh; bh++) {
+      const int64_t b = bh / nh, h = bh % nh, off = b * S * ld + h * dh;
+      const float* P = probs + bh * S * S;
+      // dP = dO V^T ; dV += P^T dO
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, dout + off, ld, v + off, ld, 0.0f,
+                  dA.data(), S);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, P, S, dout + off, ld, 1.0f, dv + off, ld);
+      float* drb_h = drb_local.data() + h * kRelposBuckets;
+      for (int64_t i = 0; i < S; i++) {
+        const int64_t j0 = first[b * S + i];
+        const float* p = P + i * S;
+        float* d = dA.data() + i * S;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = j0; j <= i; j++) dot += p[j] * d[j];
+        for (int64_t j = j0; j <= i; j++) {
+          d[j] = p[j] * (d[j] - dot);
+          drb_h[bucket[i - j]] += d[j];
+        }
+        std::fill(d, d + j0, 0.0f);
+        std::fill(d + i + 1, d + S, 0.0f);
+      }
+      // dQ += dA K ; dK += dA^T Q
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, dh, S, 1.0f, dA.data(), S, k + off, ld, 1.0f,
+                  dq + off, ld);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, dA.data(), S, q + off, ld, 1.0f,
+                  dk + off, ld);
+    }
+#pragma omp critical
+    for (int64_t x = 0; x < nh * kRelposBuckets; x++) drb[x] += drb_local[x];
+  }
+}
+
+}  // namespace glam::cpu::fast
