@@ -24,6 +24,42 @@ void add_into(std::vector<float>& y, const std::vector<float>& x) {
 }
 }  // namespace
 
+cpu::RouterOptions router_options(const ModelConfig& cfg, const Mesh& mesh, uint64_t seed, int64_t step,
+                                  int64_t layer, int64_t T, bool no_drop) {
+  cpu::RouterOptions opt;
+  opt.n_experts = cfg.n_experts;
+  opt.group_size = cfg.group_size;
+  opt.capacity_factor = cfg.capacity_factor;
+  opt.second = cfg.second_policy == "random" ? cpu::SecondPolicy::random : cpu::SecondPolicy::all;
+  opt.no_drop = no_drop;
+  opt.n_groups_global = no_drop ? 0 : T * mesh.data_size / cfg.group_size;
+  opt.seed = seed ^ (0x51ed270b27f0a5c3ULL * static_cast<uint64_t>(step * 1024 + layer + 1));
+  opt.token_offset = T * mesh.data_rank;
+  return opt;
+}
+
+void add_routing_statistics(LossParts& parts, const cpu::RoutingPlan& plan, int64_t T, const Mesh& mesh) {
+  const int64_t E = plan.E;
+  std::vector<double> stats(2 * E + 2);  // [aux, dropped, load_before[E], load_after[E]]
+  stats[0] = plan.aux;
+  stats[1] = static_cast<double>(plan.dropped);
+  for (int64_t e = 0; e < E; e++) {
+    stats[2 + e] = static_cast<double>(plan.load_before[e]);
+    stats[2 + E + e] = static_cast<double>(plan.load_after[e]);
+  }
+  mesh.allreduce_sum_data(stats.data(), static_cast<int64_t>(stats.size()));
+  parts.aux += stats[0];
+  parts.choices += 2 * T * mesh.data_size;
+  parts.dropped += static_cast<int64_t>(stats[1]);
+  parts.layer_dropped.push_back(static_cast<int64_t>(stats[1]));
+  parts.load_before.emplace_back(E);
+  parts.load_after.emplace_back(E);
+  for (int64_t e = 0; e < E; e++) {
+    parts.load_before.back()[e] = static_cast<int64_t>(stats[2 + e]);
+    parts.load_after.back()[e] = static_cast<int64_t>(stats[2 + E + e]);
+  }
+}
+
 Model::Model(const Config& cfg, const Mesh& mesh, Device device)
     : cfg_(cfg.model), mesh_(mesh), seed_(cfg.train.seed), params_(build_params(cfg.model, mesh)) {
   init_params(params_, seed_, mesh);
@@ -192,15 +228,7 @@ void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool f
     a.router_logits.resize(T_ * E);
     cpu::matmul_forward(a.router_logits.data(), a.xn2.data(), params_.get(pname(l, "moe/router")).w.data(),
                         T_, M, E);
-    cpu::RouterOptions opt;
-    opt.n_experts = E;
-    opt.group_size = cfg_.group_size;
-    opt.capacity_factor = cfg_.capacity_factor;
-    opt.second = cfg_.second_policy == "random" ? cpu::SecondPolicy::random : cpu::SecondPolicy::all;
-    opt.no_drop = no_drop;
-    opt.n_groups_global = no_drop ? 0 : T_ * mesh_.data_size / cfg_.group_size;
-    opt.seed = seed_ ^ (0x51ed270b27f0a5c3ULL * static_cast<uint64_t>(step_ * 1024 + l + 1));
-    opt.token_offset = T_ * mesh_.data_rank;
+    const cpu::RouterOptions opt = router_options(cfg_, mesh_, seed_, step_, l, T_, no_drop);
     if (frozen) {
       const cpu::RoutingPlan previous = a.plan;
       cpu::router_forward(a.plan, a.router_logits.data(), T_, opt, &previous);
@@ -230,25 +258,7 @@ void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool f
     out.resize(T_ * M);
     cpu::combine_forward(out.data(), a.eout.data(), a.plan, M);
   }
-  // statistics of the global batch: aux share, loads, drops
-  std::vector<double> stats(2 * E + 2);  // [aux, dropped, load_before[E], load_after[E]]
-  stats[0] = a.plan.aux;
-  stats[1] = static_cast<double>(a.plan.dropped);
-  for (int64_t e = 0; e < E; e++) {
-    stats[2 + e] = static_cast<double>(a.plan.load_before[e]);
-    stats[2 + E + e] = static_cast<double>(a.plan.load_after[e]);
-  }
-  mesh_.allreduce_sum_data(stats.data(), static_cast<int64_t>(stats.size()));
-  parts_.aux += stats[0];
-  parts_.choices += 2 * T_ * mesh_.data_size;
-  parts_.dropped += static_cast<int64_t>(stats[1]);
-  parts_.layer_dropped.push_back(static_cast<int64_t>(stats[1]));
-  parts_.load_before.emplace_back(E);
-  parts_.load_after.emplace_back(E);
-  for (int64_t e = 0; e < E; e++) {
-    parts_.load_before.back()[e] = static_cast<int64_t>(stats[2 + e]);
-    parts_.load_after.back()[e] = static_cast<int64_t>(stats[2 + E + e]);
-  }
+  add_routing_statistics(parts_, a.plan, T_, mesh_);
 }
 
 // ---- inference with a KV cache -----------------------------------------------

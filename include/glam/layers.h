@@ -80,6 +80,10 @@ struct LossSums {
   double z = 0.0;      // sum over valid targets of lse^2
   int64_t count = 0;   // valid targets on this rank's rows
 };
+// The last step every backend shares: lse [T] = row_max + log(row_sum) from
+// statistics already reduced over the model axis, and the loss sums.
+LossSums loss_sums(float* lse, const float* row_max, const float* row_sum, const float* target_logit,
+                   const int32_t* targets, int64_t T);
 LossSums softmax_xent_forward(float* lse, const float* logits, const int32_t* targets, int64_t T,
                               int64_t Vl, int64_t v0, const Mesh& mesh);
 // dlogits [T, Vl] overwritten: ce_scale * (p - onehot) + z_scale * 2 * lse * p.

@@ -53,6 +53,14 @@ struct LayerActs {
   std::vector<float> eout;      // [rows, M] expert outputs back in router order
 };
 
+// The router's options for MoE layer `layer` at training step `step`, T tokens on
+// this rank (no_drop: inference). Every backend routes with these.
+cpu::RouterOptions router_options(const ModelConfig& cfg, const Mesh& mesh, uint64_t seed, int64_t step,
+                                  int64_t layer, int64_t T, bool no_drop);
+// Adds one MoE layer's share of the global batch's aux loss, loads and drops to
+// parts (collective over the data axis).
+void add_routing_statistics(LossParts& parts, const cpu::RoutingPlan& plan, int64_t T, const Mesh& mesh);
+
 // Keys and values of every layer for incremental decoding (this rank's heads).
 struct KVCache {
   int64_t rows = 0, capacity = 0, len = 0;  // B, positions it can hold, positions filled

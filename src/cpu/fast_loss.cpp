@@ -35,15 +35,7 @@ LossSums softmax_xent_forward(float* lse, const float* logits, const int32_t* ta
   }
   mesh.allreduce_sum_model(row_sum.data(), T);
   mesh.allreduce_sum_model(target_logit.data(), T);
-  LossSums sums;
-  for (int64_t t = 0; t < T; t++) {
-    lse[t] = row_max[t] + std::log(row_sum[t]);
-    if (targets[t] < 0) continue;
-    sums.ce += static_cast<double>(lse[t]) - target_logit[t];
-    sums.z += static_cast<double>(lse[t]) * lse[t];
-    sums.count++;
-  }
-  return sums;
+  return loss_sums(lse, row_max.data(), row_sum.data(), target_logit.data(), targets, T);
 }
 
 void softmax_xent_backward(float* dlogits, const float* logits, const float* lse,

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "glam/cuda/layers.h"
+#include "buckets.cuh"
 #include "reduce.cuh"
 
 namespace glam::cuda {
@@ -13,24 +14,6 @@ namespace glam::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-
-struct Buckets {
-  Buffer<int> of_distance;     // [S] bucket of i - j
-  std::vector<int> lo, hi;     // host: distances [lo[b], hi[b]) fall in bucket b
-  Buffer<int> lo_dev, hi_dev;
-};
-
-void make_buckets(Buckets& b, int64_t S) {
-  std::vector<int> table(S);
-  for (int64_t d = 0; d < S; d++) table[d] = cpu::relpos_bucket(d);
-  b.of_distance.upload(table);
-  b.lo.assign(cpu::kRelposBuckets, 0);
-  b.hi.assign(cpu::kRelposBuckets, 0);
-  for (int64_t d = S - 1; d >= 0; d--) b.lo[table[d]] = static_cast<int>(d);
-  for (int64_t d = 0; d < S; d++) b.hi[table[d]] = static_cast<int>(d + 1);
-  b.lo_dev.upload(b.lo);
-  b.hi_dev.upload(b.hi);
-}
 
 // grid (S, nh, B): row i of head h of batch row b.
 __global__ void forward_kernel(float* out, float* probs, const float* q, const float* k,
@@ -152,8 +135,7 @@ void attention_forward(const Context& ctx, float* out, float* probs, const float
                        const float* v, const float* rb, const int32_t* segments, int64_t B,
                        int64_t S, int64_t nh, int64_t dh) {
   if (B == 0 || S == 0) return;
-  Buckets buckets;
-  make_buckets(buckets, S);
+  const BucketTables buckets(S);
   const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
   const size_t shared = (S + kThreads) * sizeof(float);
   forward_kernel<<<grid, kThreads, shared, ctx.stream()>>>(out, probs, q, k, v, rb, segments,
@@ -167,15 +149,14 @@ void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, flo
                         const float* k, const float* v, const int32_t* segments, int64_t B,
                         int64_t S, int64_t nh, int64_t dh) {
   if (B == 0 || S == 0) return;
-  Buckets buckets;
-  make_buckets(buckets, S);
+  const BucketTables buckets(S);
   const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
   const size_t shared = (S + kThreads) * sizeof(float);
   dA_kernel<<<grid, kThreads, shared, ctx.stream()>>>(dA_scratch, dout, probs, v, S, nh, dh);
   dq_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dq, dA_scratch, k, S, nh, dh);
   dkv_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dk, dv, dA_scratch, probs, q, dout, S, nh, dh);
   drb_kernel<<<dim3(cpu::kRelposBuckets, static_cast<unsigned>(nh)), kThreads, 0, ctx.stream()>>>(
-      drb, dA_scratch, segments, buckets.lo_dev.data(), buckets.hi_dev.data(), B, S, nh);
+      drb, dA_scratch, segments, buckets.lo.data(), buckets.hi.data(), B, S, nh);
   check(cudaGetLastError(), "attention_backward");
   ctx.sync();
 }

@@ -346,15 +346,7 @@ struct Engine::Impl {
     ensure(a.router_logits, T * E);
     gemm_f32(ctx, false, false, T, E, M, 1.0f, a.xn2_32.data(), M, p(pname(l, "moe/router")).w.data(), E,
              0.0f, a.router_logits.data(), E);
-    cpu::RouterOptions opt;  // as Model::moe_forward
-    opt.n_experts = E;
-    opt.group_size = cfg.group_size;
-    opt.capacity_factor = cfg.capacity_factor;
-    opt.second = cfg.second_policy == "random" ? cpu::SecondPolicy::random : cpu::SecondPolicy::all;
-    opt.no_drop = no_drop;
-    opt.n_groups_global = no_drop ? 0 : T * mesh.data_size / cfg.group_size;
-    opt.seed = seed ^ (0x51ed270b27f0a5c3ULL * static_cast<uint64_t>(step * 1024 + l + 1));
-    opt.token_offset = T * mesh.data_rank;
+    const cpu::RouterOptions opt = router_options(cfg, mesh, seed, step, l, T, no_drop);
     router_forward(ctx, a.plan, a.route, a.router_logits.data(), T, opt);
 
     const int64_t rows = a.plan.expert_offset[E];
@@ -383,29 +375,7 @@ struct Engine::Impl {
     exchange_from_experts(a.eout, a.xout.data(), rows, a.xplan);
     combine_forward(ctx, out.data(), a.eout.data(), a.route.row.data(), a.route.g.data(), a.route.kept.data(),
                     T, M);
-    record_stats(a.plan);
-  }
-
-  void record_stats(const cpu::RoutingPlan& plan) {  // as Model::moe_forward
-    const int64_t E = cfg.n_experts;
-    std::vector<double> stats(2 * E + 2);
-    stats[0] = plan.aux;
-    stats[1] = static_cast<double>(plan.dropped);
-    for (int64_t e = 0; e < E; e++) {
-      stats[2 + e] = static_cast<double>(plan.load_before[e]);
-      stats[2 + E + e] = static_cast<double>(plan.load_after[e]);
-    }
-    mesh.allreduce_sum_data(stats.data(), static_cast<int64_t>(stats.size()));
-    parts.aux += stats[0];
-    parts.choices += 2 * T * mesh.data_size;
-    parts.dropped += static_cast<int64_t>(stats[1]);
-    parts.layer_dropped.push_back(static_cast<int64_t>(stats[1]));
-    parts.load_before.emplace_back(E);
-    parts.load_after.emplace_back(E);
-    for (int64_t e = 0; e < E; e++) {
-      parts.load_before.back()[e] = static_cast<int64_t>(stats[2 + e]);
-      parts.load_after.back()[e] = static_cast<int64_t>(stats[2 + E + e]);
-    }
+    add_routing_statistics(parts, a.plan, T, mesh);
   }
 
   // ---- backward ---------------------------------------------------------------

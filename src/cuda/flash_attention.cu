@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "glam/cuda/layers.h"
+#include "buckets.cuh"
 #include "reduce.cuh"
 
 namespace glam::cuda {
@@ -193,19 +194,6 @@ __global__ void flash_drb_kernel(float* drb, const float* dout, const float* lse
   s = block_sum(s, red);
   if (threadIdx.x == 0 && span > 0) drb[h * cpu::kRelposBuckets + bk] += s;
 }
-
-struct BucketTables {
-  Buffer<int> of_distance, lo, hi;
-  explicit BucketTables(int64_t S) {
-    std::vector<int> table(S), l(cpu::kRelposBuckets, 0), r(cpu::kRelposBuckets, 0);
-    for (int64_t d = 0; d < S; d++) table[d] = cpu::relpos_bucket(d);
-    for (int64_t d = S - 1; d >= 0; d--) l[table[d]] = static_cast<int>(d);
-    for (int64_t d = 0; d < S; d++) r[table[d]] = static_cast<int>(d + 1);
-    of_distance.upload(table);
-    lo.upload(l);
-    hi.upload(r);
-  }
-};
 
 template <int DH>
 void forward_dh(const Context& ctx, float* out, float* lse, const float* q, const float* k, const float* v,

@@ -60,8 +60,7 @@ std::vector<float> to_host(const Buffer<float>& b) { return b.download(); }
 cpu::LossSums softmax_xent_forward(const Context& ctx, float* lse, const float* logits,
                                    const int32_t* targets, int64_t T, int64_t Vl, int64_t v0,
                                    const Mesh& mesh) {
-  cpu::LossSums sums;
-  if (T == 0) return sums;
+  if (T == 0) return cpu::LossSums{};
   Buffer<float> row_max(T), row_sum(T), target_logit(T);
   row_max_kernel<<<T, kThreads, 0, ctx.stream()>>>(row_max.data(), logits, Vl);
   ctx.sync();
@@ -78,13 +77,8 @@ cpu::LossSums softmax_xent_forward(const Context& ctx, float* lse, const float* 
   std::vector<int32_t> host_targets(T);
   check(cudaMemcpy(host_targets.data(), targets, T * sizeof(int32_t), cudaMemcpyDeviceToHost), "targets");
   std::vector<float> host_lse(T);
-  for (int64_t t = 0; t < T; t++) {
-    host_lse[t] = host_max[t] + std::log(host_sum[t]);
-    if (host_targets[t] < 0) continue;
-    sums.ce += static_cast<double>(host_lse[t]) - host_target[t];
-    sums.z += static_cast<double>(host_lse[t]) * host_lse[t];
-    sums.count++;
-  }
+  const cpu::LossSums sums = cpu::loss_sums(host_lse.data(), host_max.data(), host_sum.data(),
+                                            host_target.data(), host_targets.data(), T);
   check(cudaMemcpy(lse, host_lse.data(), T * sizeof(float), cudaMemcpyHostToDevice), "lse");
   return sums;
 }
