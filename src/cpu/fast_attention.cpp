@@ -89,7 +89,9 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
 }
 
 // dA_ij = p_ij (dP_ij - sum_k p_ik dP_ik) over the visible keys; drb[h, bucket(i-j)] += dA_ij.
-// Each thread has its own [S, S] scratch and relative-bias gradient.
+// Each thread has its own [S, S] scratch; each (b, h) writes its own relative-bias
+// partial sums, added afterwards in (b, h) order so the result is the same for any
+// thread count and schedule.
 void attention_backward(float* dq, float* dk, float* dv, float* drb, const float* dout,
                         const float* probs, const float* q, const float* k, const float* v,
                         const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh) {
@@ -97,10 +99,11 @@ void attention_backward(float* dq, float* dk, float* dv, float* drb, const float
   const std::vector<int64_t> first = segment_starts(segments, B, S);
   std::vector<int> bucket(S);
   for (int64_t d = 0; d < S; d++) bucket[d] = relpos_bucket(d);
+  std::vector<float> drb_parts(B * nh * kRelposBuckets, 0.0f);  // [B*nh, buckets]
   SerialBlas serial;
 #pragma omp parallel
   {
-    std::vector<float> dA(S * S), drb_local(nh * kRelposBuckets, 0.0f);
+    std::vector<float> dA(S * S);
 #pragma omp for schedule(dynamic)
     for (int64_t bh = 0; bh < B * nh; bh++) {
       const int64_t b = bh / nh, h = bh % nh, off = b * S * ld + h * dh;
@@ -109,7 +112,7 @@ void attention_backward(float* dq, float* dk, float* dv, float* drb, const float
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, dout + off, ld, v + off, ld, 0.0f,
                   dA.data(), S);
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, P, S, dout + off, ld, 1.0f, dv + off, ld);
-      float* drb_h = drb_local.data() + h * kRelposBuckets;
+      float* drb_h = drb_parts.data() + bh * kRelposBuckets;
       for (int64_t i = 0; i < S; i++) {
         const int64_t j0 = first[b * S + i];
         const float* p = P + i * S;
@@ -130,9 +133,10 @@ void attention_backward(float* dq, float* dk, float* dv, float* drb, const float
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, dA.data(), S, q + off, ld, 1.0f,
                   dk + off, ld);
     }
-#pragma omp critical
-    for (int64_t x = 0; x < nh * kRelposBuckets; x++) drb[x] += drb_local[x];
   }
+  for (int64_t bh = 0; bh < B * nh; bh++)
+    for (int64_t x = 0; x < kRelposBuckets; x++)
+      drb[(bh % nh) * kRelposBuckets + x] += drb_parts[bh * kRelposBuckets + x];
 }
 
 }  // namespace glam::cpu::fast
