@@ -1,11 +1,17 @@
-// The machine's fp32 GEMM rate through the same OpenBLAS glam links: the
-// denominator of model-FLOPs utilisation (MFU) in bench/train_bench.py.
-// Times C[n,n] = A[n,n] B[n,n] (2 n^3 flops per call) with the thread count the
-// environment sets (OPENBLAS_NUM_THREADS), after one warm-up call, and prints
-// the best of --reps calls for each size as one JSON object per line:
-//   {"n": 1024, "threads": 2, "gflops": 151.2, "seconds": 0.0142}
-// usage: gemm_rate [--sizes 256,512,1024,2048] [--reps 5]
+// The machine's GEMM rate through the same cpu::gemm glam trains with: fp32
+// (OpenBLAS sgemm) or bf16 (oneDNN, operands rounded to bf16 on every call as in
+// training, fp32 sums). The denominator of model-FLOPs utilisation (MFU) in
+// bench/train_bench.py. Times C[n,n] = A[n,n] B[n,n] (2 n^3 flops per call) with
+// the thread count the environment sets (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS),
+// after one warm-up call, and prints the best of --reps calls for each size as
+// one JSON object per line:
+//   {"n": 1024, "threads": 2, "precision": "fp32", "gflops": 151.2, "seconds": 0.0142}
+// usage: gemm_rate [--sizes 256,512,1024,2048] [--reps 5] [--precision fp32|bf16]
 #include <cblas.h>
+#include <omp.h>
+
+#include "glam/check.h"
+#include "glam/gemm.h"
 
 #include <chrono>
 #include <cstdio>
@@ -32,12 +38,11 @@ std::vector<long> parse_sizes(const std::string& s) {
   return out;
 }
 
-double best_seconds(long n, int reps) {
+double best_seconds(long n, int reps, glam::cpu::Precision p) {
   std::vector<float> a(n * n), b(n * n), c(n * n);
   for (long i = 0; i < n * n; i++) { a[i] = 0.001f * (i % 997); b[i] = 0.002f * (i % 991); }
   auto gemm = [&] {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f,
-                c.data(), n);
+    glam::cpu::gemm(p, false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
   };
   gemm();  // warm-up: threads started, pages touched
   double best = 1e30;
@@ -54,23 +59,33 @@ double best_seconds(long n, int reps) {
 int main(int argc, char** argv) {
   std::string sizes = "256,512,1024,2048";
   int reps = 5;
+  std::string precision = "fp32";
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
     if (a == "--sizes" && i + 1 < argc) sizes = argv[++i];
     else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (a == "--precision" && i + 1 < argc) precision = argv[++i];
     else {
-      std::fprintf(stderr, "usage: gemm_rate [--sizes 256,512,1024,2048] [--reps 5]\n");
+      std::fprintf(stderr, "usage: gemm_rate [--sizes 256,512,1024,2048] [--reps 5] [--precision fp32|bf16]\n");
       return 2;
     }
+  }
+  glam::cpu::Precision p;
+  try {
+    p = glam::cpu::parse_precision(precision, "--precision");
+  } catch (const glam::UserError& e) {
+    std::fprintf(stderr, "gemm_rate: error: %s\n", e.what());
+    return 2;
   }
   if (reps < 1) {
     std::fprintf(stderr, "gemm_rate: error: --reps must be at least 1\n");
     return 2;
   }
   for (long n : parse_sizes(sizes)) {
-    const double s = best_seconds(n, reps);
-    std::printf("{\"n\": %ld, \"threads\": %d, \"gflops\": %.2f, \"seconds\": %.6f}\n", n,
-                openblas_get_num_threads(), 2.0 * n * n * n / s / 1e9, s);
+    const double s = best_seconds(n, reps, p);
+    const int threads = p == glam::cpu::Precision::fp32 ? openblas_get_num_threads() : omp_get_max_threads();
+    std::printf("{\"n\": %ld, \"threads\": %d, \"precision\": \"%s\", \"gflops\": %.2f, \"seconds\": %.6f}\n",
+                n, threads, precision.c_str(), 2.0 * n * n * n / s / 1e9, s);
   }
   return 0;
 }

@@ -219,7 +219,7 @@ class GlamTorch(torch.nn.Module):
         h = torch.bmm(buf.view(E, G * C, M), self.w(l, "moe/wi"))           # [E, G*C, H]
         h = torch.relu(h) if c["model.expert_act"] == "relu" else gelu_tanh(h)
         y = torch.bmm(h, self.w(l, "moe/wo")).view(E * G * C, M)
-        out = xn.new_zeros(T, M).index_add(0, tokens, y[slots] * weights[:, None])  # combine
+        out = xn.new_zeros(T, M).index_add(0, tokens, (y[slots] * weights[:, None]).to(xn.dtype))  # combine
         return out, aux
 
     def forward(self, ids, targets, segments):
@@ -295,6 +295,8 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2, help="steps not timed")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: the forward under torch.autocast (bf16 matmul operands, fp32 weights)")
     ap.add_argument("--corpus", help="overrides [data] corpus")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     a = ap.parse_args()
@@ -314,7 +316,8 @@ def main():
         t0 = time.perf_counter()
         for p in params:
             p.grad = None
-        loss, ce, aux = model(ids, targets, segments)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss, ce, aux = model(ids, targets, segments)
         loss.backward()
         grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in params))
         if math.isfinite(grad_norm):

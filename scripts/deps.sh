@@ -10,6 +10,7 @@ PACKAGES=(
   libboost-program-options-dev
   catch2
   libopenblas-dev
+  libdnnl-dev
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev
   python3-h5py python3-numpy

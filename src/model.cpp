@@ -69,6 +69,7 @@ Model::Model(const Config& cfg, const Mesh& mesh, Device device)
   V_ = cfg_.vocab_size / mesh.model_size;
   v0_ = V_ * mesh.model_rank;
   acts_.resize(cfg_.n_layers);
+  gemm_ = cpu::parse_precision(cfg.train.cpu_precision, "train.cpu_precision");
   if (device == Device::cuda) {
 #ifdef GLAM_WITH_CUDA
     gpu_ = std::make_shared<cuda::Engine>(cfg, mesh, params_);
@@ -176,7 +177,7 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
                        params_.get("final_norm_scale").w.data(), T_, M);
   logits_.resize(T_ * V_); lse_.resize(T_);
   cpu::logits_forward(logits_.data(), xnf.data(), params_.get("embedding").w.data(), T_, M, V_,
-                      1.0f / std::sqrt(static_cast<float>(M)));
+                      1.0f / std::sqrt(static_cast<float>(M)), gemm_);
   cpu::LossSums sums = kern_.softmax_xent_forward(lse_.data(), logits_.data(), batch.targets.data(),
                                                  T_, V_, v0_, mesh_);
   double global[3] = {sums.ce, sums.z, static_cast<double>(sums.count)};
@@ -196,15 +197,15 @@ void Model::attention_forward(int64_t l) {
   cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), a.x.data(),
                        params_.get(pname(l, "attn/norm_scale")).w.data(), T_, M);
   a.q.resize(T_ * A); a.k.resize(T_ * A); a.v.resize(T_ * A);
-  cpu::matmul_forward(a.q.data(), a.xn1.data(), params_.get(pname(l, "attn/wq")).w.data(), T_, M, A);
-  cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A);
-  cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A);
+  cpu::matmul_forward(a.q.data(), a.xn1.data(), params_.get(pname(l, "attn/wq")).w.data(), T_, M, A, gemm_);
+  cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A, gemm_);
+  cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A, gemm_);
   a.probs.resize(B_ * nh_ * S_ * S_); a.att.resize(T_ * A);
   kern_.attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
                          params_.get(pname(l, "attn/rel_bias")).w.data(), batch_->segments.data(),
                          B_, S_, nh_, dh);
   a.x_mid.resize(T_ * M);
-  cpu::matmul_forward(a.x_mid.data(), a.att.data(), params_.get(pname(l, "attn/wo")).w.data(), T_, A, M);
+  cpu::matmul_forward(a.x_mid.data(), a.att.data(), params_.get(pname(l, "attn/wo")).w.data(), T_, A, M, gemm_);
   mesh_.allreduce_sum_model(a.x_mid.data(), T_ * M);
   add_into(a.x_mid, a.x);
 }
@@ -213,10 +214,10 @@ void Model::dense_forward(int64_t l, std::vector<float>& out) {
   const int64_t M = cfg_.d_model;
   LayerActs& a = acts_[l];
   a.a0.resize(T_ * H_); a.a1.resize(T_ * H_); a.h.resize(T_ * H_); out.resize(T_ * M);
-  cpu::matmul_forward(a.a0.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi0")).w.data(), T_, M, H_);
-  cpu::matmul_forward(a.a1.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi1")).w.data(), T_, M, H_);
+  cpu::matmul_forward(a.a0.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi0")).w.data(), T_, M, H_, gemm_);
+  cpu::matmul_forward(a.a1.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi1")).w.data(), T_, M, H_, gemm_);
   kern_.geglu_forward(a.h.data(), a.a0.data(), a.a1.data(), T_ * H_);
-  cpu::matmul_forward(out.data(), a.h.data(), params_.get(pname(l, "ffn/wo")).w.data(), T_, H_, M);
+  cpu::matmul_forward(out.data(), a.h.data(), params_.get(pname(l, "ffn/wo")).w.data(), T_, H_, M, gemm_);
   mesh_.allreduce_sum_model(out.data(), T_ * M);
 }
 
@@ -227,7 +228,7 @@ void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool f
     ScopedPhase phase(timers, "router");
     a.router_logits.resize(T_ * E);
     cpu::matmul_forward(a.router_logits.data(), a.xn2.data(), params_.get(pname(l, "moe/router")).w.data(),
-                        T_, M, E);
+                        T_, M, E, cpu::Precision::fp32);  // the router stays fp32
     const cpu::RouterOptions opt = router_options(cfg_, mesh_, seed_, step_, l, T_, no_drop);
     if (frozen) {
       const cpu::RoutingPlan previous = a.plan;
@@ -249,7 +250,7 @@ void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool f
     a.pre.resize(n * H_); a.eh.resize(n * H_); a.xout.resize(n * M);
     kern_.experts_forward(a.xout.data(), a.pre.data(), a.eh.data(), a.xin.data(),
                          params_.get(pname(l, "moe/wi")).w.data(), params_.get(pname(l, "moe/wo")).w.data(),
-                         a.xplan.local_offsets, M, H_, expert_act());
+                         a.xplan.local_offsets, M, H_, expert_act(), gemm_);
     mesh_.allreduce_sum_model(a.xout.data(), n * M);
   }
   {  // combine: back to router order, then weight and sum the two choices
@@ -294,9 +295,9 @@ void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int6
     a.xn1.resize(T_ * M); a.rstd1.resize(T_);
     cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), x.data(), params_.get(pname(l, "attn/norm_scale")).w.data(), T_, M);
     a.q.resize(T_ * A); a.k.resize(T_ * A); a.v.resize(T_ * A); a.att.resize(T_ * A);
-    cpu::matmul_forward(a.q.data(), a.xn1.data(), params_.get(pname(l, "attn/wq")).w.data(), T_, M, A);
-    cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A);
-    cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A);
+    cpu::matmul_forward(a.q.data(), a.xn1.data(), params_.get(pname(l, "attn/wq")).w.data(), T_, M, A, gemm_);
+    cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A, gemm_);
+    cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A, gemm_);
     for (int64_t b = 0; b < B; b++)  // append the new keys and values
       for (int64_t j = 0; j < n; j++) {
         const int64_t dst = (b * cache.capacity + cache.len + j) * A, src = (b * n + j) * A;
@@ -306,7 +307,7 @@ void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int6
     cpu::attention_decode(a.att.data(), a.q.data(), cache.k[l].data(), cache.v[l].data(),
                           params_.get(pname(l, "attn/rel_bias")).w.data(), B, n, cache.len, cache.capacity, nh_, dh);
     a.x_mid.resize(T_ * M);
-    cpu::matmul_forward(a.x_mid.data(), a.att.data(), params_.get(pname(l, "attn/wo")).w.data(), T_, A, M);
+    cpu::matmul_forward(a.x_mid.data(), a.att.data(), params_.get(pname(l, "attn/wo")).w.data(), T_, A, M, gemm_);
     mesh_.allreduce_sum_model(a.x_mid.data(), T_ * M);
     add_into(a.x_mid, x);
     a.xn2.resize(T_ * M); a.rstd2.resize(T_);
@@ -321,7 +322,7 @@ void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int6
   cpu::rmsnorm_forward(xnf.data(), rstdf.data(), x.data(), params_.get("final_norm_scale").w.data(), T_, M);
   logits_.resize(T_ * V_);
   cpu::logits_forward(logits_.data(), xnf.data(), params_.get("embedding").w.data(), T_, M, V_,
-                      1.0f / std::sqrt(static_cast<float>(M)));
+                      1.0f / std::sqrt(static_cast<float>(M)), gemm_);
 }
 
 std::vector<double> Model::target_logprobs() const {
@@ -362,7 +363,7 @@ void Model::backward() {
     kern_.softmax_xent_backward(dlogits.data(), logits_.data(), lse_.data(), batch.targets.data(), T_, V_,
                                v0_, static_cast<float>(1.0 / n), static_cast<float>(cfg_.z_loss_weight / n));
     cpu::logits_backward(dxnf.data(), emb.g.data(), dlogits.data(), xnf.data(), emb.w.data(), T_, M, V_,
-                         1.0f / std::sqrt(static_cast<float>(M)));
+                         1.0f / std::sqrt(static_cast<float>(M)), gemm_);
     mesh_.allreduce_sum_model(dxnf.data(), T_ * M);
     Param& gf = params_.get("final_norm_scale");
     cpu::rmsnorm_backward(dx.data(), gf.g.data(), dxnf.data(), x_final.data(), gf.w.data(), rstdf.data(), T_, M);
@@ -407,14 +408,14 @@ void Model::attention_backward(int64_t l, std::vector<float>& dx) {
   Param& wv = params_.get(pname(l, "attn/wv"));
   Param& wo = params_.get(pname(l, "attn/wo"));
   std::vector<float> datt(T_ * A, 0.0f), dq(T_ * A, 0.0f), dk(T_ * A, 0.0f), dv(T_ * A, 0.0f);
-  cpu::matmul_backward(datt.data(), wo.g.data(), dx.data(), a.att.data(), wo.w.data(), T_, A, M);
+  cpu::matmul_backward(datt.data(), wo.g.data(), dx.data(), a.att.data(), wo.w.data(), T_, A, M, gemm_);
   kern_.attention_backward(dq.data(), dk.data(), dv.data(), params_.get(pname(l, "attn/rel_bias")).g.data(),
                           datt.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
                           batch_->segments.data(), B_, S_, nh_, dh);
   std::vector<float> dxn(T_ * M, 0.0f);
-  cpu::matmul_backward(dxn.data(), wq.g.data(), dq.data(), a.xn1.data(), wq.w.data(), T_, M, A);
-  cpu::matmul_backward(dxn.data(), wk.g.data(), dk.data(), a.xn1.data(), wk.w.data(), T_, M, A);
-  cpu::matmul_backward(dxn.data(), wv.g.data(), dv.data(), a.xn1.data(), wv.w.data(), T_, M, A);
+  cpu::matmul_backward(dxn.data(), wq.g.data(), dq.data(), a.xn1.data(), wq.w.data(), T_, M, A, gemm_);
+  cpu::matmul_backward(dxn.data(), wk.g.data(), dk.data(), a.xn1.data(), wk.w.data(), T_, M, A, gemm_);
+  cpu::matmul_backward(dxn.data(), wv.g.data(), dv.data(), a.xn1.data(), wv.w.data(), T_, M, A, gemm_);
   mesh_.allreduce_sum_model(dxn.data(), T_ * M);
   Param& g1 = params_.get(pname(l, "attn/norm_scale"));
   cpu::rmsnorm_backward(dx.data(), g1.g.data(), dxn.data(), a.x.data(), g1.w.data(), a.rstd1.data(), T_, M);
@@ -427,10 +428,10 @@ void Model::dense_backward(int64_t l, const std::vector<float>& dout, std::vecto
   Param& wi1 = params_.get(pname(l, "ffn/wi1"));
   Param& wo = params_.get(pname(l, "ffn/wo"));
   std::vector<float> dh(T_ * H_, 0.0f), da0(T_ * H_, 0.0f), da1(T_ * H_, 0.0f);
-  cpu::matmul_backward(dh.data(), wo.g.data(), dout.data(), a.h.data(), wo.w.data(), T_, H_, M);
+  cpu::matmul_backward(dh.data(), wo.g.data(), dout.data(), a.h.data(), wo.w.data(), T_, H_, M, gemm_);
   kern_.geglu_backward(da0.data(), da1.data(), dh.data(), a.a0.data(), a.a1.data(), T_ * H_);
-  cpu::matmul_backward(dxn.data(), wi0.g.data(), da0.data(), a.xn2.data(), wi0.w.data(), T_, M, H_);
-  cpu::matmul_backward(dxn.data(), wi1.g.data(), da1.data(), a.xn2.data(), wi1.w.data(), T_, M, H_);
+  cpu::matmul_backward(dxn.data(), wi0.g.data(), da0.data(), a.xn2.data(), wi0.w.data(), T_, M, H_, gemm_);
+  cpu::matmul_backward(dxn.data(), wi1.g.data(), da1.data(), a.xn2.data(), wi1.w.data(), T_, M, H_, gemm_);
   mesh_.allreduce_sum_model(dxn.data(), T_ * M);
 }
 
@@ -453,7 +454,7 @@ void Model::moe_backward(int64_t l, const std::vector<float>& dout, std::vector<
     std::vector<float> scratch(n * H_);
     kern_.experts_backward(dxin.data(), wi.g.data(), wo.g.data(), scratch.data(), dxout.data(), a.xin.data(),
                           a.pre.data(), a.eh.data(), wi.w.data(), wo.w.data(), a.xplan.local_offsets, M, H_,
-                          expert_act());
+                          expert_act(), gemm_);
     mesh_.allreduce_sum_model(dxin.data(), n * M);
   }
   {  // dispatch backward
@@ -464,7 +465,8 @@ void Model::moe_backward(int64_t l, const std::vector<float>& dout, std::vector<
   ScopedPhase phase(timers, "router");  // replicated over model: no reduction
   std::vector<float> dlogits(T_ * E, 0.0f);
   cpu::router_backward(dlogits.data(), dweight.data(), cfg_.aux_loss_weight, plan);
-  cpu::matmul_backward(dxn.data(), wg.g.data(), dlogits.data(), a.xn2.data(), wg.w.data(), T_, M, E);
+  cpu::matmul_backward(dxn.data(), wg.g.data(), dlogits.data(), a.xn2.data(), wg.w.data(), T_, M, E,
+                       cpu::Precision::fp32);  // the router stays fp32
 }
 
 }  // namespace glam

@@ -16,6 +16,7 @@
 #include "glam/checkpoint.h"
 #include "glam/commands.h"
 #include "glam/corpus.h"
+#include "glam/gemm.h"
 #include "glam/loader.h"
 #include "glam/mixture.h"
 #include "glam/model.h"
@@ -295,6 +296,12 @@ int train_main(const std::vector<std::string>& args) {
     std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
     std::printf("# mesh %dx%d (data x model) on %d ranks, device %s\n", mesh.data_size, mesh.model_size,
                 mesh.world_size, device_description(device).c_str());
+    if (device == Device::cpu && cfg.train.cpu_precision == "bf16") {
+      std::printf("# CPU GEMMs in bf16 through oneDNN (%s)\n", cpu::bf16_implementation().c_str());
+      if (!cpu::bf16_native())
+        std::printf("# warning: oneDNN has no native bf16 matmul for this CPU; bf16 runs as rounded operands "
+                    "and is no faster than train.cpu_precision = fp32\n");
+    }
   }
 
   const std::unique_ptr<Validator> validator = make_validator(corpus, cfg, mesh);

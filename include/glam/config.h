@@ -43,6 +43,7 @@ struct TrainConfig {
   int64_t log_every = 1;
   int64_t val_every = 0;         // steps between validation passes (0: off)
   int64_t val_rows = 8;          // held-out rows of each source per pass (rounded up to a multiple of batch_rows)
+  std::string cpu_precision = "fp32";  // CPU GEMM operands: fp32 | bf16 (include/glam/gemm.h)
 };
 
 struct CheckpointConfig {

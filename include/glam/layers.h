@@ -8,13 +8,18 @@
 #include <cstdint>
 #include <vector>
 
+#include "glam/gemm.h"
+
 namespace glam::cpu {
 
+// The large GEMMs below take the precision of their operands (gemm.h): fp32 is the
+// reference; bf16 rounds both operands and sums in fp32.
 // ---- matmul.cpp: out[T,N] = in[T,K] @ w[K,N] (BLAS) --------------------------
-void matmul_forward(float* out, const float* in, const float* w, int64_t T, int64_t K, int64_t N);
+void matmul_forward(float* out, const float* in, const float* w, int64_t T, int64_t K, int64_t N,
+                    Precision p = Precision::fp32);
 // din[T,K] += dout @ w^T ; dw[K,N] += in^T @ dout  (either may be null)
 void matmul_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
-                     int64_t T, int64_t K, int64_t N);
+                     int64_t T, int64_t K, int64_t N, Precision p = Precision::fp32);
 
 // ---- embedding.cpp: out[T,M] = emb[ids[t] - row0] for ids in this vocab shard --
 void embedding_forward(float* out, const int32_t* ids, const float* emb, int64_t T, int64_t M,
@@ -23,9 +28,9 @@ void embedding_backward(float* demb, const float* dout, const int32_t* ids, int6
                         int64_t row0, int64_t rows);
 // Tied output layer: logits[T, Vl] = (h[T, M] * scale) @ emb[Vl, M]^T, scale = M^-1/2.
 void logits_forward(float* logits, const float* h, const float* emb, int64_t T, int64_t M,
-                    int64_t Vl, float scale);
+                    int64_t Vl, float scale, Precision p = Precision::fp32);
 void logits_backward(float* dh, float* demb, const float* dlogits, const float* h, const float* emb,
-                     int64_t T, int64_t M, int64_t Vl, float scale);
+                     int64_t T, int64_t M, int64_t Vl, float scale, Precision p = Precision::fp32);
 
 // ---- rmsnorm.cpp: y = x * rsqrt(mean(x^2) + eps) * g ---------------------------
 constexpr float kRmsEps = 1e-6f;

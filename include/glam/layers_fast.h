@@ -37,11 +37,11 @@ void attention_backward(float* dq, float* dk, float* dv, float* drb, const float
 // ---- fast_experts.cpp ---------------------------------------------------------------
 void experts_forward(float* y, float* pre, float* h, const float* x, const float* wi,
                      const float* wo, const std::vector<int64_t>& offsets, int64_t M, int64_t H,
-                     Act act);
+                     Act act, Precision p = Precision::fp32);
 void experts_backward(float* dx, float* dwi, float* dwo, float* dh_scratch, const float* dy,
                       const float* x, const float* pre, const float* h, const float* wi,
                       const float* wo, const std::vector<int64_t>& offsets, int64_t M, int64_t H,
-                      Act act);
+                      Act act, Precision p = Precision::fp32);
 
 }  // namespace glam::cpu::fast
 

@@ -117,6 +117,10 @@ class Model {
   // The readable reference kernels instead of the fast ones (the default), for
   // tests that compare the two on the whole model.
   void use_reference_kernels(bool on) { kern_ = on ? cpu::Kernels::reference() : cpu::Kernels::fast(); }
+  // Operand precision of the CPU GEMMs (gemm.h; `[train] cpu_precision`): fp32 by
+  // default, bf16 for speed. The CUDA backend always multiplies in bf16.
+  void set_cpu_precision(cpu::Precision p) { gemm_ = p; }
+  cpu::Precision cpu_precision() const { return gemm_; }
   // Seconds per phase (attention, router, dispatch, experts, combine, dense_ffn, output).
   PhaseTimers timers;
 
@@ -151,6 +155,7 @@ class Model {
   void fetch_gpu_outputs() const;
   std::vector<float> dlogits_;    // [T, Vl] backward scratch, kept between steps
   cpu::Kernels kern_ = cpu::Kernels::fast();
+  cpu::Precision gemm_ = cpu::Precision::fp32;
 };
 
 }  // namespace glam

@@ -71,10 +71,10 @@ void combine_backward(float* dexpert_out, float* dweight, const float* dout, con
 // wi [E, M, H], wo [E, H, M]; offsets [E + 1] from the plan.
 void experts_forward(float* y, float* pre, float* h, const float* x, const float* wi,
                      const float* wo, const std::vector<int64_t>& offsets, int64_t M, int64_t H,
-                     Act act);
+                     Act act, Precision p = Precision::fp32);
 void experts_backward(float* dx, float* dwi, float* dwo, float* dh_scratch, const float* dy,
                       const float* x, const float* pre, const float* h, const float* wi,
                       const float* wo, const std::vector<int64_t>& offsets, int64_t M, int64_t H,
-                      Act act);
+                      Act act, Precision p = Precision::fp32);
 
 }  // namespace glam::cpu

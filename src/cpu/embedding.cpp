@@ -33,15 +33,15 @@ void embedding_backward(float* demb, const float* dout, const int32_t* ids, int6
 }
 
 void logits_forward(float* logits, const float* h, const float* emb, int64_t T, int64_t M,
-                    int64_t Vl, float scale) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, Vl, M, scale, h, M, emb, M, 0.0f, logits, Vl);
+                    int64_t Vl, float scale, Precision p) {
+  gemm(p, false, true, T, Vl, M, scale, h, M, emb, M, 0.0f, logits, Vl);
 }
 
 void logits_backward(float* dh, float* demb, const float* dlogits, const float* h, const float* emb,
-                     int64_t T, int64_t M, int64_t Vl, float scale) {
+                     int64_t T, int64_t M, int64_t Vl, float scale, Precision p) {
   // dh[T,M] += scale * dlogits @ emb ; demb[Vl,M] += scale * dlogits^T @ h
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, M, Vl, scale, dlogits, Vl, emb, M, 1.0f, dh, M);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Vl, M, T, scale, dlogits, Vl, h, M, 1.0f, demb, M);
+  gemm(p, false, false, T, M, Vl, scale, dlogits, Vl, emb, M, 1.0f, dh, M);
+  gemm(p, true, false, Vl, M, T, scale, dlogits, Vl, h, M, 1.0f, demb, M);
 }
 
 }  // namespace glam::cpu

@@ -43,31 +43,30 @@ void act_backward_inplace(float* d, const float* x, int64_t n, Act act) {
 
 void experts_forward(float* y, float* pre, float* h, const float* x, const float* wi,
                      const float* wo, const std::vector<int64_t>& offsets, int64_t M, int64_t H,
-                     Act act) {
+                     Act act, Precision p) {
   const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
   for (int64_t e = 0; e < E; e++) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
     if (n == 0) continue;
-    matmul_forward(pre + r0 * H, x + r0 * M, wi + e * M * H, n, M, H);
+    matmul_forward(pre + r0 * H, x + r0 * M, wi + e * M * H, n, M, H, p);
     activation(h + r0 * H, pre + r0 * H, n * H, act);
-    matmul_forward(y + r0 * M, h + r0 * H, wo + e * H * M, n, H, M);
+    matmul_forward(y + r0 * M, h + r0 * H, wo + e * H * M, n, H, M, p);
   }
 }
 
 void experts_backward(float* dx, float* dwi, float* dwo, float* dh_scratch, const float* dy,
                       const float* x, const float* pre, const float* h, const float* wi,
                       const float* wo, const std::vector<int64_t>& offsets, int64_t M, int64_t H,
-                      Act act) {
+                      Act act, Precision p) {
   const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
   for (int64_t e = 0; e < E; e++) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
     if (n == 0) continue;
     float* dh = dh_scratch + r0 * H;  // [n, H] = dy Wo^T, then d pre
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, M, 1.0f, dy + r0 * M, M, wo + e * H * M, M,
-                0.0f, dh, H);
-    matmul_backward(nullptr, dwo + e * H * M, dy + r0 * M, h + r0 * H, wo + e * H * M, n, H, M);
+    gemm(p, false, true, n, H, M, 1.0f, dy + r0 * M, M, wo + e * H * M, M, 0.0f, dh, H);
+    matmul_backward(nullptr, dwo + e * H * M, dy + r0 * M, h + r0 * H, wo + e * H * M, n, H, M, p);
     act_backward_inplace(dh, pre + r0 * H, n * H, act);
-    matmul_backward(dx + r0 * M, dwi + e * M * H, dh, x + r0 * M, wi + e * M * H, n, M, H);
+    matmul_backward(dx + r0 * M, dwi + e * M * H, dh, x + r0 * M, wi + e * M * H, n, M, H, p);
   }
 }
 

@@ -1,23 +1,22 @@
-// Dense matmul through BLAS (OpenBLAS). Weights are stored [in, out] so the
-// forward is a plain row-major GEMM; backward accumulates into din and dw.
-#include <cblas.h>
-
+// Dense matmul through cpu::gemm (OpenBLAS in fp32, oneDNN in bf16). Weights are
+// stored [in, out] so the forward is a plain row-major GEMM; backward accumulates
+// into din and dw.
 #include "glam/layers.h"
 
 namespace glam::cpu {
 
-void matmul_forward(float* out, const float* in, const float* w, int64_t T, int64_t K, int64_t N) {
+void matmul_forward(float* out, const float* in, const float* w, int64_t T, int64_t K, int64_t N, Precision p) {
   if (T == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, N, K, 1.0f, in, K, w, N, 0.0f, out, N);
+  gemm(p, false, false, T, N, K, 1.0f, in, K, w, N, 0.0f, out, N);
 }
 
 void matmul_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
-                     int64_t T, int64_t K, int64_t N) {
+                     int64_t T, int64_t K, int64_t N, Precision p) {
   if (T == 0) return;
   if (din)  // din[T,K] += dout[T,N] @ w[K,N]^T
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, K, N, 1.0f, dout, N, w, N, 1.0f, din, K);
+    gemm(p, false, true, T, K, N, 1.0f, dout, N, w, N, 1.0f, din, K);
   if (dw)   // dw[K,N] += in[T,K]^T @ dout[T,N]
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, T, 1.0f, in, K, dout, N, 1.0f, dw, N);
+    gemm(p, true, false, K, N, T, 1.0f, in, K, dout, N, 1.0f, dw, N);
 }
 
 }  // namespace glam::cpu

@@ -1,0 +1,191 @@
+// cpu::gemm: fp32 through OpenBLAS, bf16 through a oneDNN matmul primitive. The
+// operands are rounded into packed bf16 scratch (op(A) and op(B) keep their
+// storage order; the memory descriptors' strides express the transposes), and
+// alpha and beta become oneDNN's output scale and sum post-op. Primitives are
+// cached per shape; oneDNN JIT-compiles each one once (~0.2 ms). Where oneDNN has
+// no bf16 matmul for the CPU (AVX2 and older), the operands are rounded to bf16
+// values held in fp32 and multiplied by OpenBLAS: the same numbers (a product of
+// two bf16 values is exact in fp32; sums are fp32 either way), at fp32 speed.
+#include "glam/gemm.h"
+
+#include <cblas.h>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "glam/check.h"
+
+namespace glam::cpu {
+
+Precision parse_precision(const std::string& s, const std::string& what) {
+  if (s == "fp32") return Precision::fp32;
+  if (s == "bf16") return Precision::bf16;
+  throw UserError(what + " must be fp32 or bf16, got '" + s + "'");
+}
+
+const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
+
+namespace {
+
+inline uint16_t round_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// dst[rows, cols] (packed) = bf16(src[rows, cols] with leading dimension ld).
+void pack_bf16(uint16_t* dst, const float* src, int64_t rows, int64_t cols, int64_t ld) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    const float* s = src + r * ld;
+    uint16_t* d = dst + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; c++) d[c] = round_bits(s[c]);
+  }
+}
+
+struct Dnnl {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, float, float>;
+  struct Entry {
+    dnnl::matmul::primitive_desc pd;
+    dnnl::matmul prim;
+  };
+  std::map<Key, Entry> cache;
+  std::vector<uint16_t> a16, b16;
+  std::vector<float> a_rounded, b_rounded;  // the fallback's operands
+  int native = -1;                          // -1: not yet known; 0: no oneDNN bf16 matmul here
+};
+
+Dnnl& dnnl_state() {
+  static Dnnl d;
+  return d;
+}
+
+dnnl::matmul::primitive_desc matmul_desc(Dnnl& d, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                                         float alpha, float beta) {
+  using dt = dnnl::memory::data_type;
+  // Packed storage: A is [M,K] (or [K,M] when transposed), B is [K,N] (or [N,K]).
+  const dnnl::memory::desc a({M, K}, dt::bf16, ta ? dnnl::memory::dims{1, M} : dnnl::memory::dims{K, 1});
+  const dnnl::memory::desc b({K, N}, dt::bf16, tb ? dnnl::memory::dims{1, K} : dnnl::memory::dims{N, 1});
+  const dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{N, 1});
+  dnnl::primitive_attr attr;
+  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+  if (beta != 0.0f) {
+    dnnl::post_ops ops;
+    ops.append_sum(beta);
+    attr.set_post_ops(ops);
+  }
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), attr, d.engine);
+}
+
+// The rounded operands of the fallback: dst[rows, cols] = bf16_round(src), packed.
+void pack_rounded(std::vector<float>& dst, const float* src, int64_t rows, int64_t cols, int64_t ld) {
+  dst.resize(static_cast<size_t>(rows * cols));
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) dst[r * cols + c] = bf16_round(src[r * ld + c]);
+}
+
+bool has_native_bf16(Dnnl& d) {
+  if (d.native < 0) {
+    try {
+      matmul_desc(d, false, false, 64, 64, 64, 1.0f, 0.0f);
+      d.native = 1;
+    } catch (const dnnl::error&) {
+      d.native = 0;
+    }
+  }
+  return d.native == 1;
+}
+
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  Dnnl& d = dnnl_state();
+  if (!has_native_bf16(d)) {
+    if (ta) pack_rounded(d.a_rounded, A, K, M, lda);
+    else pack_rounded(d.a_rounded, A, M, K, lda);
+    if (tb) pack_rounded(d.b_rounded, B, N, K, ldb);
+    else pack_rounded(d.b_rounded, B, K, N, ldb);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                d.a_rounded.data(), ta ? M : K, d.b_rounded.data(), tb ? K : N, beta, C, ldc);
+    return;
+  }
+  const Dnnl::Key key{ta, tb, M, N, K, alpha, beta};
+  auto it = d.cache.find(key);
+  if (it == d.cache.end()) {
+    if (d.cache.size() >= 4096) d.cache.clear();  // expert row counts vary; keep the cache bounded
+    auto pd = matmul_desc(d, ta, tb, M, N, K, alpha, beta);
+    it = d.cache.emplace(key, Dnnl::Entry{pd, dnnl::matmul(pd)}).first;
+  }
+  d.a16.resize(static_cast<size_t>(M * K));
+  d.b16.resize(static_cast<size_t>(K * N));
+  if (ta) pack_bf16(d.a16.data(), A, K, M, lda);
+  else pack_bf16(d.a16.data(), A, M, K, lda);
+  if (tb) pack_bf16(d.b16.data(), B, N, K, ldb);
+  else pack_bf16(d.b16.data(), B, K, N, ldb);
+  // oneDNN writes a dense [M, N]; a C with ldc > N goes through scratch.
+  std::vector<float> c_scratch;
+  float* c = C;
+  if (ldc != N) {
+    c_scratch.resize(static_cast<size_t>(M * N));
+    for (int64_t r = 0; r < M; r++) std::memcpy(&c_scratch[r * N], C + r * ldc, sizeof(float) * N);
+    c = c_scratch.data();
+  }
+  const auto& pd = it->second.pd;
+  dnnl::memory am(pd.src_desc(), d.engine, d.a16.data()), bm(pd.weights_desc(), d.engine, d.b16.data());
+  dnnl::memory cm(pd.dst_desc(), d.engine, c);
+  it->second.prim.execute(d.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  d.stream.wait();
+  if (ldc != N)
+    for (int64_t r = 0; r < M; r++) std::memcpy(C + r * ldc, &c_scratch[r * N], sizeof(float) * N);
+}
+
+}  // namespace
+
+void gemm(Precision p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // C = beta * C
+    for (int64_t r = 0; r < M; r++)
+      for (int64_t c = 0; c < N; c++) C[r * ldc + c] = beta == 0.0f ? 0.0f : beta * C[r * ldc + c];
+    return;
+  }
+  if (p == Precision::fp32) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void to_bf16(uint16_t* dst, const float* src, int64_t n) { pack_bf16(dst, src, 1, n, n); }
+
+float bf16_round(float x) {
+  const uint32_t u = static_cast<uint32_t>(round_bits(x)) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+std::string bf16_implementation() {
+  Dnnl& d = dnnl_state();
+  if (!has_native_bf16(d)) return "none on this CPU: operands rounded to bf16, OpenBLAS sgemm";
+  return matmul_desc(d, false, false, 256, 256, 256, 1.0f, 0.0f).impl_info_str();
+}
+
+bool bf16_native() {
+  if (!has_native_bf16(dnnl_state())) return false;
+  const std::string impl = bf16_implementation();
+  return impl.find("bf16") != std::string::npos || impl.find("amx") != std::string::npos;
+}
+
+}  // namespace glam::cpu
