@@ -76,13 +76,22 @@ std::string nested(const std::vector<std::vector<T>>& v) {
   return os.str();
 }
 
+// A number for JSON: non-finite values (a skipped step's loss) become null.
+struct JsonNumber {
+  double v;
+};
+std::ostream& operator<<(std::ostream& os, JsonNumber n) {
+  if (std::isfinite(n.v)) return os << n.v;
+  return os << "null";
+}
+
 std::string json_line(const StepRecord& r) {
   const double dropped = r.parts.choices ? double(r.parts.dropped) / r.parts.choices : 0.0;
   std::ostringstream os;
   os.precision(8);
-  os << "{\"step\": " << r.step << ", \"loss\": " << r.parts.loss << ", \"ce\": " << r.parts.ce
-     << ", \"aux\": " << r.parts.aux << ", \"z\": " << r.parts.z << ", \"lr\": " << r.lr
-     << ", \"grad_norm\": " << (std::isfinite(r.grad_norm) ? r.grad_norm : -1.0)
+  os << "{\"step\": " << r.step << ", \"loss\": " << JsonNumber{r.parts.loss} << ", \"ce\": " << JsonNumber{r.parts.ce}
+     << ", \"aux\": " << JsonNumber{r.parts.aux} << ", \"z\": " << JsonNumber{r.parts.z} << ", \"lr\": " << r.lr
+     << ", \"grad_norm\": " << JsonNumber{r.grad_norm}
      << ", \"tokens_per_s\": " << r.tokens_per_s << ", \"dropped_frac\": " << dropped
      << ", \"skipped\": " << (r.skipped ? "true" : "false") << ", \"skipped_total\": " << r.skipped_total
      << ", \"load_before\": " << nested(r.parts.load_before) << ", \"load_after\": " << nested(r.parts.load_after)

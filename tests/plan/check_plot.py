@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """tools/plot on a real run dir: copies RUN_DIR/metrics.jsonl (written by a short
-glam train run) into OUT, adds two validation records and a skipped step whose
-loss is nan (as C++ prints it), runs the plot tool, and
+glam train run) into OUT, adds two validation records and two skipped steps whose
+loss is null (as glam writes it) and nan (as older runs did), runs the plot tool, and
 checks that each expected file is a whole PNG: the 8-byte signature, an IHDR chunk
 with a non-zero size first, an IEND chunk last, and every chunk's CRC right.
 usage: check_plot.py PYTHON TOOL RUN_DIR OUT
@@ -41,9 +41,12 @@ def main():
     with open(os.path.join(out, "metrics.jsonl"), "w") as f:
         f.write(open(os.path.join(run_dir, "metrics.jsonl")).read())
         f.write('{"step": 1, "val_loss": 5.5}\n{"step": 3, "val_loss": 5.25}\n')
-        # a skipped step as glam train writes it: non-finite loss printed by C++
+        # a skipped step as glam train writes it (non-finite values as null), and one
+        # as runs before that wrote it (nan, as C++ prints it)
         last = json.loads(open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()[-1])
-        last.update(step=last["step"] + 1, skipped=True)
+        last.update(step=last["step"] + 1, skipped=True, loss=None, grad_norm=None)
+        f.write(json.dumps(last) + "\n")
+        last.update(step=last["step"] + 1, loss=1.0)
         f.write(json.dumps(last).replace('"loss": ', '"loss": nan, "was": ', 1) + "\n")
     r = subprocess.run([python, tool, out, "--out", os.path.join(out, "plots")], capture_output=True, text=True)
     print(r.stdout, r.stderr)
