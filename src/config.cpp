@@ -13,6 +13,18 @@ namespace po = boost::program_options;
 
 namespace glam {
 
+std::ostream& operator<<(std::ostream& os, Seed s) { return os << s.value; }
+
+void validate(boost::any& v, const std::vector<std::string>& values, Seed*, int) {
+  po::validators::check_first_occurrence(v);
+  const std::string& s = po::validators::get_single_string(values);
+  uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size())
+    throw po::invalid_option_value(s);  // "the argument ('-1') for option '--train.seed' is invalid"
+  v = Seed(value);
+}
+
 void add_config_options(po::options_description& desc, Config& c) {
   ModelConfig& m = c.model;
   TrainConfig& t = c.train;
@@ -40,7 +52,7 @@ void add_config_options(po::options_description& desc, Config& c) {
     ("train.clip_threshold", po::value(&t.clip_threshold)->default_value(t.clip_threshold), "Adafactor update clipping")
     ("train.min_param_scale", po::value(&t.min_param_scale)->default_value(t.min_param_scale), "Adafactor minimum parameter scale")
     ("train.factored_min_dim", po::value(&t.factored_min_dim)->default_value(t.factored_min_dim), "factor the second moment when both last dims >= this")
-    ("train.seed", po::value(&t.seed)->default_value(t.seed), "seed for initialisation and sampling")
+    ("train.seed", po::value(&t.seed)->default_value(t.seed), "seed for initialisation and sampling (an integer from 0 to 2^64-1)")
     ("train.log_every", po::value(&t.log_every)->default_value(t.log_every), "steps between progress lines")
     ("train.val_every", po::value(&t.val_every)->default_value(t.val_every), "steps between validation passes (0: off)")
     ("train.val_rows", po::value(&t.val_rows)->default_value(t.val_rows), "held-out rows of each source per validation pass (rounded up to a multiple of batch_rows)")
@@ -128,6 +140,7 @@ std::string Config::to_ini() const {
     os << key.substr(key.find('.') + 1) << " = ";
     if (auto* i = boost::any_cast<int64_t>(&value)) os << *i;
     else if (auto* u = boost::any_cast<uint64_t>(&value)) os << *u;
+    else if (auto* seed = boost::any_cast<Seed>(&value)) os << *seed;
     else if (auto* d = boost::any_cast<double>(&value)) os << shortest(*d);
     else if (auto* s = boost::any_cast<std::string>(&value)) os << *s;
     os << "\n";

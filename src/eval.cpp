@@ -35,7 +35,7 @@ po::options_description eval_options() {
     ("text", po::value<std::string>(), "held-out text: perplexity and bits per byte")
     ("format", po::value<std::string>()->default_value("glam"), ("field layout of the task files: " + formats).c_str())
     ("shots", po::value<int64_t>()->default_value(0), "demonstrations per example, from NAME.train.jsonl")
-    ("seed", po::value<uint64_t>()->default_value(1), "seed of the demonstrations' draw")
+    ("seed", po::value<Seed>()->default_value(Seed(1)), "seed of the demonstrations' draw (0 to 2^64-1)")
     ("unnormalized", po::bool_switch(), "rank choices by the sum of log-probs, not the mean per token")
     ("beam", po::value<int64_t>()->default_value(4), "beam width of generative tasks")
     ("max-tokens", po::value<int64_t>()->default_value(32), "tokens generated per answer at most")
@@ -143,7 +143,7 @@ EvalRequest parse_request(const po::variables_map& vm) {
   GLAM_REQUIRE(vm.count("tasks") || vm.count("text"), "glam eval: give --tasks PATH and/or --text FILE");
   EvalRequest r;
   r.opt.shots = vm["shots"].as<int64_t>();
-  r.opt.seed = vm["seed"].as<uint64_t>();
+  r.opt.seed = vm["seed"].as<Seed>();
   r.opt.unnormalized = vm["unnormalized"].as<bool>();
   r.opt.beam = vm["beam"].as<int64_t>();
   r.opt.max_tokens = vm["max-tokens"].as<int64_t>();

@@ -48,7 +48,7 @@ int generate_main(const std::vector<std::string>& args) {
     ("top-p", po::value<double>()->default_value(1.0), "nucleus sampling: smallest set with this probability")
     ("beam", po::value<int64_t>()->default_value(1), "beam width (GLaM used 4); > 1 ignores sampling")
     ("stop", po::value<std::vector<std::string>>(), "stop string (repeatable)")
-    ("seed", po::value<uint64_t>()->default_value(1), "sampling seed")
+    ("seed", po::value<Seed>()->default_value(Seed(1)), "sampling seed (0 to 2^64-1)")
     ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)");
   po::variables_map vm;
   try {
@@ -68,7 +68,7 @@ int generate_main(const std::vector<std::string>& args) {
   opt.top_k = vm["top-k"].as<int64_t>();
   opt.top_p = vm["top-p"].as<double>();
   opt.beam = vm["beam"].as<int64_t>();
-  opt.seed = vm["seed"].as<uint64_t>();
+  opt.seed = vm["seed"].as<Seed>();
   if (vm.count("stop")) opt.stop = vm["stop"].as<std::vector<std::string>>();
   GLAM_REQUIRE(opt.temperature >= 0.0, "--temperature must be >= 0");
   GLAM_REQUIRE(opt.top_k >= 0, "--top-k must be >= 0");

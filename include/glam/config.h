@@ -10,6 +10,19 @@
 
 namespace glam {
 
+// A seed: an integer in [0, 2^64). Its own type so that the options reader
+// refuses "-1" and "abc" with the option's name, where a plain uint64_t option
+// would wrap "-1" to 2^64 - 1 without a word.
+struct Seed {
+  uint64_t value = 0;
+  Seed() = default;
+  Seed(uint64_t v) : value(v) {}  // NOLINT: a seed is used as a number everywhere
+  operator uint64_t() const { return value; }
+};
+std::ostream& operator<<(std::ostream& os, Seed s);
+// Boost.Program_options' hook for Seed (found by argument-dependent lookup).
+void validate(boost::any& v, const std::vector<std::string>& values, Seed*, int);
+
 struct ModelConfig {
   int64_t vocab_size = 8000;     // V (tied embedding rows)
   int64_t d_model = 256;         // M
@@ -39,7 +52,7 @@ struct TrainConfig {
   double clip_threshold = 1.0;   // Adafactor update clipping
   double min_param_scale = 1e-3; // Adafactor: step scaled by max(this, RMS(W))
   int64_t factored_min_dim = 128;
-  uint64_t seed = 1234;
+  Seed seed = 1234;
   int64_t log_every = 1;
   int64_t val_every = 0;         // steps between validation passes (0: off)
   int64_t val_rows = 8;          // held-out rows of each source per pass (rounded up to a multiple of batch_rows)
