@@ -9,6 +9,8 @@ MESH     ?= 2x2
 RANK_THREADS ?= 1
 # Open MPI refuses root without this; --oversubscribe allows more ranks than cores.
 MPIRUN   ?= mpirun --allow-run-as-root --oversubscribe
+# mpirun binds each rank to one core; ranks with several threads need --bind-to none.
+MPIBIND  = $(if $(filter-out 1,$(RANK_THREADS)),--bind-to none)
 DEMO_DIR ?= data/demo
 RUN_DIR  ?= runs/tiny
 DEMO_STEPS ?= 300
@@ -43,7 +45,7 @@ corpus: build
 
 demo: corpus
 	OMP_NUM_THREADS=$(RANK_THREADS) OPENBLAS_NUM_THREADS=$(RANK_THREADS) \
-	$(MPIRUN) -np $(NP) -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS \
+	$(MPIRUN) $(MPIBIND) -np $(NP) -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS \
 	    $(BUILD)/glam train --config input/glam-tiny.cfg --run-dir $(RUN_DIR) --mesh $(MESH) \
 	    --train.steps $(DEMO_STEPS) --overwrite
 	$(BUILD)/glam generate --run-dir $(RUN_DIR) --prompt "$(PROMPT)" --max-tokens 48

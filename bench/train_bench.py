@@ -79,7 +79,9 @@ def run_glam(a, cfg, ranks, threads, extra, precision):
     run_dir = f"runs/bench-train-{os.path.basename(cfg)}-{ranks}x{threads}-{precision}"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                OMP_WAIT_POLICY=a.omp_wait_policy)
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks),
+    # mpirun binds each rank to one core unless told otherwise: threads need the room
+    bind = ["--bind-to", "none"] if threads > 1 else []
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks)] + bind + [
            "-x", "OMP_NUM_THREADS", "-x", "OPENBLAS_NUM_THREADS", "-x", "OMP_WAIT_POLICY",
            f"{a.build}/glam", "train", "--config", cfg, "--run-dir", run_dir, "--mesh", f"{ranks}x1",
            "--train.steps", str(a.steps), "--train.log_every", str(a.steps), "--checkpoint.keep", "1",

@@ -2,6 +2,8 @@
 #include "glam/device.h"
 
 #include <mpi.h>
+#include <omp.h>
+#include <sched.h>
 
 #ifdef GLAM_WITH_CUDA
 #include <cuda_runtime.h>
@@ -71,6 +73,21 @@ std::string device_description(Device device) {
 #else
   return "cuda";
 #endif
+}
+
+int cpus_in_affinity() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 0;  // unknown
+  return CPU_COUNT(&set);
+}
+
+std::string thread_binding_warning(const Mesh& mesh) {
+  const int threads = omp_get_max_threads(), cpus = cpus_in_affinity();
+  if (!mesh.any(cpus > 0 && threads > cpus)) return "";
+  return "# warning: " + std::to_string(threads) + " threads per rank, but some rank may run on fewer CPUs (rank 0: " +
+         std::to_string(cpus) + "); mpirun binds each rank to one core by default: add --bind-to none, or " +
+         "--map-by slot:PE=" + std::to_string(threads) + " on a whole node";
 }
 
 }  // namespace glam

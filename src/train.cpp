@@ -301,10 +301,12 @@ int train_main(const std::vector<std::string>& args) {
                "' (hash ", corpus.info().tokenizer_hash, " vs ", tokenizer.hash(), ")");
   GLAM_REQUIRE(tokenizer.vocab_size() <= cfg.model.vocab_size, "tokenizer '", cfg.data.tokenizer, "' has ",
                tokenizer.vocab_size(), " pieces but model.vocab_size is ", cfg.model.vocab_size);
+  const std::string binding_warning = thread_binding_warning(mesh);  // collective
   if (mesh.is_root()) {
     std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
     std::printf("# mesh %dx%d (data x model) on %d ranks, device %s\n", mesh.data_size, mesh.model_size,
                 mesh.world_size, device_description(device).c_str());
+    if (!binding_warning.empty()) std::printf("%s\n", binding_warning.c_str());
     if (device == Device::cpu && cfg.train.cpu_precision == "bf16") {
       std::printf("# CPU GEMMs in bf16 through oneDNN (%s)\n", cpu::bf16_implementation().c_str());
       if (!cpu::bf16_native())

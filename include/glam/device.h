@@ -22,4 +22,12 @@ std::string device_description(Device device);
 // GPUs visible to this process; 0 in a build without the CUDA backend.
 int cuda_device_count();
 
+// CPUs this process may run on (its affinity mask) and the OpenMP threads it
+// will start. mpirun binds each rank to one core by default when the ranks do
+// not outnumber the cores, so threads per rank > 1 then share that core.
+int cpus_in_affinity();
+// Empty, or a warning for the log when some rank has more threads than CPUs
+// (collective over the mesh).
+std::string thread_binding_warning(const Mesh& mesh);
+
 }  // namespace glam
