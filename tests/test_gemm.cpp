@@ -126,6 +126,19 @@ TEST_CASE("bf16 gemm equals a reference on bf16-rounded operands, every layout")
   CHECK(worst_fp32 < 2e-6);
 }
 
+TEST_CASE("bf16 gemm called from inside a parallel region gives the serial result") {
+  const int64_t M = 24, N = 20, K = 40;
+  auto A = gradcheck::random_vec(M * K, 6), B = gradcheck::random_vec(K * N, 7);
+  std::vector<float> serial(M * N);
+  cpu::gemm(Precision::bf16, false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, serial.data(), N);
+  std::vector<std::vector<float>> out(4, std::vector<float>(M * N));
+#pragma omp parallel for num_threads(4)
+  for (int i = 0; i < 4; i++)
+    cpu::gemm(Precision::bf16, false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, out[i].data(), N);
+  for (int i = 0; i < 4; i++)
+    for (int64_t j = 0; j < M * N; j++) REQUIRE(out[i][j] == Approx(serial[j]).margin(1e-5));
+}
+
 TEST_CASE("bf16 gemm differs from fp32 by the operand rounding only, and handles empty shapes") {
   const int64_t M = 40, N = 30, K = 500;
   auto A = gradcheck::random_vec(M * K, 4), B = gradcheck::random_vec(K * N, 5);

@@ -20,7 +20,8 @@ const char* precision_name(Precision p);
 
 // C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C, row-major with leading
 // dimensions, exactly as cblas_sgemm(CblasRowMajor, ...). Threads with OpenMP
-// inside; call it from serial code.
+// inside. Meant for serial callers: inside a parallel region bf16 takes the
+// rounded-operand path (same numbers, no oneDNN), so it stays thread-safe.
 void gemm(Precision p, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 

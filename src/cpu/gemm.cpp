@@ -10,6 +10,7 @@
 
 #include <cblas.h>
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -140,16 +141,28 @@ bool has_native_bf16(Dnnl& d) {
   return d.native == 1;
 }
 
+// bf16 numbers without oneDNN: operands rounded into a_buf and b_buf, OpenBLAS sums.
+void gemm_rounded(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc, std::vector<float>& a_buf,
+                  std::vector<float>& b_buf) {
+  if (ta) pack_rounded(a_buf, A, K, M, lda);
+  else pack_rounded(a_buf, A, M, K, lda);
+  if (tb) pack_rounded(b_buf, B, N, K, ldb);
+  else pack_rounded(b_buf, B, K, N, ldb);
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+              a_buf.data(), ta ? M : K, b_buf.data(), tb ? K : N, beta, C, ldc);
+}
+
 void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (omp_in_parallel()) {  // the shared oneDNN state is for serial callers; a thread gets its own buffers
+    std::vector<float> a_buf, b_buf;
+    gemm_rounded(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, a_buf, b_buf);
+    return;
+  }
   Dnnl& d = dnnl_state();
   if (!has_native_bf16(d)) {
-    if (ta) pack_rounded(d.a_rounded, A, K, M, lda);
-    else pack_rounded(d.a_rounded, A, M, K, lda);
-    if (tb) pack_rounded(d.b_rounded, B, N, K, ldb);
-    else pack_rounded(d.b_rounded, B, K, N, ldb);
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
-                d.a_rounded.data(), ta ? M : K, d.b_rounded.data(), tb ? K : N, beta, C, ldc);
+    gemm_rounded(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, d.a_rounded, d.b_rounded);
     return;
   }
   const Dnnl::Key key{ta, tb, M, N, K, alpha, beta};
