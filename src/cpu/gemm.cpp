@@ -121,6 +121,19 @@ dnnl::matmul::primitive_desc matmul_desc(Dnnl& d, bool ta, bool tb, int64_t M, i
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), attr, d.engine);
 }
 
+// The primitive for this shape, JIT-compiled on first use.
+const Dnnl::Entry& cached_matmul(Dnnl& d, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                                 float beta) {
+  const Dnnl::Key key{ta, tb, M, N, K, alpha, beta};
+  auto it = d.cache.find(key);
+  if (it == d.cache.end()) {
+    if (d.cache.size() >= 4096) d.cache.clear();  // expert row counts vary; keep the cache bounded
+    auto pd = matmul_desc(d, ta, tb, M, N, K, alpha, beta);
+    it = d.cache.emplace(key, Dnnl::Entry{pd, dnnl::matmul(pd)}).first;
+  }
+  return it->second;
+}
+
 // The rounded operands of the fallback: dst[rows, cols] = bf16_round(src), packed.
 void pack_rounded(std::vector<float>& dst, const float* src, int64_t rows, int64_t cols, int64_t ld) {
   dst.resize(static_cast<size_t>(rows * cols));
@@ -165,13 +178,7 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
     gemm_rounded(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, d.a_rounded, d.b_rounded);
     return;
   }
-  const Dnnl::Key key{ta, tb, M, N, K, alpha, beta};
-  auto it = d.cache.find(key);
-  if (it == d.cache.end()) {
-    if (d.cache.size() >= 4096) d.cache.clear();  // expert row counts vary; keep the cache bounded
-    auto pd = matmul_desc(d, ta, tb, M, N, K, alpha, beta);
-    it = d.cache.emplace(key, Dnnl::Entry{pd, dnnl::matmul(pd)}).first;
-  }
+  const Dnnl::Entry& mm = cached_matmul(d, ta, tb, M, N, K, alpha, beta);
   d.a16.resize(static_cast<size_t>(M * K));
   d.b16.resize(static_cast<size_t>(K * N));
   if (ta) pack_bf16(d.a16.data(), A, K, M, lda);
@@ -186,10 +193,9 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
     for (int64_t r = 0; r < M; r++) std::memcpy(&c_scratch[r * N], C + r * ldc, sizeof(float) * N);
     c = c_scratch.data();
   }
-  const auto& pd = it->second.pd;
-  dnnl::memory am(pd.src_desc(), d.engine, d.a16.data()), bm(pd.weights_desc(), d.engine, d.b16.data());
-  dnnl::memory cm(pd.dst_desc(), d.engine, c);
-  it->second.prim.execute(d.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  dnnl::memory am(mm.pd.src_desc(), d.engine, d.a16.data()), bm(mm.pd.weights_desc(), d.engine, d.b16.data());
+  dnnl::memory cm(mm.pd.dst_desc(), d.engine, c);
+  mm.prim.execute(d.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
   d.stream.wait();
   if (ldc != N)
     for (int64_t r = 0; r < M; r++) std::memcpy(C + r * ldc, &c_scratch[r * N], sizeof(float) * N);
