@@ -10,7 +10,7 @@ PACKAGES=(
   libboost-program-options-dev
   catch2
   libopenblas-dev
-  libdnnl-dev
+  libdnnl-dev ocl-icd-opencl-dev  # oneDNN; its CMake config looks for OpenCL
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev
   python3-h5py python3-numpy
