@@ -100,6 +100,17 @@ def tokens_to_reach(points, target):
     return None
 
 
+def smooth(points, k):
+    """Trailing mean over k evaluations (validation loss on a few rows is noisy)."""
+    return [(tok, sum(l for _, l in points[max(0, i - k + 1):i + 1]) / len(points[max(0, i - k + 1):i + 1]))
+            for i, (tok, _) in enumerate(points)]
+
+
+def reach_text(fraction):
+    return (f"after **{fraction:.0%}** of the dense model's tokens" if fraction is not None
+            else "**not within the run** (train longer: --steps)")
+
+
 def plot(path, moe, dense, is_val, fraction, title):
     import matplotlib
     matplotlib.use("Agg")
@@ -119,14 +130,15 @@ def plot(path, moe, dense, is_val, fraction, title):
     fig.savefig(path, dpi=120)
 
 
-def report(path, a, moe, dense, is_val, fraction, c_moe, c_dense, plot_path):
+def report(path, a, moe, dense, is_val, fraction, c_moe, c_dense, plot_path, smoothed):
     tps = c_moe["train.batch_rows"] * c_moe["model.seq_len"]
     kind = "validation loss (`val_loss` records)" if is_val else (
         "**fallback: training cross-entropy** in windows of "
         f"{a.window} steps (this glam had no `train.val_every`); each step's loss is taken "
         "before the model learns from that batch, so it is a held-out estimate, only noisier")
-    reach = (f"after **{fraction:.0%}** of the dense model's tokens" if fraction is not None
-             else "**not within the run** (train longer: --steps)")
+    reach = reach_text(fraction)
+    dense_s, fraction_s = smoothed
+    sets = "".join(f" --set {s}" for s in a.set)
     lines = [
         "# MoE vs dense at equal activated FLOPs",
         "",
@@ -144,10 +156,13 @@ def report(path, a, moe, dense, is_val, fraction, c_moe, c_dense, plot_path):
         f"{a.np} ranks, {a.threads} thread(s) each. Loss: {kind}.",
         "",
         f"The MoE model reaches the dense model's final loss ({dense[-1][1]:.4f}) {reach}.",
+        f"Smoothed (trailing mean of {a.smooth} evaluations on both curves, against the noise of the "
+        f"validation loss): the dense model ends at {dense_s:.4f}, and the MoE reaches that "
+        f"{reach_text(fraction_s)}.",
         "",
     ] + ([f"![validation curves]({os.path.relpath(plot_path, os.path.dirname(path) or '.')})", ""] if plot_path else []) + [
         "Reproduce: `make moe-vs-dense` (`bench/moe_vs_dense.py --steps "
-        f"{a.steps} --np {a.np} --mesh {a.mesh} --val-every {a.val_every} --val-rows {a.val_rows}`).",
+        f"{a.steps} --np {a.np} --mesh {a.mesh} --val-every {a.val_every} --val-rows {a.val_rows}{sets}`).",
         "",
         "| tokens (M) | dense | MoE |",
         "|---|---|---|",
@@ -171,6 +186,7 @@ def main():
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--val-rows", type=int, default=16)
     ap.add_argument("--window", type=int, default=50, help="steps per point of the training-loss fallback")
+    ap.add_argument("--smooth", type=int, default=3, help="evaluations in the trailing mean of the smoothed fraction")
     ap.add_argument("--runs", default="runs", help="run dirs go to RUNS/moe-vs-dense-{moe,dense}")
     ap.add_argument("--plot", default="docs/moe_vs_dense.png", help="PNG of both curves ('' for none)")
     ap.add_argument("--report", default="docs/MOE_VS_DENSE.md")
@@ -178,8 +194,8 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="passed to both runs as --SECTION.KEY VALUE (e.g. data.corpus=FILE)")
     a = ap.parse_args()
-    if a.steps < 1 or a.val_every < 1 or a.val_rows < 1 or a.window < 1:
-        fail("--steps, --val-every, --val-rows and --window must be positive")
+    if a.steps < 1 or a.val_every < 1 or a.val_rows < 1 or a.window < 1 or a.smooth < 1:
+        fail("--steps, --val-every, --val-rows, --window and --smooth must be positive")
     overrides = [s for s in a.set if s.startswith(("model.", "train.", "data."))]
     c_moe = read_config(os.path.join(ROOT, MOE_CFG), overrides)
     c_dense = read_config(os.path.join(ROOT, DENSE_CFG), overrides)
@@ -202,15 +218,20 @@ def main():
         dense, _ = curve(runs["dense"][1], tps, a.window, use_val=False)
     reached = tokens_to_reach(moe, dense[-1][1])
     fraction = reached / dense[-1][0] if reached is not None else None
+    moe_s, dense_s = smooth(moe, a.smooth), smooth(dense, a.smooth)
+    reached_s = tokens_to_reach(moe_s, dense_s[-1][1])
+    fraction_s = reached_s / dense_s[-1][0] if reached_s is not None else None
     title = "MoE vs dense, equal activated FLOPs per token" + ("" if is_val else " (training-loss fallback)")
     if a.plot:
         os.makedirs(os.path.dirname(a.plot) or ".", exist_ok=True)
         plot(a.plot, moe, dense, is_val, fraction, title)
-    report(a.report, a, moe, dense, is_val, fraction, c_moe, c_dense, a.plot)
+    report(a.report, a, moe, dense, is_val, fraction, c_moe, c_dense, a.plot, (dense_s[-1][1], fraction_s))
     print(f"dense final loss {dense[-1][1]:.4f}; MoE final {moe[-1][1]:.4f}; "
           f"MoE reaches the dense final loss after "
           f"{'%.0f%%' % (100 * fraction) if fraction is not None else 'never (within the run)'} of the tokens"
-          f"{'' if is_val else ' (training-loss fallback)'}; plot {a.plot or '-'}, report {a.report}")
+          f"{'' if is_val else ' (training-loss fallback)'}; smoothed over {a.smooth} evaluations: "
+          f"{'%.0f%%' % (100 * fraction_s) if fraction_s is not None else 'never'}; "
+          f"plot {a.plot or '-'}, report {a.report}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ def run(case, with_val):
 stdout, report = run("val", True)
 assert "after 50% of the tokens" in stdout and "fallback" not in stdout, stdout
 assert "**50%**" in report and "validation loss (`val_loss` records)" in report, report
+# Smoothed over 3 evaluations: dense ends at the mean of 5.2, 5.1, 5.0 = 5.1; the
+# MoE's trailing mean at step s is 6 - 0.02 (s - 10), 5.1 at step 55: 55%.
+assert "smoothed over 3 evaluations: 55%" in stdout, stdout
+assert "ends at 5.1000, and the MoE reaches that after **55%**" in report, report
 
 # Fallback: means of 10-step windows of ce. Dense's last window (steps 91..100) has
 # mean 6 - 0.01*95.5 = 5.045. The MoE's window ending at step 10k has mean
