@@ -33,6 +33,7 @@
 #include "glam/checkpoint.h"
 #include "glam/check.h"
 #include "glam/config.h"
+#include "glam/gemm.h"
 #include "glam/mesh.h"
 #include "glam/params.h"
 
@@ -674,16 +675,6 @@ int verify(const std::vector<std::string>& args) {
 
 // ---- export ---------------------------------------------------------------------
 
-// float32 -> bfloat16 bits: the upper half, rounded to nearest even; NaN stays NaN.
-uint16_t to_bf16(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu))
-    return static_cast<uint16_t>((bits >> 16) | 0x0040u);
-  bits += 0x7FFFu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
 std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (unsigned char ch : s) {
@@ -859,7 +850,7 @@ int export_weights(const std::vector<std::string>& args) {
         H5 mem(h5(H5Screate_simple(static_cast<int>(cnt.size()), cnt.data(), nullptr), what));
         if (bf16) {
           half.resize(static_cast<size_t>(n * inner));
-          for (size_t i = 0; i < half.size(); i++) half[i] = to_bf16(data[i]);
+          glam::cpu::to_bf16(half.data(), data, n * inner);  // nearest even; NaN stays NaN
           h5(H5Dwrite(dst.get(), H5T_NATIVE_UINT16, mem.get(), space.get(), H5P_DEFAULT, half.data()), what);
         } else {
           h5(H5Dwrite(dst.get(), H5T_NATIVE_FLOAT, mem.get(), space.get(), H5P_DEFAULT, data), what);
@@ -910,7 +901,7 @@ int export_weights(const std::vector<std::string>& args) {
         const size_t count = static_cast<size_t>(rows * inner);
         if (bf16) {
           half.resize(count);
-          for (size_t i = 0; i < count; i++) half[i] = to_bf16(data[i]);
+          glam::cpu::to_bf16(half.data(), data, static_cast<int64_t>(count));
           os.write(reinterpret_cast<const char*>(half.data()), static_cast<std::streamsize>(count * 2));
         } else {
           os.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * 4));
