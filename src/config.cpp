@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "glam/check.h"
+#include "glam/gemm.h"
 
 namespace po = boost::program_options;
 
@@ -115,8 +116,7 @@ void Config::validate() const {
   GLAM_REQUIRE(train.val_every >= 0, "train.val_every must be >= 0, got ", train.val_every);
   GLAM_REQUIRE(train.val_rows > 0, "train.val_rows must be positive, got ", train.val_rows);
   require_positive(train.factored_min_dim, "train.factored_min_dim");
-  GLAM_REQUIRE(train.cpu_precision == "fp32" || train.cpu_precision == "bf16",
-               "train.cpu_precision must be fp32 or bf16, got '", train.cpu_precision, "'");
+  cpu::parse_precision(train.cpu_precision, "train.cpu_precision");  // throws for anything but fp32 | bf16
   GLAM_REQUIRE(checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0, got ", checkpoint.every_steps);
   GLAM_REQUIRE(checkpoint.every_minutes >= 0, "checkpoint.every_minutes must be >= 0, got ", checkpoint.every_minutes);
   GLAM_REQUIRE(checkpoint.keep >= 0, "checkpoint.keep must be >= 0, got ", checkpoint.keep);

@@ -38,6 +38,16 @@ cpu::RouterOptions router_options(const ModelConfig& cfg, const Mesh& mesh, uint
   return opt;
 }
 
+void add_output_loss(LossParts& parts, const cpu::LossSums& sums, const ModelConfig& cfg, const Mesh& mesh) {
+  double global[3] = {sums.ce, sums.z, static_cast<double>(sums.count)};
+  mesh.allreduce_sum_data(global, 3);
+  parts.n_targets = static_cast<int64_t>(global[2]);
+  const double n = std::max(1.0, global[2]);
+  parts.ce = global[0] / n;
+  parts.z = global[1] / n;
+  parts.loss = parts.ce + cfg.aux_loss_weight * parts.aux + cfg.z_loss_weight * parts.z;
+}
+
 void add_routing_statistics(LossParts& parts, const cpu::RoutingPlan& plan, int64_t T, const Mesh& mesh) {
   const int64_t E = plan.E;
   std::vector<double> stats(2 * E + 2);  // [aux, dropped, load_before[E], load_after[E]]
@@ -178,15 +188,9 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   logits_.resize(T_ * V_); lse_.resize(T_);
   cpu::logits_forward(logits_.data(), xnf.data(), params_.get("embedding").w.data(), T_, M, V_,
                       1.0f / std::sqrt(static_cast<float>(M)), gemm_);
-  cpu::LossSums sums = kern_.softmax_xent_forward(lse_.data(), logits_.data(), batch.targets.data(),
-                                                 T_, V_, v0_, mesh_);
-  double global[3] = {sums.ce, sums.z, static_cast<double>(sums.count)};
-  mesh_.allreduce_sum_data(global, 3);
-  parts_.n_targets = static_cast<int64_t>(global[2]);
-  const double n = std::max(1.0, global[2]);
-  parts_.ce = global[0] / n;
-  parts_.z = global[1] / n;
-  parts_.loss = parts_.ce + cfg_.aux_loss_weight * parts_.aux + cfg_.z_loss_weight * parts_.z;
+  const cpu::LossSums sums = kern_.softmax_xent_forward(lse_.data(), logits_.data(), batch.targets.data(),
+                                                       T_, V_, v0_, mesh_);
+  add_output_loss(parts_, sums, cfg_, mesh_);
   return parts_;
 }
 

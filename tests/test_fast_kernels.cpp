@@ -52,6 +52,37 @@ std::vector<int32_t> random_segments(int64_t B, int64_t S, uint64_t seed) {
   return seg;
 }
 
+// A small model and one batch of packed rows with random ids and targets; with
+// ignore_some, every 11th target is -1 (not scored).
+struct ModelCase {
+  Config cfg;
+  Batch batch;
+};
+ModelCase model_case(int64_t vocab, int64_t d_model, int64_t heads, int64_t d_head, int64_t d_ff,
+                     int64_t n_experts, int64_t seq_len, int64_t rows, uint64_t seed, bool ignore_some) {
+  ModelCase c;
+  c.cfg.model.vocab_size = vocab;
+  c.cfg.model.d_model = d_model;
+  c.cfg.model.n_layers = 2;
+  c.cfg.model.n_heads = heads;
+  c.cfg.model.d_head = d_head;
+  c.cfg.model.d_ff = d_ff;
+  c.cfg.model.n_experts = n_experts;
+  c.cfg.model.group_size = seq_len;
+  c.cfg.model.seq_len = seq_len;
+  c.cfg.train.batch_rows = rows;
+  c.cfg.validate();
+  c.batch.rows = rows;
+  c.batch.seq_len = seq_len;
+  std::mt19937_64 rng(seed);
+  c.batch.segments = random_segments(rows, seq_len, seed + 1);
+  for (int64_t t = 0; t < c.batch.n_tokens(); t++) {
+    c.batch.ids.push_back(static_cast<int32_t>(rng() % vocab));
+    c.batch.targets.push_back(ignore_some && t % 11 == 5 ? -1 : static_cast<int32_t>(rng() % vocab));
+  }
+  return c;
+}
+
 }  // namespace
 
 TEST_CASE("fast_exp and fast_tanh agree with libm") {
@@ -157,27 +188,7 @@ TEST_CASE("fast experts equal the reference, an expert without rows included") {
 
 TEST_CASE("the model with fast kernels equals the model with reference kernels") {
   for (int64_t n_experts : {0, 4}) {
-    Config cfg;
-    cfg.model.vocab_size = 97;
-    cfg.model.d_model = 32;
-    cfg.model.n_layers = 2;
-    cfg.model.n_heads = 2;
-    cfg.model.d_head = 8;
-    cfg.model.d_ff = 48;
-    cfg.model.n_experts = n_experts;
-    cfg.model.group_size = 40;
-    cfg.model.seq_len = 40;
-    cfg.train.batch_rows = 2;
-    cfg.validate();
-    Batch batch;
-    batch.rows = 2;
-    batch.seq_len = 40;
-    std::mt19937_64 rng(21);
-    batch.segments = random_segments(2, 40, 22);
-    for (int64_t t = 0; t < batch.n_tokens(); t++) {
-      batch.ids.push_back(static_cast<int32_t>(rng() % 97));
-      batch.targets.push_back(t % 11 == 5 ? -1 : static_cast<int32_t>(rng() % 97));
-    }
+    const auto [cfg, batch] = model_case(97, 32, 2, 8, 48, n_experts, 40, 2, 21, true);
     Mesh mesh = Mesh::single();
     Model ref(cfg, mesh), fast(cfg, mesh);
     ref.use_reference_kernels(true);
@@ -199,27 +210,7 @@ TEST_CASE("the model with fast kernels equals the model with reference kernels")
 // earlier fast attention backward summed per-thread partials of the relative-bias
 // gradient in thread-completion order, and an MoE run then diverged on some machines.
 TEST_CASE("fast kernels give bitwise equal gradients for 1 to 4 threads, run after run") {
-  Config cfg;
-  cfg.model.vocab_size = 61;
-  cfg.model.d_model = 24;
-  cfg.model.n_layers = 2;
-  cfg.model.n_heads = 3;
-  cfg.model.d_head = 8;
-  cfg.model.d_ff = 40;
-  cfg.model.n_experts = 4;
-  cfg.model.group_size = 36;
-  cfg.model.seq_len = 36;
-  cfg.train.batch_rows = 5;
-  cfg.validate();
-  Batch batch;
-  batch.rows = 5;
-  batch.seq_len = 36;
-  std::mt19937_64 rng(31);
-  batch.segments = random_segments(5, 36, 32);
-  for (int64_t t = 0; t < batch.n_tokens(); t++) {
-    batch.ids.push_back(static_cast<int32_t>(rng() % 61));
-    batch.targets.push_back(static_cast<int32_t>(rng() % 61));
-  }
+  const auto [cfg, batch] = model_case(61, 24, 3, 8, 40, 4, 36, 5, 31, false);
   Mesh mesh = Mesh::single();
   const int saved = omp_get_max_threads();
   std::vector<std::vector<float>> first;

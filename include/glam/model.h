@@ -60,6 +60,9 @@ cpu::RouterOptions router_options(const ModelConfig& cfg, const Mesh& mesh, uint
 // Adds one MoE layer's share of the global batch's aux loss, loads and drops to
 // parts (collective over the data axis).
 void add_routing_statistics(LossParts& parts, const cpu::RoutingPlan& plan, int64_t T, const Mesh& mesh);
+// Sets ce, z, n_targets and the total loss of parts from this rank's loss sums
+// (means over the global batch's targets; collective over the data axis).
+void add_output_loss(LossParts& parts, const cpu::LossSums& sums, const ModelConfig& cfg, const Mesh& mesh);
 
 // Keys and values of every layer for incremental decoding (this rank's heads).
 struct KVCache {

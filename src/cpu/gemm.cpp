@@ -88,7 +88,7 @@ void pack_bf16(uint16_t* dst, const float* src, int64_t rows, int64_t cols, int6
 struct Dnnl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
-  using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, float, float>;
+  using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, float, float>;  // ta tb M N K ldc alpha beta
   struct Entry {
     dnnl::matmul::primitive_desc pd;
     dnnl::matmul prim;
@@ -105,12 +105,12 @@ Dnnl& dnnl_state() {
 }
 
 dnnl::matmul::primitive_desc matmul_desc(Dnnl& d, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
-                                         float alpha, float beta) {
+                                         int64_t ldc, float alpha, float beta) {
   using dt = dnnl::memory::data_type;
   // Packed storage: A is [M,K] (or [K,M] when transposed), B is [K,N] (or [N,K]).
   const dnnl::memory::desc a({M, K}, dt::bf16, ta ? dnnl::memory::dims{1, M} : dnnl::memory::dims{K, 1});
   const dnnl::memory::desc b({K, N}, dt::bf16, tb ? dnnl::memory::dims{1, K} : dnnl::memory::dims{N, 1});
-  const dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{N, 1});
+  const dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{ldc, 1});
   dnnl::primitive_attr attr;
   if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
   if (beta != 0.0f) {
@@ -122,13 +122,13 @@ dnnl::matmul::primitive_desc matmul_desc(Dnnl& d, bool ta, bool tb, int64_t M, i
 }
 
 // The primitive for this shape, JIT-compiled on first use.
-const Dnnl::Entry& cached_matmul(Dnnl& d, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
-                                 float beta) {
-  const Dnnl::Key key{ta, tb, M, N, K, alpha, beta};
+const Dnnl::Entry& cached_matmul(Dnnl& d, bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t ldc,
+                                 float alpha, float beta) {
+  const Dnnl::Key key{ta, tb, M, N, K, ldc, alpha, beta};
   auto it = d.cache.find(key);
   if (it == d.cache.end()) {
     if (d.cache.size() >= 4096) d.cache.clear();  // expert row counts vary; keep the cache bounded
-    auto pd = matmul_desc(d, ta, tb, M, N, K, alpha, beta);
+    auto pd = matmul_desc(d, ta, tb, M, N, K, ldc, alpha, beta);
     it = d.cache.emplace(key, Dnnl::Entry{pd, dnnl::matmul(pd)}).first;
   }
   return it->second;
@@ -145,7 +145,7 @@ void pack_rounded(std::vector<float>& dst, const float* src, int64_t rows, int64
 bool has_native_bf16(Dnnl& d) {
   if (d.native < 0) {
     try {
-      matmul_desc(d, false, false, 64, 64, 64, 1.0f, 0.0f);
+      matmul_desc(d, false, false, 64, 64, 64, 64, 1.0f, 0.0f);
       d.native = 1;
     } catch (const dnnl::error&) {
       d.native = 0;
@@ -178,27 +178,17 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
     gemm_rounded(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, d.a_rounded, d.b_rounded);
     return;
   }
-  const Dnnl::Entry& mm = cached_matmul(d, ta, tb, M, N, K, alpha, beta);
+  const Dnnl::Entry& mm = cached_matmul(d, ta, tb, M, N, K, ldc, alpha, beta);
   d.a16.resize(static_cast<size_t>(M * K));
   d.b16.resize(static_cast<size_t>(K * N));
   if (ta) pack_bf16(d.a16.data(), A, K, M, lda);
   else pack_bf16(d.a16.data(), A, M, K, lda);
   if (tb) pack_bf16(d.b16.data(), B, N, K, ldb);
   else pack_bf16(d.b16.data(), B, K, N, ldb);
-  // oneDNN writes a dense [M, N]; a C with ldc > N goes through scratch.
-  std::vector<float> c_scratch;
-  float* c = C;
-  if (ldc != N) {
-    c_scratch.resize(static_cast<size_t>(M * N));
-    for (int64_t r = 0; r < M; r++) std::memcpy(&c_scratch[r * N], C + r * ldc, sizeof(float) * N);
-    c = c_scratch.data();
-  }
   dnnl::memory am(mm.pd.src_desc(), d.engine, d.a16.data()), bm(mm.pd.weights_desc(), d.engine, d.b16.data());
-  dnnl::memory cm(mm.pd.dst_desc(), d.engine, c);
+  dnnl::memory cm(mm.pd.dst_desc(), d.engine, C);  // C keeps its leading dimension
   mm.prim.execute(d.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
   d.stream.wait();
-  if (ldc != N)
-    for (int64_t r = 0; r < M; r++) std::memcpy(C + r * ldc, &c_scratch[r * N], sizeof(float) * N);
 }
 
 }  // namespace
@@ -231,7 +221,7 @@ float bf16_round(float x) {
 std::string bf16_implementation() {
   Dnnl& d = dnnl_state();
   if (!has_native_bf16(d)) return "none on this CPU: operands rounded to bf16, OpenBLAS sgemm";
-  return matmul_desc(d, false, false, 256, 256, 256, 1.0f, 0.0f).impl_info_str();
+  return matmul_desc(d, false, false, 256, 256, 256, 256, 1.0f, 0.0f).impl_info_str();
 }
 
 bool bf16_native() {

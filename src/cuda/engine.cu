@@ -276,13 +276,7 @@ struct Engine::Impl {
     logits_forward(ctx, logits.data(), xnf16.data(), p("embedding").w16.data(), T, M, V,
                    1.0f / std::sqrt(static_cast<float>(M)));
     const cpu::LossSums sums = softmax_xent_forward(ctx, lse.data(), logits.data(), targets.data(), T, V, v0, mesh);
-    double global[3] = {sums.ce, sums.z, static_cast<double>(sums.count)};
-    mesh.allreduce_sum_data(global, 3);
-    parts.n_targets = static_cast<int64_t>(global[2]);
-    const double n = std::max(1.0, global[2]);
-    parts.ce = global[0] / n;
-    parts.z = global[1] / n;
-    parts.loss = parts.ce + cfg.aux_loss_weight * parts.aux + cfg.z_loss_weight * parts.z;
+    add_output_loss(parts, sums, cfg, mesh);
     return parts;
   }
 

@@ -25,6 +25,19 @@ struct Geometry {
   __device__ int64_t at(int64_t b, int64_t i, int64_t h) const { return (b * S + i) * ld + h * (ld / nh); }
 };
 
+// The block's threads load keys and values [j0, j0 + kTile) of (b, h) and their
+// segment ids into shared memory (zeros and segment -2 past the row's end).
+template <int DH>
+__device__ void load_key_tile(float (*ks)[DH], float (*vs)[DH], int32_t* segs, const float* k, const float* v,
+                              const int32_t* seg, const Geometry& g, int64_t b, int64_t h, int64_t j0) {
+  for (int64_t x = threadIdx.x; x < kTile * DH; x += blockDim.x) {
+    const int64_t jj = x / DH, d = x % DH, j = j0 + jj;
+    ks[jj][d] = j < g.S ? k[g.at(b, j, h) + d] : 0.0f;
+    vs[jj][d] = j < g.S ? v[g.at(b, j, h) + d] : 0.0f;
+  }
+  for (int64_t x = threadIdx.x; x < kTile; x += blockDim.x) segs[x] = j0 + x < g.S ? seg[b * g.S + j0 + x] : -2;
+}
+
 // grid (S / kRows, nh, B): thread = query i.
 template <int DH>
 __global__ void flash_forward_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
@@ -40,12 +53,7 @@ __global__ void flash_forward_kernel(float* out, float* lse, const float* q, con
   const int64_t last = std::min<int64_t>(i0 + kRows, g.S);  // keys needed: [0, last)
   for (int64_t j0 = 0; j0 < last; j0 += kTile) {
     __syncthreads();
-    for (int64_t x = threadIdx.x; x < kTile * DH; x += blockDim.x) {
-      const int64_t jj = x / DH, d = x % DH, j = j0 + jj;
-      ks[jj][d] = j < g.S ? k[g.at(b, j, h) + d] : 0.0f;
-      vs[jj][d] = j < g.S ? v[g.at(b, j, h) + d] : 0.0f;
-    }
-    for (int64_t x = threadIdx.x; x < kTile; x += blockDim.x) segs[x] = j0 + x < g.S ? seg[b * g.S + j0 + x] : -2;
+    load_key_tile<DH>(ks, vs, segs, k, v, seg, g, b, h, j0);
     __syncthreads();
     if (!active) continue;
     for (int jj = 0; jj < kTile; jj++) {
@@ -102,12 +110,7 @@ __global__ void flash_dq_kernel(float* dq, const float* dout, const float* lse, 
   const int64_t last = std::min<int64_t>(i0 + kRows, g.S);
   for (int64_t j0 = 0; j0 < last; j0 += kTile) {
     __syncthreads();
-    for (int64_t x = threadIdx.x; x < kTile * DH; x += blockDim.x) {
-      const int64_t jj = x / DH, d = x % DH, j = j0 + jj;
-      ks[jj][d] = j < g.S ? k[g.at(b, j, h) + d] : 0.0f;
-      vs[jj][d] = j < g.S ? v[g.at(b, j, h) + d] : 0.0f;
-    }
-    for (int64_t x = threadIdx.x; x < kTile; x += blockDim.x) segs[x] = j0 + x < g.S ? seg[b * g.S + j0 + x] : -2;
+    load_key_tile<DH>(ks, vs, segs, k, v, seg, g, b, h, j0);
     __syncthreads();
     if (!active) continue;
     for (int jj = 0; jj < kTile; jj++) {
