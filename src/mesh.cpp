@@ -161,10 +161,13 @@ void Mesh::alltoall_counts_data(const std::vector<int64_t>& send, std::vector<in
 // Counts and displacements go to MPI as ints: in floats while they fit under
 // count_limit, otherwise in rows of a contiguous datatype of `width` floats.
 void Mesh::alltoallv_rows_data(const float* send, const std::vector<int64_t>& send_rows, float* recv,
-                               const std::vector<int64_t>& recv_rows, int64_t width) const {
+                               const std::vector<int64_t>& recv_rows, int64_t width, CopyFn copy) const {
   const int D = data_size;
   if (D == 1) {
-    if (send_rows[0] > 0) std::memcpy(recv, send, sizeof(float) * send_rows[0] * width);
+    const size_t bytes = sizeof(float) * static_cast<size_t>(send_rows[0] * width);
+    if (bytes == 0) return;
+    if (copy) copy(recv, send, bytes);
+    else std::memcpy(recv, send, bytes);
     return;
   }
   CommTimer timer(stats);

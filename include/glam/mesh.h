@@ -5,6 +5,7 @@
 #pragma once
 #include <mpi.h>
 #include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -59,8 +60,13 @@ struct Mesh {
   // data rank 0, then 1, ... (send_rows[r] of them); recv receives recv_rows[r] rows
   // from each rank r in the same order. Counts beyond count_limit elements switch
   // to a row datatype so no int count overflows.
+  // On a data axis of one rank no MPI call is made: the rows are copied with
+  // copy(dst, src, bytes), std::memcpy when copy is null. A backend whose buffers
+  // may be device memory (device pointers for a CUDA-aware MPI) passes its own
+  // copy, so device pointers never reach memcpy; this module knows no device.
+  using CopyFn = void (*)(void* dst, const void* src, size_t bytes);
   void alltoallv_rows_data(const float* send, const std::vector<int64_t>& send_rows, float* recv,
-                           const std::vector<int64_t>& recv_rows, int64_t width) const;
+                           const std::vector<int64_t>& recv_rows, int64_t width, CopyFn copy = nullptr) const;
   // Every data rank sends k counts to every other: send [D, k] -> recv [D, k].
   void alltoall_counts_data(const std::vector<int64_t>& send, std::vector<int64_t>& recv, int64_t k) const;
 

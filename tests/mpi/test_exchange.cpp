@@ -311,3 +311,49 @@ TEST_CASE("count_limit of 5 elements, less than one row: the row datatype path")
   const int64_t E = std::max(2, D);  // E = D (or 2 on one rank): every rank receives 4 rows
   run_case({"tiny, count_limit 5", E, 2, 8, Logits::per_rank, true, 15});
 }
+
+// With one data rank the all-to-all makes no MPI call and copies the rows itself:
+// through the caller's copy hook when one is given (a GPU backend passes a
+// device copy, so device pointers never reach memcpy), else memcpy. With several
+// data ranks the rows go through MPI and the hook is never called.
+namespace {
+int hook_calls = 0;
+size_t hook_bytes = 0;
+void counting_copy(void* dst, const void* src, size_t bytes) {
+  hook_calls++;
+  hook_bytes += bytes;
+  std::memcpy(dst, src, bytes);
+}
+}  // namespace
+
+TEST_CASE("alltoallv_rows_data: the copy hook on one data rank, MPI on several") {
+  const Mesh& mesh = data_mesh();
+  const int D = mesh.data_size;
+  const int64_t width = 3;
+  // rank r sends r + 1 + s rows to rank s; row values name (source, destination, row, column)
+  std::vector<int64_t> send_rows(D), recv_rows(D);
+  for (int s = 0; s < D; s++) send_rows[s] = mesh.data_rank + 1 + s;
+  for (int r = 0; r < D; r++) recv_rows[r] = r + 1 + mesh.data_rank;
+  std::vector<float> send, want;
+  for (int s = 0; s < D; s++)
+    for (int64_t i = 0; i < send_rows[s] * width; i++) send.push_back(float(1000 * mesh.data_rank + 100 * s) + float(i));
+  for (int r = 0; r < D; r++)
+    for (int64_t i = 0; i < recv_rows[r] * width; i++) want.push_back(float(1000 * r + 100 * mesh.data_rank) + float(i));
+  for (bool with_hook : {true, false}) {
+    INFO((with_hook ? "with" : "without") << " a copy hook");
+    hook_calls = 0;
+    hook_bytes = 0;
+    std::vector<float> recv(want.size(), -1.0f);
+    mesh.alltoallv_rows_data(send.data(), send_rows, recv.data(), recv_rows, width,
+                             with_hook ? counting_copy : nullptr);
+    CHECK(bitwise_equal(recv, want));
+    CHECK(hook_calls == (with_hook && D == 1 ? 1 : 0));
+    CHECK(hook_bytes == (with_hook && D == 1 ? want.size() * sizeof(float) : 0u));
+  }
+  // nothing to send: the hook is not called either
+  if (D == 1) {
+    hook_calls = 0;
+    mesh.alltoallv_rows_data(send.data(), {0}, nullptr, {0}, width, counting_copy);
+    CHECK(hook_calls == 0);
+  }
+}
