@@ -2,6 +2,7 @@
 // sharding axes and initialisation, following the reference's public-code init.
 #include "glam/params.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -153,11 +154,34 @@ ParamTable describe_params(const ModelConfig& c, const Mesh& mesh) {
   return std::move(b.table);
 }
 
+// Every element is a function of (seed, name, global index) alone, so the
+// elements of a tensor are drawn in parallel, in chunks of consecutive local
+// indices over the OpenMP threads: the same bits for any thread count as the
+// serial walk of for_each_element.
 void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh) {
+  constexpr int64_t kChunk = int64_t{1} << 15;
   for (auto& p : table.params) {
     uint64_t key = mix(seed);
     for (char ch : p.name) key = mix(key ^ static_cast<unsigned char>(ch));
-    for_each_element(p, mesh, [&](int64_t i, int64_t global) { p.w[i] = draw(p, key, global); });
+    const std::vector<int64_t> off = p.shard_offset(mesh);
+    const int64_t nd = static_cast<int64_t>(p.shape.size()), n = p.size();
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
+    GLAM_REQUIRE(static_cast<int64_t>(p.w.size()) == n, "init_params: ", p.name, " has no buffer");
+#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; c++) {
+      const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+      std::vector<int64_t> idx(static_cast<size_t>(nd), 0);  // local multi-index of lo, row-major
+      for (int64_t d = nd - 1, rest = lo; d >= 0; d--) {
+        idx[d] = rest % p.shape[d];
+        rest /= p.shape[d];
+      }
+      for (int64_t i = lo; i < hi; i++) {
+        int64_t global = 0;
+        for (int64_t d = 0; d < nd; d++) global = global * p.global_shape[d] + idx[d] + off[d];
+        p.w[i] = draw(p, key, global);
+        for (int64_t d = nd - 1; d >= 0 && ++idx[d] == p.shape[d]; d--) idx[d] = 0;
+      }
+    }
   }
 }
 
