@@ -75,9 +75,10 @@ bench-gpu: deps
 # GPU machines without MPI/HDF5/Boost: build with CUDA here, carry the archive
 # there, unpack it and run bin/ programs through run.sh (docs/GPU.md).
 GPU_BUNDLE ?= .gpu/glam-gpu.tar.gz
+# The programs are those the bundle's check.sh runs (scripts/gpu-bundle.sh --programs).
 gpu-bundle: deps
 	cmake -S . -B $(BUILD) -DGLAM_CUDA=ON
-	cmake --build $(BUILD) -j $(JOBS) --target glam test_cuda_layers test_cuda_model bench_gpu
+	cmake --build $(BUILD) -j $(JOBS) --target $$(scripts/gpu-bundle.sh --programs)
 	mkdir -p $(dir $(GPU_BUNDLE))
 	scripts/gpu-bundle.sh $(BUILD) $(GPU_BUNDLE)
 

@@ -1,9 +1,15 @@
 // bench_gpu: training throughput of glam on one GPU and its model-FLOPs
 // utilisation against the bf16 GEMM rate of the same GPU measured in the same run.
 //
-// usage: bench_gpu [--rows 8] [--steps 5] [--warmup 2] CONFIG...
+// usage: bench_gpu [--rows 8] [--steps 5] [--warmup 2] [--losses FILE] CONFIG...
+//        bench_gpu --mpi-check                 (no GPU needed; under mpirun too)
 // For each config: glam::Model on Device::cuda, Adafactor, random tokens; a
 // step is forward + backward + optimizer, timed after the warm-up steps.
+// --losses FILE writes one line per step (warm-up steps included) with the loss,
+// its parts and the gradient norm as hex floats (%a): two runs of the same
+// command must write the same bytes (every kernel is deterministic).
+// --mpi-check starts MPI, sums and exchanges over glam::Mesh on every rank and
+// exits 0 (1 if a value is wrong): the bundle's MPI works without a GPU.
 //   model FLOPs per token = 6 * activated parameters + 12 * L * S * A
 //   (matmuls forward and backward; attention scores and values, A = heads*d_head)
 //   MFU = FLOPs per token * tokens/s / (measured cuBLAS bf16 GEMM rate)
@@ -17,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -65,7 +72,7 @@ glam::Batch random_batch(const glam::Config& c, uint64_t seed) {
   return b;
 }
 
-void bench_config(const std::string& path, int64_t rows, int steps, int warmup, double peak) {
+void bench_config(const std::string& path, int64_t rows, int steps, int warmup, double peak, std::FILE* losses) {
   glam::Config cfg = glam::load_config_file(path);
   cfg.train.batch_rows = rows;
   cfg.validate();
@@ -82,13 +89,19 @@ void bench_config(const std::string& path, int64_t rows, int steps, int warmup, 
     const auto a = Clock::now();
     model.params().zero_grad();
     model.set_step(s);
-    loss = model.forward(batch).loss;
+    const glam::LossParts parts = model.forward(batch);
+    loss = parts.loss;
     const auto b = Clock::now();
     model.backward();
     const auto c = Clock::now();
-    model.grad_norm();
+    const double norm = model.grad_norm();
     model.optimizer_step(opt, glam::learning_rate(cfg.train, s + 1), s);
     const auto d = Clock::now();
+    if (losses) {
+      std::fprintf(losses, "%s step %d loss %a ce %a aux %a z %a grad_norm %a dropped %lld\n", path.c_str(), s,
+                   parts.loss, parts.ce, parts.aux, parts.z, norm, static_cast<long long>(parts.dropped));
+      std::fflush(losses);
+    }
     if (s >= warmup) { fwd += seconds(a, b); bwd += seconds(b, c); upd += seconds(c, d); }
   }
   const double total = seconds(t0, Clock::now());
@@ -106,7 +119,39 @@ void bench_config(const std::string& path, int64_t rows, int steps, int warmup, 
 
 }  // namespace
 
+// Every rank: a sum over the mesh and an all-to-all of rows through glam::Mesh.
+int mpi_check() {
+  glam::Mesh mesh = glam::Mesh::create("");
+  const int n = mesh.world_size, r = mesh.world_rank;
+  double sum = r + 1;
+  mesh.allreduce_sum_world(&sum, 1);
+  const int64_t width = 4;
+  std::vector<int64_t> send_rows(n, 2), recv_rows(n, 2);
+  std::vector<float> send(static_cast<size_t>(2 * width * n)), recv(send.size(), -1.0f);
+  for (size_t i = 0; i < send.size(); i++) send[i] = static_cast<float>(1000 * r + static_cast<int64_t>(i));
+  mesh.alltoallv_rows_data(send.data(), send_rows, recv.data(), recv_rows, width);
+  bool ok = sum == n * (n + 1) / 2.0;
+  for (int src = 0; src < n; src++)  // rows 2r, 2r+1 of rank src's send buffer
+    for (int64_t i = 0; i < 2 * width; i++)
+      ok = ok && recv[static_cast<size_t>(src * 2 * width + i)] == static_cast<float>(1000 * src + 2 * width * r + i);
+  std::printf("bench_gpu --mpi-check: rank %d of %d: %s\n", r, n, ok ? "ok" : "WRONG VALUES");
+  std::fflush(stdout);
+  return mesh.any(!ok) ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; i++)
+    if (std::string(argv[i]) == "--mpi-check") {
+      MPI_Init(&argc, &argv);
+      int rc = 2;
+      try {
+        rc = mpi_check();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_gpu --mpi-check: error: %s\n", e.what());
+      }
+      MPI_Finalize();
+      return rc;
+    }
   if (glam::cuda_device_count() == 0) {
     std::printf("bench_gpu: no CUDA device visible: skipped\n");
     return 77;
@@ -115,11 +160,13 @@ int main(int argc, char** argv) {
   int64_t rows = 8;
   int steps = 5, warmup = 2;
   std::vector<std::string> configs;
+  std::string losses_path;
   for (int i = 1; i < argc; i++) {
     const std::string a = argv[i];
     if (a == "--rows" && i + 1 < argc) rows = std::atoll(argv[++i]);
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--warmup" && i + 1 < argc) warmup = std::atoi(argv[++i]);
+    else if (a == "--losses" && i + 1 < argc) losses_path = argv[++i];
     else configs.push_back(a);
   }
   int rc = 0;
@@ -129,7 +176,11 @@ int main(int argc, char** argv) {
     const double peak = gemm_tflops(8192, 10);
     std::printf("device %s: cuBLAS bf16 GEMM 8192^3 %.0f TFLOP/s (the MFU denominator)\n",
                 glam::device_description(glam::Device::cuda).c_str(), peak);
-    for (const std::string& c : configs) bench_config(c, rows, steps, warmup, peak);
+    std::FILE* losses = nullptr;
+    if (!losses_path.empty() && !(losses = std::fopen(losses_path.c_str(), "w")))
+      throw std::runtime_error("cannot write " + losses_path);
+    for (const std::string& c : configs) bench_config(c, rows, steps, warmup, peak, losses);
+    if (losses) std::fclose(losses);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gpu: error: %s\n", e.what());
     rc = 2;
