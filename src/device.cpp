@@ -5,26 +5,9 @@
 #include <omp.h>
 #include <sched.h>
 
-#ifdef GLAM_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
-
 #include "glam/check.h"
 
 namespace glam {
-
-int cuda_device_count() {
-#ifdef GLAM_WITH_CUDA
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();  // no driver or no device: clear the sticky error
-    return 0;
-  }
-  return n;
-#else
-  return 0;
-#endif
-}
 
 namespace {
 
@@ -45,34 +28,22 @@ Device select_device(const std::string& name, const Mesh& mesh) {
   if (name == "cpu") return Device::cpu;
   const int n = cuda_device_count();
   bool any_gpu = n > 0;
-#ifndef GLAM_WITH_CUDA
-  GLAM_REQUIRE(name != "cuda", "--device cuda: this build has no CUDA backend (nvcc was not found when it "
-               "was configured; rebuild with cmake -DGLAM_CUDA=ON)");
-#endif
+  GLAM_REQUIRE(name != "cuda" || cuda_backend_built(), "--device cuda: this build has no CUDA backend (nvcc was "
+               "not found when it was configured; rebuild with cmake -DGLAM_CUDA=ON)");
   // every rank must agree, or the collectives of the two backends would mix
   int all_have = any_gpu ? 1 : 0;
   MPI_Allreduce(MPI_IN_PLACE, &all_have, 1, MPI_INT, MPI_MIN, mesh.world);
   GLAM_REQUIRE(name != "cuda" || all_have, "--device cuda: no GPU is visible to ",
                any_gpu ? "some ranks" : "this rank", " (CUDA_VISIBLE_DEVICES, driver)");
   if (!all_have) return Device::cpu;
-#ifdef GLAM_WITH_CUDA
   const int chosen = local_rank() % n;
-  GLAM_REQUIRE(cudaSetDevice(chosen) == cudaSuccess, "--device cuda: cannot select GPU ", chosen);
-#endif
+  GLAM_REQUIRE(cuda_select_device(chosen), "--device cuda: cannot select GPU ", chosen);
   return Device::cuda;
 }
 
 std::string device_description(Device device) {
   if (device == Device::cpu) return "cpu";
-#ifdef GLAM_WITH_CUDA
-  int index = 0;
-  cudaGetDevice(&index);
-  cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, index);
-  return "cuda:" + std::to_string(index) + " (" + prop.name + ")";
-#else
-  return "cuda";
-#endif
+  return cuda_device_name();
 }
 
 int cpus_in_affinity() {

@@ -44,26 +44,40 @@ void for_each_exchange_run(const ExchangePlan& x, const std::function<void(int64
     }
 }
 
+void send_to_experts(float* expert_rows, const float* dispatched, float* received, const ExchangePlan& x,
+                     const Mesh& mesh, int64_t M) {
+  mesh.alltoallv_rows_data(dispatched, x.send_rows, received, x.recv_rows, M);
+  for_each_exchange_run(x, [&](int64_t from, int64_t to, int64_t n) {
+    if (n) std::memcpy(expert_rows + to * M, received + from * M, sizeof(float) * n * M);
+  });
+}
+
+void return_from_experts(float* dispatched, const float* expert_rows, float* outgoing, const ExchangePlan& x,
+                         const Mesh& mesh, int64_t M) {
+  for_each_exchange_run(x, [&](int64_t to, int64_t from, int64_t n) {
+    if (n) std::memcpy(outgoing + to * M, expert_rows + from * M, sizeof(float) * n * M);
+  });
+  mesh.alltoallv_rows_data(outgoing, x.recv_rows, dispatched, x.send_rows, M);
+}
+
+int64_t ExchangePlan::n_send() const {
+  int64_t rows = 0;
+  for (int64_t r : send_rows) rows += r;
+  return rows;
+}
+
 void send_to_experts(std::vector<float>& expert_rows, const std::vector<float>& dispatched,
                      const ExchangePlan& x, const Mesh& mesh, int64_t M) {
   std::vector<float> received(x.n_recv() * M);
-  mesh.alltoallv_rows_data(dispatched.data(), x.send_rows, received.data(), x.recv_rows, M);
   expert_rows.resize(x.n_recv() * M);
-  for_each_exchange_run(x, [&](int64_t from, int64_t to, int64_t n) {
-    if (n) std::memcpy(expert_rows.data() + to * M, received.data() + from * M, sizeof(float) * n * M);
-  });
+  send_to_experts(expert_rows.data(), dispatched.data(), received.data(), x, mesh, M);
 }
 
 void return_from_experts(std::vector<float>& dispatched, const std::vector<float>& expert_rows,
                          const ExchangePlan& x, const Mesh& mesh, int64_t M) {
   std::vector<float> outgoing(x.n_recv() * M);
-  for_each_exchange_run(x, [&](int64_t to, int64_t from, int64_t n) {
-    if (n) std::memcpy(outgoing.data() + to * M, expert_rows.data() + from * M, sizeof(float) * n * M);
-  });
-  int64_t rows = 0;
-  for (int64_t r : x.send_rows) rows += r;
-  dispatched.resize(rows * M);
-  mesh.alltoallv_rows_data(outgoing.data(), x.recv_rows, dispatched.data(), x.send_rows, M);
+  dispatched.resize(x.n_send() * M);
+  return_from_experts(dispatched.data(), expert_rows.data(), outgoing.data(), x, mesh, M);
 }
 
 }  // namespace glam

@@ -11,18 +11,8 @@
 
 #include "glam/adafactor.h"
 #include "glam/check.h"
-#ifdef GLAM_WITH_CUDA
-#include "glam/cuda/engine.h"
-#endif
 
 namespace glam {
-
-namespace {
-void zeros(std::vector<float>& v, int64_t n) { v.assign(n, 0.0f); }
-void add_into(std::vector<float>& y, const std::vector<float>& x) {
-  for (size_t i = 0; i < y.size(); i++) y[i] += x[i];
-}
-}  // namespace
 
 cpu::RouterOptions router_options(const ModelConfig& cfg, const Mesh& mesh, uint64_t seed, int64_t step,
                                   int64_t layer, int64_t T, bool no_drop) {
@@ -70,407 +60,288 @@ void add_routing_statistics(LossParts& parts, const cpu::RoutingPlan& plan, int6
   }
 }
 
-Model::Model(const Config& cfg, const Mesh& mesh, Device device)
-    : cfg_(cfg.model), mesh_(mesh), seed_(cfg.train.seed), params_(build_params(cfg.model, mesh)) {
-  init_params(params_, seed_, mesh);
-  nh_ = cfg_.n_heads / mesh.model_size;
-  H_ = cfg_.d_ff / mesh.model_size;
-  if (cfg_.n_experts > 0) place_ = mesh.place_experts(cfg_.n_experts);
-  V_ = cfg_.vocab_size / mesh.model_size;
-  v0_ = V_ * mesh.model_rank;
-  acts_.resize(cfg_.n_layers);
-  gemm_ = cpu::parse_precision(cfg.train.cpu_precision, "train.cpu_precision");
-  if (device == Device::cuda) {
-#ifdef GLAM_WITH_CUDA
-    gpu_ = std::make_shared<cuda::Engine>(cfg, mesh, params_);
-#else
-    throw UserError("--device cuda: this build has no CUDA backend");
-#endif
-  }
-}
-
-const std::vector<float>& Model::logits() const {
-  fetch_gpu_outputs();
-  return logits_;
-}
-
-double Model::grad_norm() const {
-#ifdef GLAM_WITH_CUDA
-  if (gpu_) return gpu_->grad_norm();
-#endif
-  return global_grad_norm(params_, mesh_);
-}
-
-void Model::optimizer_step(Adafactor& opt, double lr, int64_t t) {
-#ifdef GLAM_WITH_CUDA
-  if (gpu_) return gpu_->optimizer_step(opt, lr, t);
-#endif
-  opt.step(params_, lr, t, mesh_);
-}
-
-void Model::sync_to_host(Adafactor* opt) {
-#ifdef GLAM_WITH_CUDA
-  if (gpu_) gpu_->to_host(opt);
-#endif
-}
-
-void Model::sync_to_device(const Adafactor* opt) {
-#ifdef GLAM_WITH_CUDA
-  if (gpu_) gpu_->to_device(opt);
-#endif
-}
-
-void Model::fetch_gpu_outputs() const {
-#ifdef GLAM_WITH_CUDA
-  if (!gpu_outputs_stale_) return;
-  logits_ = gpu_->logits();
-  lse_ = gpu_->lse();
-  gpu_outputs_stale_ = false;
-#endif
-}
-
-std::string Model::pname(int64_t l, const char* what) const {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "layer_%02lld/%s", static_cast<long long>(l), what);
-  return buf;
-}
-
 // ---- forward -------------------------------------------------------------------
 
 LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   const int64_t M = cfg_.d_model, L = cfg_.n_layers;
-  batch_ = &batch;
-  B_ = batch.rows; S_ = batch.seq_len; T_ = B_ * S_;
-  parts_ = LossParts{};
   for (int32_t id : batch.ids)
     GLAM_REQUIRE(id >= 0 && id < cfg_.vocab_size, "token id ", id, " outside the vocabulary [0, ",
                  cfg_.vocab_size, ")");
-#ifdef GLAM_WITH_CUDA
-  if (gpu_) {
-    GLAM_REQUIRE(!frozen, "frozen routing (finite-difference tests) runs on the CPU only");
-    ScopedPhase phase(timers, "gpu_forward");
-    parts_ = gpu_->forward(batch, no_drop, step_);
-    gpu_outputs_stale_ = true;
-    return parts_;
-  }
-#endif
+  GLAM_REQUIRE(!frozen || device_ == Device::cpu, "frozen routing (finite-difference tests) runs on the CPU only");
+  plan_buffers(batch.rows, batch.seq_len, no_drop, /*decode=*/false);
+  batch_ = &batch;
+  parts_ = LossParts{};
+  upload_batch(batch.ids, &batch.targets, &batch.segments);
 
-  std::vector<float>& x0 = acts_[0].x;  // [T, M]
-  x0.resize(T_ * M);
-  cpu::embedding_forward(x0.data(), batch.ids.data(), params_.get("embedding").w.data(), T_, M, v0_, V_);
-  mesh_.allreduce_sum_model(x0.data(), T_ * M);
-
-  std::vector<float> ffn_out;  // [T, M]
+  be_->embedding_forward(acts_[0].x, ids_, w32(p_emb_), T_, M, v0_, V_);
+  be_->allreduce_sum_model(acts_[0].x);
   for (int64_t l = 0; l < L; l++) {
     LayerActs& a = acts_[l];
     {
-      ScopedPhase phase(timers, "attention");
-      attention_forward(l);
+      BackendPhase phase(*be_, "attention");
+      attention_forward(l, a.x);
     }
-    a.xn2.resize(T_ * M); a.rstd2.resize(T_);
-    cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(),
-                         params_.get(pname(l, "ffn/norm_scale")).w.data(), T_, M);
+    be_->rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w32(pid(l, "ffn/norm_scale")), T_, M, a.xn2_f32);
+    Tensor ffn_out = grads_.dffn;  // [T, M] scratch until the backward
     if (cfg_.is_moe_layer(l)) {
       moe_forward(l, ffn_out, no_drop, frozen);
     } else {
-      ScopedPhase phase(timers, "dense_ffn");
+      BackendPhase phase(*be_, "dense_ffn");
       dense_forward(l, ffn_out);
     }
-    std::vector<float>& next = l + 1 < L ? acts_[l + 1].x : x_final;
-    next = a.x_mid;
-    add_into(next, ffn_out);
+    Tensor next = l + 1 < L ? acts_[l + 1].x : x_final;
+    be_->copy(next, a.x_mid);
+    be_->add_into(next, ffn_out);
   }
-
-  ScopedPhase phase(timers, "output");
-  xnf.resize(T_ * M); rstdf.resize(T_);
-  cpu::rmsnorm_forward(xnf.data(), rstdf.data(), x_final.data(),
-                       params_.get("final_norm_scale").w.data(), T_, M);
-  logits_.resize(T_ * V_); lse_.resize(T_);
-  cpu::logits_forward(logits_.data(), xnf.data(), params_.get("embedding").w.data(), T_, M, V_,
-                      1.0f / std::sqrt(static_cast<float>(M)), gemm_);
-  const cpu::LossSums sums = kern_.softmax_xent_forward(lse_.data(), logits_.data(), batch.targets.data(),
-                                                       T_, V_, v0_, mesh_);
-  add_output_loss(parts_, sums, cfg_, mesh_);
+  {
+    BackendPhase phase(*be_, "output");
+    output_forward(x_final);
+    const cpu::LossSums sums = be_->softmax_xent_forward(lse_, logits_, targets_, T_, V_, v0_);
+    add_output_loss(parts_, sums, cfg_, mesh_);
+  }
+  be_->collect_phases(timers, false);
   return parts_;
 }
 
-void Model::attention_forward(int64_t l) {
+// x_mid = x + Wo attention(Wq xn1, Wk xn1, Wv xn1), xn1 = RMSNorm(x).
+void Model::attention_forward(int64_t l, const Tensor& x) {
   const int64_t M = cfg_.d_model, dh = cfg_.d_head, A = nh_ * dh;
   LayerActs& a = acts_[l];
-  a.xn1.resize(T_ * M); a.rstd1.resize(T_);
-  cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), a.x.data(),
-                       params_.get(pname(l, "attn/norm_scale")).w.data(), T_, M);
-  a.q.resize(T_ * A); a.k.resize(T_ * A); a.v.resize(T_ * A);
-  cpu::matmul_forward(a.q.data(), a.xn1.data(), params_.get(pname(l, "attn/wq")).w.data(), T_, M, A, gemm_);
-  cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A, gemm_);
-  cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A, gemm_);
-  a.probs.resize(B_ * nh_ * S_ * S_); a.att.resize(T_ * A);
-  kern_.attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
-                         params_.get(pname(l, "attn/rel_bias")).w.data(), batch_->segments.data(),
-                         B_, S_, nh_, dh);
-  a.x_mid.resize(T_ * M);
-  cpu::matmul_forward(a.x_mid.data(), a.att.data(), params_.get(pname(l, "attn/wo")).w.data(), T_, A, M, gemm_);
-  mesh_.allreduce_sum_model(a.x_mid.data(), T_ * M);
-  add_into(a.x_mid, a.x);
+  be_->rmsnorm_forward(a.xn1, a.rstd1, x, w32(pid(l, "attn/norm_scale")), T_, M, Tensor{});
+  be_->matmul_forward(a.q, a.xn1, w(pid(l, "attn/wq")), T_, M, A);
+  be_->matmul_forward(a.k, a.xn1, w(pid(l, "attn/wk")), T_, M, A);
+  be_->matmul_forward(a.v, a.xn1, w(pid(l, "attn/wv")), T_, M, A);
+  be_->attention_forward(a.att, a.att_state, a.q, a.k, a.v, w32(pid(l, "attn/rel_bias")), segments_, B_, S_, nh_,
+                         dh);
+  be_->matmul_forward(a.x_mid, a.att, w(pid(l, "attn/wo")), T_, A, M);
+  be_->allreduce_sum_model(a.x_mid);
+  be_->add_into(a.x_mid, x);
 }
 
-void Model::dense_forward(int64_t l, std::vector<float>& out) {
+void Model::dense_forward(int64_t l, Tensor out) {
   const int64_t M = cfg_.d_model;
   LayerActs& a = acts_[l];
-  a.a0.resize(T_ * H_); a.a1.resize(T_ * H_); a.h.resize(T_ * H_); out.resize(T_ * M);
-  cpu::matmul_forward(a.a0.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi0")).w.data(), T_, M, H_, gemm_);
-  cpu::matmul_forward(a.a1.data(), a.xn2.data(), params_.get(pname(l, "ffn/wi1")).w.data(), T_, M, H_, gemm_);
-  kern_.geglu_forward(a.h.data(), a.a0.data(), a.a1.data(), T_ * H_);
-  cpu::matmul_forward(out.data(), a.h.data(), params_.get(pname(l, "ffn/wo")).w.data(), T_, H_, M, gemm_);
-  mesh_.allreduce_sum_model(out.data(), T_ * M);
+  be_->matmul_forward(a.a0, a.xn2, w(pid(l, "ffn/wi0")), T_, M, H_);
+  be_->matmul_forward(a.a1, a.xn2, w(pid(l, "ffn/wi1")), T_, M, H_);
+  be_->geglu_forward(a.h, a.a0, a.a1, T_ * H_);
+  be_->matmul_forward(out, a.h, w(pid(l, "ffn/wo")), T_, H_, M);
+  be_->allreduce_sum_model(out);
 }
 
-void Model::moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool frozen) {
+void Model::moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen) {
   const int64_t M = cfg_.d_model, E = cfg_.n_experts;
   LayerActs& a = acts_[l];
   {  // route
-    ScopedPhase phase(timers, "router");
-    a.router_logits.resize(T_ * E);
-    cpu::matmul_forward(a.router_logits.data(), a.xn2.data(), params_.get(pname(l, "moe/router")).w.data(),
-                        T_, M, E, cpu::Precision::fp32);  // the router stays fp32
+    BackendPhase phase(*be_, "router");
+    be_->matmul_fp32_forward(a.router_logits, a.xn2_f32, w32(pid(l, "moe/router")), T_, M, E);
     const cpu::RouterOptions opt = router_options(cfg_, mesh_, seed_, step_, l, T_, no_drop);
     if (frozen) {
-      const cpu::RoutingPlan previous = a.plan;
-      cpu::router_forward(a.plan, a.router_logits.data(), T_, opt, &previous);
+      const Routing previous = a.route;
+      be_->route(a.route, a.router_logits, T_, opt, &previous);
     } else {
-      cpu::router_forward(a.plan, a.router_logits.data(), T_, opt);
+      be_->route(a.route, a.router_logits, T_, opt, nullptr);
     }
   }
+  const int64_t rows = a.route.plan.expert_offset[E];
+  GLAM_ASSERT(rows <= rows_max_);
   {  // dispatch: router order -> rows of this rank's experts
-    ScopedPhase phase(timers, "dispatch");
-    a.ein.resize(a.plan.expert_offset[E] * M);
-    cpu::dispatch_forward(a.ein.data(), a.xn2.data(), a.plan, M);
-    a.xplan = plan_exchange(a.plan, place_, mesh_);
-    send_to_experts(a.xin, a.ein, a.xplan, mesh_, M);
+    BackendPhase phase(*be_, "dispatch");
+    be_->dispatch_forward(a.ein.rows(0, rows), a.xn2, a.route, M);
+    a.xplan = plan_exchange(a.route.plan, place_, mesh_);
+    size_expert_rows(l, a.xplan.n_recv());
+    be_->send_to_experts(a.xin.rows(0, a.xplan.n_recv()), a.ein.rows(0, rows), a.xplan, M);
   }
+  const int64_t n = a.xplan.n_recv();
   {  // experts (hidden dim split over model: sum the partial outputs)
-    ScopedPhase phase(timers, "experts");
-    const int64_t n = a.xplan.n_recv();
-    a.pre.resize(n * H_); a.eh.resize(n * H_); a.xout.resize(n * M);
-    kern_.experts_forward(a.xout.data(), a.pre.data(), a.eh.data(), a.xin.data(),
-                         params_.get(pname(l, "moe/wi")).w.data(), params_.get(pname(l, "moe/wo")).w.data(),
-                         a.xplan.local_offsets, M, H_, expert_act(), gemm_);
-    mesh_.allreduce_sum_model(a.xout.data(), n * M);
+    BackendPhase phase(*be_, "experts");
+    be_->experts_forward(a.xout.rows(0, n), a.pre.rows(0, n), a.eh.rows(0, n), a.xin.rows(0, n),
+                         w(pid(l, "moe/wi")), w(pid(l, "moe/wo")), a.xplan.local_offsets, M, H_, expert_act());
+    be_->allreduce_sum_model(a.xout.rows(0, n));
   }
   {  // combine: back to router order, then weight and sum the two choices
-    ScopedPhase phase(timers, "combine");
-    return_from_experts(a.eout, a.xout, a.xplan, mesh_, M);
-    out.resize(T_ * M);
-    cpu::combine_forward(out.data(), a.eout.data(), a.plan, M);
+    BackendPhase phase(*be_, "combine");
+    be_->return_from_experts(a.eout.rows(0, rows), a.xout.rows(0, n), a.xplan, M);
+    be_->combine_forward(out, a.eout.rows(0, rows), a.route, M);
   }
-  add_routing_statistics(parts_, a.plan, T_, mesh_);
+  add_routing_statistics(parts_, a.route.plan, T_, mesh_);
+}
+
+// logits [T, Vl] = (RMSNorm(x) * M^-1/2) @ Emb^T (the tied embedding).
+void Model::output_forward(const Tensor& x) {
+  const int64_t M = cfg_.d_model;
+  be_->rmsnorm_forward(xnf, rstdf, x, w32(p_final_), T_, M, Tensor{});
+  be_->logits_forward(logits_, xnf, w(p_emb_), T_, M, V_, 1.0f / std::sqrt(static_cast<float>(M)));
+  host_outputs_stale_ = true;
 }
 
 // ---- inference with a KV cache -----------------------------------------------
 
-void KVCache::reset(int64_t B, int64_t cap, int64_t n_layers, int64_t w) {
-  rows = B; capacity = cap; len = 0; width = w;
-  k.assign(n_layers, std::vector<float>(B * cap * w, 0.0f));
-  v.assign(n_layers, std::vector<float>(B * cap * w, 0.0f));
-}
-
-void KVCache::reorder(const std::vector<int64_t>& parent) {
-  for (auto* layers : {&k, &v})
-    for (std::vector<float>& t : *layers) {
-      const std::vector<float> old = t;
-      for (int64_t r = 0; r < rows; r++)
-        std::copy(old.begin() + parent[r] * capacity * width, old.begin() + (parent[r] + 1) * capacity * width,
-                  t.begin() + r * capacity * width);
-    }
-}
-
 void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int64_t n) {
-  const int64_t M = cfg_.d_model, L = cfg_.n_layers, dh = cfg_.d_head, A = nh_ * dh, B = cache.rows;
+  const int64_t M = cfg_.d_model, L = cfg_.n_layers;
   GLAM_REQUIRE(cache.len + n <= cache.capacity, "KV cache holds ", cache.capacity, " positions; ", cache.len + n, " asked");
-  B_ = B; S_ = n; T_ = B * n;
+  plan_buffers(cache.rows, n, /*no_drop=*/true, /*decode=*/true);
+  ensure_cache(cache);
   batch_ = nullptr;
-  gpu_outputs_stale_ = false;  // decoding runs on the CPU layers
   parts_ = LossParts{};
-  std::vector<float> x(T_ * M), ffn_out;
-  cpu::embedding_forward(x.data(), ids.data(), params_.get("embedding").w.data(), T_, M, v0_, V_);
-  mesh_.allreduce_sum_model(x.data(), T_ * M);
+  upload_batch(ids, nullptr, nullptr);
+  be_->embedding_forward(acts_[0].x, ids_, w32(p_emb_), T_, M, v0_, V_);
+  be_->allreduce_sum_model(acts_[0].x);
   for (int64_t l = 0; l < L; l++) {
     LayerActs& a = acts_[l];
-    a.xn1.resize(T_ * M); a.rstd1.resize(T_);
-    cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), x.data(), params_.get(pname(l, "attn/norm_scale")).w.data(), T_, M);
-    a.q.resize(T_ * A); a.k.resize(T_ * A); a.v.resize(T_ * A); a.att.resize(T_ * A);
-    cpu::matmul_forward(a.q.data(), a.xn1.data(), params_.get(pname(l, "attn/wq")).w.data(), T_, M, A, gemm_);
-    cpu::matmul_forward(a.k.data(), a.xn1.data(), params_.get(pname(l, "attn/wk")).w.data(), T_, M, A, gemm_);
-    cpu::matmul_forward(a.v.data(), a.xn1.data(), params_.get(pname(l, "attn/wv")).w.data(), T_, M, A, gemm_);
-    for (int64_t b = 0; b < B; b++)  // append the new keys and values
-      for (int64_t j = 0; j < n; j++) {
-        const int64_t dst = (b * cache.capacity + cache.len + j) * A, src = (b * n + j) * A;
-        std::copy(a.k.begin() + src, a.k.begin() + src + A, cache.k[l].begin() + dst);
-        std::copy(a.v.begin() + src, a.v.begin() + src + A, cache.v[l].begin() + dst);
-      }
-    cpu::attention_decode(a.att.data(), a.q.data(), cache.k[l].data(), cache.v[l].data(),
-                          params_.get(pname(l, "attn/rel_bias")).w.data(), B, n, cache.len, cache.capacity, nh_, dh);
-    a.x_mid.resize(T_ * M);
-    cpu::matmul_forward(a.x_mid.data(), a.att.data(), params_.get(pname(l, "attn/wo")).w.data(), T_, A, M, gemm_);
-    mesh_.allreduce_sum_model(a.x_mid.data(), T_ * M);
-    add_into(a.x_mid, x);
-    a.xn2.resize(T_ * M); a.rstd2.resize(T_);
-    cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), params_.get(pname(l, "ffn/norm_scale")).w.data(), T_, M);
+    decode_attention(l, a.x, cache, n);
+    be_->rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w32(pid(l, "ffn/norm_scale")), T_, M, a.xn2_f32);
+    Tensor ffn_out = grads_.dffn;
     if (cfg_.is_moe_layer(l)) moe_forward(l, ffn_out, /*no_drop=*/true, false);
     else dense_forward(l, ffn_out);
-    x = a.x_mid;
-    add_into(x, ffn_out);
+    Tensor next = l + 1 < L ? acts_[l + 1].x : x_final;
+    be_->copy(next, a.x_mid);
+    be_->add_into(next, ffn_out);
   }
   cache.len += n;
-  xnf.resize(T_ * M); rstdf.resize(T_);
-  cpu::rmsnorm_forward(xnf.data(), rstdf.data(), x.data(), params_.get("final_norm_scale").w.data(), T_, M);
-  logits_.resize(T_ * V_);
-  cpu::logits_forward(logits_.data(), xnf.data(), params_.get("embedding").w.data(), T_, M, V_,
-                      1.0f / std::sqrt(static_cast<float>(M)), gemm_);
+  output_forward(x_final);
+  be_->collect_phases(timers, false);
+}
+
+// attention_forward over the cache: the new keys and values are appended first.
+void Model::decode_attention(int64_t l, const Tensor& x, KVCache& cache, int64_t n) {
+  const int64_t M = cfg_.d_model, dh = cfg_.d_head, A = nh_ * dh, B = cache.rows;
+  LayerActs& a = acts_[l];
+  be_->rmsnorm_forward(a.xn1, a.rstd1, x, w32(pid(l, "attn/norm_scale")), T_, M, Tensor{});
+  be_->matmul_forward(a.q, a.xn1, w(pid(l, "attn/wq")), T_, M, A);
+  be_->matmul_forward(a.k, a.xn1, w(pid(l, "attn/wk")), T_, M, A);
+  be_->matmul_forward(a.v, a.xn1, w(pid(l, "attn/wv")), T_, M, A);
+  be_->kv_append(cache.k[l], a.k, B, n, cache.len, cache.capacity, A);
+  be_->kv_append(cache.v[l], a.v, B, n, cache.len, cache.capacity, A);
+  be_->attention_decode(a.att, a.q, cache.k[l], cache.v[l], w32(pid(l, "attn/rel_bias")), B, n, cache.len,
+                        cache.capacity, nh_, dh);
+  be_->matmul_forward(a.x_mid, a.att, w(pid(l, "attn/wo")), T_, A, M);
+  be_->allreduce_sum_model(a.x_mid);
+  be_->add_into(a.x_mid, x);
 }
 
 std::vector<double> Model::target_logprobs() const {
   GLAM_ASSERT(batch_ != nullptr);
-  fetch_gpu_outputs();
+  fetch_outputs();
   std::vector<float> target_logit(T_, 0.0f);
   for (int64_t t = 0; t < T_; t++) {
     const int64_t c = batch_->targets[t] - v0_;
-    if (batch_->targets[t] >= 0 && c >= 0 && c < V_) target_logit[t] = logits_[t * V_ + c];
+    if (batch_->targets[t] >= 0 && c >= 0 && c < V_) target_logit[t] = logits_host_[t * V_ + c];
   }
   mesh_.allreduce_sum_model(target_logit.data(), T_);
   std::vector<double> lp(T_, 0.0);
   for (int64_t t = 0; t < T_; t++)
-    if (batch_->targets[t] >= 0) lp[t] = static_cast<double>(target_logit[t]) - lse_[t];
+    if (batch_->targets[t] >= 0) lp[t] = static_cast<double>(target_logit[t]) - lse_host_[t];
   return lp;
 }
 
 // ---- backward ------------------------------------------------------------------
 
 void Model::backward() {
-#ifdef GLAM_WITH_CUDA
-  if (gpu_) {
-    ScopedPhase phase(timers, "gpu_backward");
-    gpu_->backward();
-    return;
-  }
-#endif
   const int64_t M = cfg_.d_model, L = cfg_.n_layers;
-  const Batch& batch = *batch_;
-  Param& emb = params_.get("embedding");
-  std::vector<float> dx(T_ * M, 0.0f);  // gradient of the residual stream
+  GLAM_ASSERT(batch_ != nullptr);
+  GradActs& d = grads_;
+  be_->zero(d.dx);
   {
-    ScopedPhase phase(timers, "output");
-    const double n = std::max<int64_t>(1, parts_.n_targets);
-    std::vector<float> dxnf(T_ * M, 0.0f);
-    std::vector<float>& dlogits = dlogits_;
-    dlogits.resize(T_ * V_);
-    kern_.softmax_xent_backward(dlogits.data(), logits_.data(), lse_.data(), batch.targets.data(), T_, V_,
-                               v0_, static_cast<float>(1.0 / n), static_cast<float>(cfg_.z_loss_weight / n));
-    cpu::logits_backward(dxnf.data(), emb.g.data(), dlogits.data(), xnf.data(), emb.w.data(), T_, M, V_,
-                         1.0f / std::sqrt(static_cast<float>(M)), gemm_);
-    mesh_.allreduce_sum_model(dxnf.data(), T_ * M);
-    Param& gf = params_.get("final_norm_scale");
-    cpu::rmsnorm_backward(dx.data(), gf.g.data(), dxnf.data(), x_final.data(), gf.w.data(), rstdf.data(), T_, M);
+    BackendPhase phase(*be_, "output");
+    output_backward();
   }
-
-  std::vector<float> dxn;
   for (int64_t l = L - 1; l >= 0; l--) {
     LayerActs& a = acts_[l];
-    zeros(dxn, T_ * M);
+    be_->zero(d.dxn);
     if (cfg_.is_moe_layer(l)) {
-      moe_backward(l, dx, dxn);
+      moe_backward(l, d.dx);
     } else {
-      ScopedPhase phase(timers, "dense_ffn");
-      dense_backward(l, dx, dxn);
+      BackendPhase phase(*be_, "dense_ffn");
+      dense_backward(l, d.dx);
     }
-    Param& g2 = params_.get(pname(l, "ffn/norm_scale"));
-    cpu::rmsnorm_backward(dx.data(), g2.g.data(), dxn.data(), a.x_mid.data(), g2.w.data(), a.rstd2.data(), T_, M);
-    ScopedPhase phase(timers, "attention");
-    attention_backward(l, dx);
+    const size_t g2 = pid(l, "ffn/norm_scale");
+    be_->rmsnorm_backward(d.dx, g(g2), d.dxn, a.x_mid, w32(g2), a.rstd2, T_, M);
+    BackendPhase phase(*be_, "attention");
+    attention_backward(l);
   }
-  cpu::embedding_backward(emb.g.data(), dx.data(), batch.ids.data(), T_, M, v0_, V_);
-  ScopedPhase phase(timers, "grad_reduce");
-  reduce_gradients();
+  be_->embedding_backward(g(p_emb_), d.dx, ids_, T_, M, v0_, V_);
+  {
+    BackendPhase phase(*be_, "grad_reduce");
+    be_->reduce_gradients(params_, place_);
+  }
+  be_->collect_phases(timers, false);
 }
 
-// Data parallelism: parameters replicated over the data axis sum their gradients
-// over it; experts sum over the ranks holding the same expert (if replicated).
-// Over the model axis replicated parameters already hold identical gradients.
-void Model::reduce_gradients() {
-  for (Param& p : params_.params) {
-    if (p.data_axis < 0) mesh_.allreduce_sum_data(p.g.data(), p.size());
-    else if (p.data_replicas > 1) mesh_.allreduce_sum(p.g.data(), p.size(), place_.replica_comm);
-  }
+// dx: d x_final on exit (the loss through the logits and the final norm).
+void Model::output_backward() {
+  const int64_t M = cfg_.d_model;
+  GradActs& d = grads_;
+  const double n = std::max<int64_t>(1, parts_.n_targets);
+  be_->softmax_xent_backward(d.dlogits, logits_, lse_, targets_, T_, V_, v0_, static_cast<float>(1.0 / n),
+                             static_cast<float>(cfg_.z_loss_weight / n));
+  be_->zero(d.dxn);
+  be_->logits_backward(d.dxn, g(p_emb_), d.dlogits, xnf, w(p_emb_), T_, M, V_, 1.0f / std::sqrt(static_cast<float>(M)));
+  be_->allreduce_sum_model(d.dxn);
+  be_->rmsnorm_backward(d.dx, g(p_final_), d.dxn, x_final, w32(p_final_), rstdf, T_, M);
 }
 
-// dx holds d x_mid on entry and d x on exit (residual plus the normed path).
-void Model::attention_backward(int64_t l, std::vector<float>& dx) {
+// grads_.dx holds d x_mid on entry and d x on exit (residual plus the normed path).
+void Model::attention_backward(int64_t l) {
   const int64_t M = cfg_.d_model, dh = cfg_.d_head, A = nh_ * dh;
   LayerActs& a = acts_[l];
-  Param& wq = params_.get(pname(l, "attn/wq"));
-  Param& wk = params_.get(pname(l, "attn/wk"));
-  Param& wv = params_.get(pname(l, "attn/wv"));
-  Param& wo = params_.get(pname(l, "attn/wo"));
-  std::vector<float> datt(T_ * A, 0.0f), dq(T_ * A, 0.0f), dk(T_ * A, 0.0f), dv(T_ * A, 0.0f);
-  cpu::matmul_backward(datt.data(), wo.g.data(), dx.data(), a.att.data(), wo.w.data(), T_, A, M, gemm_);
-  kern_.attention_backward(dq.data(), dk.data(), dv.data(), params_.get(pname(l, "attn/rel_bias")).g.data(),
-                          datt.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(),
-                          batch_->segments.data(), B_, S_, nh_, dh);
-  std::vector<float> dxn(T_ * M, 0.0f);
-  cpu::matmul_backward(dxn.data(), wq.g.data(), dq.data(), a.xn1.data(), wq.w.data(), T_, M, A, gemm_);
-  cpu::matmul_backward(dxn.data(), wk.g.data(), dk.data(), a.xn1.data(), wk.w.data(), T_, M, A, gemm_);
-  cpu::matmul_backward(dxn.data(), wv.g.data(), dv.data(), a.xn1.data(), wv.w.data(), T_, M, A, gemm_);
-  mesh_.allreduce_sum_model(dxn.data(), T_ * M);
-  Param& g1 = params_.get(pname(l, "attn/norm_scale"));
-  cpu::rmsnorm_backward(dx.data(), g1.g.data(), dxn.data(), a.x.data(), g1.w.data(), a.rstd1.data(), T_, M);
+  GradActs& d = grads_;
+  const size_t wq = pid(l, "attn/wq"), wk = pid(l, "attn/wk"), wv = pid(l, "attn/wv"), wo = pid(l, "attn/wo");
+  const size_t rb = pid(l, "attn/rel_bias"), g1 = pid(l, "attn/norm_scale");
+  be_->zero(d.datt); be_->zero(d.dq); be_->zero(d.dk); be_->zero(d.dv);
+  be_->matmul_backward(d.datt, g(wo), d.dx, a.att, w(wo), T_, A, M);
+  be_->attention_backward(d.dq, d.dk, d.dv, g(rb), d.datt, a.att_state, a.att, a.q, a.k, a.v, w32(rb), segments_,
+                          B_, S_, nh_, dh);
+  be_->zero(d.dxn);
+  be_->matmul_backward(d.dxn, g(wq), d.dq, a.xn1, w(wq), T_, M, A);
+  be_->matmul_backward(d.dxn, g(wk), d.dk, a.xn1, w(wk), T_, M, A);
+  be_->matmul_backward(d.dxn, g(wv), d.dv, a.xn1, w(wv), T_, M, A);
+  be_->allreduce_sum_model(d.dxn);
+  be_->rmsnorm_backward(d.dx, g(g1), d.dxn, a.x, w32(g1), a.rstd1, T_, M);
 }
 
-void Model::dense_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn) {
+// Accumulates d xn2 into grads_.dxn from dout = d FFN output.
+void Model::dense_backward(int64_t l, const Tensor& dout) {
   const int64_t M = cfg_.d_model;
   LayerActs& a = acts_[l];
-  Param& wi0 = params_.get(pname(l, "ffn/wi0"));
-  Param& wi1 = params_.get(pname(l, "ffn/wi1"));
-  Param& wo = params_.get(pname(l, "ffn/wo"));
-  std::vector<float> dh(T_ * H_, 0.0f), da0(T_ * H_, 0.0f), da1(T_ * H_, 0.0f);
-  cpu::matmul_backward(dh.data(), wo.g.data(), dout.data(), a.h.data(), wo.w.data(), T_, H_, M, gemm_);
-  kern_.geglu_backward(da0.data(), da1.data(), dh.data(), a.a0.data(), a.a1.data(), T_ * H_);
-  cpu::matmul_backward(dxn.data(), wi0.g.data(), da0.data(), a.xn2.data(), wi0.w.data(), T_, M, H_, gemm_);
-  cpu::matmul_backward(dxn.data(), wi1.g.data(), da1.data(), a.xn2.data(), wi1.w.data(), T_, M, H_, gemm_);
-  mesh_.allreduce_sum_model(dxn.data(), T_ * M);
+  GradActs& d = grads_;
+  const size_t wi0 = pid(l, "ffn/wi0"), wi1 = pid(l, "ffn/wi1"), wo = pid(l, "ffn/wo");
+  be_->zero(d.dh); be_->zero(d.da0); be_->zero(d.da1);
+  be_->matmul_backward(d.dh, g(wo), dout, a.h, w(wo), T_, H_, M);
+  be_->geglu_backward(d.da0, d.da1, d.dh, a.a0, a.a1, T_ * H_);
+  be_->matmul_backward(d.dxn, g(wi0), d.da0, a.xn2, w(wi0), T_, M, H_);
+  be_->matmul_backward(d.dxn, g(wi1), d.da1, a.xn2, w(wi1), T_, M, H_);
+  be_->allreduce_sum_model(d.dxn);
 }
 
-void Model::moe_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn) {
+void Model::moe_backward(int64_t l, const Tensor& dout) {
   const int64_t M = cfg_.d_model, E = cfg_.n_experts;
   LayerActs& a = acts_[l];
-  const cpu::RoutingPlan& plan = a.plan;
-  const int64_t rows = plan.expert_offset[E], n = a.xplan.n_recv();
-  Param& wi = params_.get(pname(l, "moe/wi"));
-  Param& wo = params_.get(pname(l, "moe/wo"));
-  Param& wg = params_.get(pname(l, "moe/router"));
-  std::vector<float> deout(rows * M), dweight(T_ * 2), dxout, dxin(n * M, 0.0f), dein;
+  GradActs& d = grads_;
+  const int64_t rows = a.route.plan.expert_offset[E], n = a.xplan.n_recv();
+  const size_t wi = pid(l, "moe/wi"), wo = pid(l, "moe/wo"), wg = pid(l, "moe/router");
+  size_expert_grads(n);
   {  // combine backward: gradients of the expert outputs and of the combine weights
-    ScopedPhase phase(timers, "combine");
-    cpu::combine_backward(deout.data(), dweight.data(), dout.data(), a.eout.data(), plan, M);
-    send_to_experts(dxout, deout, a.xplan, mesh_, M);
+    BackendPhase phase(*be_, "combine");
+    be_->combine_backward(d.deout.rows(0, rows), d.dweight, dout, a.eout.rows(0, rows), a.route, M);
+    be_->send_to_experts(d.dxout.rows(0, n), d.deout.rows(0, rows), a.xplan, M);
   }
   {  // experts backward (hidden dim split over model: sum the input gradient)
-    ScopedPhase phase(timers, "experts");
-    std::vector<float> scratch(n * H_);
-    kern_.experts_backward(dxin.data(), wi.g.data(), wo.g.data(), scratch.data(), dxout.data(), a.xin.data(),
-                          a.pre.data(), a.eh.data(), wi.w.data(), wo.w.data(), a.xplan.local_offsets, M, H_,
-                          expert_act(), gemm_);
-    mesh_.allreduce_sum_model(dxin.data(), n * M);
+    BackendPhase phase(*be_, "experts");
+    be_->zero(d.dxin.rows(0, n));
+    be_->experts_backward(d.dxin.rows(0, n), g(wi), g(wo), d.dscratch.rows(0, n), d.dxout.rows(0, n),
+                          a.xin.rows(0, n), a.pre.rows(0, n), a.eh.rows(0, n), w(wi), w(wo), a.xplan.local_offsets, M,
+                          H_, expert_act());
+    be_->allreduce_sum_model(d.dxin.rows(0, n));
   }
   {  // dispatch backward
-    ScopedPhase phase(timers, "dispatch");
-    return_from_experts(dein, dxin, a.xplan, mesh_, M);
-    cpu::dispatch_backward(dxn.data(), dein.data(), plan, M);
+    BackendPhase phase(*be_, "dispatch");
+    be_->return_from_experts(d.dein.rows(0, rows), d.dxin.rows(0, n), a.xplan, M);
+    be_->dispatch_backward(d.dxn, d.dein.rows(0, rows), a.route, M);
   }
-  ScopedPhase phase(timers, "router");  // replicated over model: no reduction
-  std::vector<float> dlogits(T_ * E, 0.0f);
-  cpu::router_backward(dlogits.data(), dweight.data(), cfg_.aux_loss_weight, plan);
-  cpu::matmul_backward(dxn.data(), wg.g.data(), dlogits.data(), a.xn2.data(), wg.w.data(), T_, M, E,
-                       cpu::Precision::fp32);  // the router stays fp32
+  BackendPhase phase(*be_, "router");  // replicated over model: no reduction
+  be_->zero(d.drouter);
+  be_->router_backward(d.drouter, d.dweight, cfg_.aux_loss_weight, a.route);
+  be_->matmul_fp32_backward(d.dxn, g(wg), d.drouter, a.xn2_f32, w32(wg), T_, M, E);
 }
 
 }  // namespace glam

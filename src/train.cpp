@@ -355,12 +355,11 @@ int train_main(const std::vector<std::string>& args) {
     r.data_wait_s = loader.last_wait_s();
     r.epochs = epochs_after(corpus, loaded, cfg.model.seq_len);
     model.set_step(step);
-    model.params().zero_grad();
+    model.zero_grad();
     r.parts = model.forward(batch);
     model.backward();
     r.step = step + 1;
-    {
-      ScopedPhase phase(model.timers, "optimizer");
+    {  // the model times its optimizer phase on the backend's clock
       r.grad_norm = model.grad_norm();
       r.skipped = mesh.any(!std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss));
       r.lr = learning_rate(cfg.train, step + 1);
@@ -413,6 +412,7 @@ int train_main(const std::vector<std::string>& args) {
   if (mesh.is_root())
     std::printf("# data loader: the steps waited %.3f s in all for batches (%.3f ms per step)\n", loader.total_wait_s(),
                 1e3 * loader.total_wait_s() / std::max<int64_t>(1, st.step - first_step));
+  model.finish_phases();
   print_phase_report(model.timers, mesh, total, st.step - first_step);
   return 0;
 }

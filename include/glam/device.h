@@ -19,8 +19,15 @@ Device select_device(const std::string& name, const Mesh& mesh);
 // "cpu", or "cuda:<index> (<GPU name>)".
 std::string device_description(Device device);
 
+// Provided by the CUDA backend (src/cuda/device.cu), or by its stand-in in a build
+// without one (src/cuda_unavailable.cpp), so no other file asks which it is.
+bool cuda_backend_built();
 // GPUs visible to this process; 0 in a build without the CUDA backend.
 int cuda_device_count();
+// Makes GPU `index` this process's device; false when it cannot.
+bool cuda_select_device(int index);
+// "cuda:<index> (<GPU name>)" of the current device.
+std::string cuda_device_name();
 
 // CPUs this process may run on (its affinity mask) and the OpenMP threads it
 // will start. mpirun binds each rank to one core by default when the ranks do

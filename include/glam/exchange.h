@@ -21,6 +21,7 @@ struct ExchangePlan {
   std::vector<int64_t> recv_rows;     // [D] rows received from each source
   std::vector<int64_t> local_offsets; // [E_local + 1] rows of local expert e after regrouping
   int64_t n_recv() const { return local_offsets.empty() ? 0 : local_offsets.back(); }
+  int64_t n_send() const;  // rows this rank dispatched
 };
 
 // Collective over the data axis: exchanges the per-expert counts of the plan.
@@ -32,6 +33,12 @@ void send_to_experts(std::vector<float>& expert_rows, const std::vector<float>& 
 // expert_rows [n_recv, M] -> dispatched [rows, M]: the inverse permutation.
 void return_from_experts(std::vector<float>& dispatched, const std::vector<float>& expert_rows,
                          const ExchangePlan& x, const Mesh& mesh, int64_t M);
+
+// The same into caller-owned host buffers; received / outgoing [n_recv, M] scratch.
+void send_to_experts(float* expert_rows, const float* dispatched, float* received, const ExchangePlan& x,
+                     const Mesh& mesh, int64_t M);
+void return_from_experts(float* dispatched, const float* expert_rows, float* outgoing, const ExchangePlan& x,
+                         const Mesh& mesh, int64_t M);
 
 // The regrouping both directions use: received rows are [source][local expert],
 // the experts' rows [local expert][source]; f(received_row, grouped_row, n) is

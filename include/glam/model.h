@@ -4,19 +4,21 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
+#include "glam/backend.h"
 #include "glam/config.h"
 #include "glam/corpus.h"
 #include "glam/device.h"
 #include "glam/exchange.h"
-#include "glam/layers_fast.h"
 #include "glam/mesh.h"
 #include "glam/moe.h"
 #include "glam/params.h"
+#include "glam/tensor.h"
 #include "glam/timers.h"
 
-namespace glam::cuda { class Engine; }
 namespace glam { class Adafactor; }
 
 namespace glam {
@@ -30,27 +32,49 @@ struct LossParts {
   std::vector<int64_t> layer_dropped;                         // [moe layer] choices dropped
 };
 
+// Every activation the backward needs, as views into the model's activation arena
+// (one allocation per device, sized for the batch shape). dtype "gemm" is the
+// backend's GEMM operand type (f32 on the CPU, bf16 on the GPU). The MoE buffers
+// are sized for the most rows routing can produce; rows() views use what a step used.
 struct LayerActs {
-  std::vector<float> x;         // [T, M] residual stream entering the layer
-  std::vector<float> xn1;       // [T, M] RMSNorm before attention
-  std::vector<float> rstd1;     // [T]
-  std::vector<float> q, k, v;   // [T, nh*dh] this rank's heads
-  std::vector<float> probs;     // [B, nh, S, S] attention probabilities
-  std::vector<float> att;       // [T, nh*dh] attention output before Wo
-  std::vector<float> x_mid;     // [T, M] residual after attention
-  std::vector<float> xn2;       // [T, M] RMSNorm before the FFN
-  std::vector<float> rstd2;     // [T]
+  Tensor x;              // [T, M] f32 residual stream entering the layer
+  Tensor xn1;            // [T, M] gemm  RMSNorm before attention
+  Tensor rstd1;          // [T] f32
+  Tensor q, k, v;        // [T, A] f32 this rank's heads
+  Tensor att_state;      // the backend's attention state (cpu: probs [B, nh, S, S]; cuda: lse [B, nh, S])
+  Tensor att;            // [T, A] f32 attention output before Wo
+  Tensor x_mid;          // [T, M] f32 residual after attention
+  Tensor xn2;            // [T, M] gemm  RMSNorm before the FFN
+  Tensor xn2_f32;        // [T, M] f32 the router's input (xn2 itself when gemm is f32)
+  Tensor rstd2;          // [T] f32
   // dense GEGLU layers
-  std::vector<float> a0, a1, h; // [T, H] gelu(a0) * a1 = h
+  Tensor a0, a1;         // [T, H] f32 gelu(a0) * a1 = h
+  Tensor h;              // [T, H] gemm
   // MoE layers
-  std::vector<float> router_logits;  // [T, E]
-  cpu::RoutingPlan plan;
-  std::vector<float> ein;       // [rows, M] dispatched tokens, router order (all E experts)
-  ExchangePlan xplan;           // who sends how many rows to whom over the data axis
-  std::vector<float> xin;       // [n_recv, M] rows for this rank's experts, local expert-major
-  std::vector<float> pre, eh;   // [n_recv, H] expert pre-activation and activation
-  std::vector<float> xout;      // [n_recv, M] this rank's expert outputs
-  std::vector<float> eout;      // [rows, M] expert outputs back in router order
+  Tensor router_logits;  // [T, E] f32
+  Routing route;
+  Tensor ein;            // [rows_max, M] f32 dispatched tokens, router order (all E experts)
+  ExchangePlan xplan;    // who sends how many rows to whom over the data axis
+  Tensor xin;            // [recv_max, M] f32 rows for this rank's experts, local expert-major
+  Tensor pre;            // [recv_max, H] f32 expert pre-activation
+  Tensor eh;             // [recv_max, H] gemm expert activation
+  Tensor xout;           // [recv_max, M] f32 this rank's expert outputs
+  Tensor eout;           // [rows_max, M] f32 expert outputs back in router order
+};
+
+// Backward scratch, one set for all layers.
+struct GradActs {
+  Tensor dx;             // [T, M] f32 gradient of the residual stream
+  Tensor dxn;            // [T, M] f32 gradient of a normed input
+  Tensor dffn;           // [T, M] f32 (forward: the FFN output)
+  Tensor dlogits;        // [T, Vl] f32
+  Tensor datt, dq, dk, dv;   // [T, A] f32
+  Tensor dh, da0, da1;       // [T, H] f32
+  Tensor drouter;            // [T, E] f32
+  Tensor dweight;            // [T, 2] f32 combine weights
+  Tensor deout, dein;        // [rows_max, M] f32
+  Tensor dxout, dxin;        // [recv_max, M] f32
+  Tensor dscratch;           // [recv_max, H] f32
 };
 
 // The router's options for MoE layer `layer` at training step `step`, T tokens on
@@ -64,11 +88,16 @@ void add_routing_statistics(LossParts& parts, const cpu::RoutingPlan& plan, int6
 // (means over the global batch's targets; collective over the data axis).
 void add_output_loss(LossParts& parts, const cpu::LossSums& sums, const ModelConfig& cfg, const Mesh& mesh);
 
-// Keys and values of every layer for incremental decoding (this rank's heads).
+// Keys and values of every layer for incremental decoding (this rank's heads), on
+// the model's device. Model::forward_cached (re)allocates it after reset().
 struct KVCache {
   int64_t rows = 0, capacity = 0, len = 0;  // B, positions it can hold, positions filled
   int64_t width = 0;                        // local heads * d_head
-  std::vector<std::vector<float>> k, v;     // [L][B, capacity, width]
+  int64_t n_layers = 0;
+  std::vector<Tensor> k, v;                 // [L][B, capacity, width]
+  Tensor scratch;                           // [B, capacity, width] for reorder
+  std::shared_ptr<Arena> arena;
+  Backend* backend = nullptr;
   void reset(int64_t rows, int64_t capacity, int64_t n_layers, int64_t width);
   // Beam search: row r becomes a copy of row parent[r].
   void reorder(const std::vector<int64_t>& parent);
@@ -76,10 +105,15 @@ struct KVCache {
 
 class Model {
  public:
-  // Device::cuda runs forward and backward on this rank's GPU (cuda/engine.h);
-  // the parameters, the optimizer's view of them and inference stay as here.
+  // The backend runs every operation: Device::cpu the CPU kernels, Device::cuda
+  // this rank's GPU (make_cuda_backend). The parameter table stays on the host
+  // as the checkpoint's copy (on the CPU it is the backend's memory).
   Model(const Config& cfg, const Mesh& mesh, Device device = Device::cpu);
-  Device device() const { return gpu_ ? Device::cuda : Device::cpu; }
+  // Any backend (tests pass the emulated CUDA backend this way).
+  Model(const Config& cfg, const Mesh& mesh, std::unique_ptr<Backend> backend);
+  ~Model();
+  Device device() const { return device_; }
+  Backend& backend() { return *be_; }
   ParamTable& params() { return params_; }
   const ParamTable& params() const { return params_; }
   const ModelConfig& config() const { return cfg_; }
@@ -95,14 +129,14 @@ class Model {
   // [T], reduced over the vocabulary shards.
   std::vector<double> target_logprobs() const;
 
-  // Accumulates dLoss/dparam into params().g for the batch of the last forward and
-  // sums them over the data axis (replicas of experts over their replica group):
-  // afterwards every shard holds the gradient of the global batch's loss.
+  // Zeroes the gradients (where they live: the GPU's for Device::cuda).
+  void zero_grad();
+  // Accumulates dLoss/dparam into the gradients for the batch of the last forward
+  // and sums them over the data axis (replicas of experts over their replica
+  // group): afterwards every shard holds the gradient of the global batch's loss.
   void backward();
-  // The global gradient norm and the optimizer step, where the weights live
-  // (for Device::cuda: on the GPU, which holds weights, gradients and the
-  // optimizer's statistics between steps).
-  double grad_norm() const;
+  // The global gradient norm and the optimizer step, where the weights live.
+  double grad_norm();
   void optimizer_step(Adafactor& opt, double lr, int64_t t);
   // Device::cuda: copy weights, gradients (and opt's statistics) from the GPU
   // into params() (and opt) before they are read or saved; after params() (and
@@ -112,52 +146,76 @@ class Model {
   void sync_to_device(const Adafactor* opt = nullptr);
   // The training step, for decisions that vary per step (GShard's random second-expert policy).
   void set_step(int64_t step) { step_ = step; }
-  // Logits [T, Vl] of the last forward (this rank's vocabulary shard).
+  // Logits [T, Vl] of the last forward (this rank's vocabulary shard), on the host.
   const std::vector<float>& logits() const;
   // Named activations of the last forward, for debugging and tests.
   const std::vector<LayerActs>& layer_acts() const { return acts_; }
   const ExpertPlacement& experts() const { return place_; }
-  // The readable reference kernels instead of the fast ones (the default), for
-  // tests that compare the two on the whole model.
-  void use_reference_kernels(bool on) { kern_ = on ? cpu::Kernels::reference() : cpu::Kernels::fast(); }
-  // Operand precision of the CPU GEMMs (gemm.h; `[train] cpu_precision`): fp32 by
-  // default, bf16 for speed. The CUDA backend always multiplies in bf16.
-  void set_cpu_precision(cpu::Precision p) { gemm_ = p; }
+  // CPU only: the readable reference kernels instead of the fast ones (the
+  // default), and the GEMM operand precision (gemm.h; `[train] cpu_precision`).
+  void use_reference_kernels(bool on);
+  void set_cpu_precision(cpu::Precision p);
   cpu::Precision cpu_precision() const { return gemm_; }
-  // Seconds per phase (attention, router, dispatch, experts, combine, dense_ffn, output).
+  // Seconds per phase (attention, router, dispatch, experts, combine, dense_ffn,
+  // output, grad_reduce, optimizer; the backend's clock), and bytes of the arenas.
   PhaseTimers timers;
+  // Waits for the phases still running on the device and adds them to timers.
+  void finish_phases();
+  size_t activation_bytes() const;
 
  private:
-  void attention_forward(int64_t l);
-  void attention_backward(int64_t l, std::vector<float>& dx);
-  void dense_forward(int64_t l, std::vector<float>& out);
-  void dense_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn);
-  void moe_forward(int64_t l, std::vector<float>& out, bool no_drop, bool frozen);
-  void moe_backward(int64_t l, const std::vector<float>& dout, std::vector<float>& dxn);
-  std::string pname(int64_t l, const char* what) const;
-  void reduce_gradients();
+  void plan_buffers(int64_t B, int64_t S, bool no_drop, bool decode);
+  void size_expert_rows(int64_t l, int64_t n);
+  void size_expert_grads(int64_t n);
+  void upload_batch(const std::vector<int32_t>& ids, const std::vector<int32_t>* targets,
+                    const std::vector<int32_t>* segments);
+  void attention_forward(int64_t l, const Tensor& x);
+  void attention_backward(int64_t l);
+  void dense_forward(int64_t l, Tensor out);
+  void dense_backward(int64_t l, const Tensor& dout);
+  void moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen);
+  void moe_backward(int64_t l, const Tensor& dout);
+  void output_forward(const Tensor& x);
+  void output_backward();
+  void decode_attention(int64_t l, const Tensor& x, KVCache& cache, int64_t n);
+  void ensure_cache(KVCache& cache);
+  void rebind(std::unique_ptr<Backend> backend);
+  size_t pid(int64_t l, const char* what) const;  // index of a layer's parameter in the table
   cpu::Act expert_act() const { return cfg_.expert_act == "gelu" ? cpu::Act::gelu : cpu::Act::relu; }
+  Tensor w(size_t i) { return be_->gemm_weight(i); }
+  Tensor w32(size_t i) { return be_->weight(i); }
+  Tensor g(size_t i) { return be_->grad(i); }
 
   ModelConfig cfg_;
   const Mesh& mesh_;
   uint64_t seed_;
   int64_t step_ = 0;
+  Device device_ = Device::cpu;
   ParamTable params_;
+  std::unique_ptr<Backend> be_;
+  std::unique_ptr<Arena> acts_arena_;
+  std::vector<std::unique_ptr<Arena>> expert_arenas_;  // [L] each MoE layer's expert rows
+  std::unique_ptr<Arena> expert_grads_;                // the experts' backward rows
   ExpertPlacement place_;
   int64_t nh_, H_, V_, v0_;        // local heads, local hidden, local vocab, first vocab id
+  size_t p_emb_ = 0, p_final_ = 0;  // indices of the embedding and the final norm scale
+  std::unordered_map<std::string, size_t> index_;  // parameter name -> table index
+  bool planned_decode_ = false;
   const Batch* batch_ = nullptr;
   int64_t B_ = 0, S_ = 0, T_ = 0;
+  bool planned_no_drop_ = false;
+  int64_t rows_max_ = 0, recv_max_ = 0;  // MoE buffer rows
   LossParts parts_;
+  Tensor ids_, targets_, segments_;      // [T] i32
   std::vector<LayerActs> acts_;   // [L]
-  std::vector<float> x_final;     // [T, M] residual after the last layer
-  std::vector<float> xnf, rstdf;  // [T, M], [T] final RMSNorm
-  mutable std::vector<float> logits_;  // [T, Vl] (h * M^-0.5) @ Emb^T
-  mutable std::vector<float> lse_;     // [T]
-  std::shared_ptr<cuda::Engine> gpu_;  // set for Device::cuda
-  mutable bool gpu_outputs_stale_ = false;  // logits_/lse_ still on the GPU
-  void fetch_gpu_outputs() const;
-  std::vector<float> dlogits_;    // [T, Vl] backward scratch, kept between steps
-  cpu::Kernels kern_ = cpu::Kernels::fast();
+  GradActs grads_;
+  Tensor x_final;                 // [T, M] f32 residual after the last layer
+  Tensor xnf, rstdf;              // [T, M] gemm, [T] f32 final RMSNorm
+  Tensor logits_, lse_;           // [T, Vl] f32 (h * M^-0.5) @ Emb^T, [T] f32
+  mutable std::vector<float> logits_host_, lse_host_;
+  mutable bool host_outputs_stale_ = true;
+  void fetch_outputs() const;
+  bool reference_kernels_ = false;
   cpu::Precision gemm_ = cpu::Precision::fp32;
 };
 

@@ -75,8 +75,8 @@ TEST_CASE("the GPU model on a mesh of ranks equals the GPU model on one rank") {
   const Batch full = rows_of(cfg, 0, cfg.train.batch_rows), mine = rows_of(cfg, mesh.data_rank * rows, rows);
   for (int64_t step = 0; step < 3; step++) {
     INFO("mesh " << (shape ? shape : "default") << ", step " << step);
-    ref.params().zero_grad();
-    model.params().zero_grad();
+    ref.zero_grad();
+    model.zero_grad();
     ref.set_step(step);
     model.set_step(step);
     const LossParts rp = ref.forward(full), mp = model.forward(mine);

@@ -1,0 +1,518 @@
+// The CUDA backend: backend.h's operations with the glam::cuda kernels and cuBLAS
+// on this rank's GPU. Glue only: dtype conversions around the kernels, the
+// device parameter table, staging for an MPI that cannot take device pointers,
+// and CUDA-event phase timers.
+//
+// Memory: the parameters (fp32 masters, fp32 gradients, bf16 GEMM copies, in the
+// table's order) are one allocation; the model's activations are another (its
+// arena); conversions use a scratch arena that grows to the largest step and
+// then stays; collectives stage through pinned host memory that does the same.
+#include <mpi.h>
+#if __has_include(<mpi-ext.h>)
+#include <mpi-ext.h>
+#endif
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "glam/adafactor.h"
+#include "glam/backend.h"
+#include "glam/check.h"
+#include "glam/cuda/adafactor.h"
+#include "glam/cuda/decode.h"
+#include "glam/cuda/layers.h"
+#include "glam/device.h"
+#include "glam/exchange.h"
+#include "phase_events.h"
+
+namespace glam {
+
+namespace {
+
+using cuda::bf16;
+
+bool mpi_is_cuda_aware() {
+#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+  return MPIX_Query_cuda_support() == 1;
+#else
+  return false;
+#endif
+}
+
+// The mesh's copy on a data axis of one rank, for device rows (mesh.h).
+void device_copy(void* dst, const void* src, size_t bytes) {
+  cuda::check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "alltoallv (one data rank)");
+}
+
+bf16* b16(const Tensor& t) { return reinterpret_cast<bf16*>(t.bf16()); }
+float* f32_or_null(const Tensor& t) { return t.ptr ? t.f32() : nullptr; }
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const Config& cfg, const Mesh& mesh)
+      : cfg_(cfg.model), mesh_(mesh), aware_(mpi_is_cuda_aware()), scratch_(*this), phases_(ctx_.stream()) {
+    const char* kind = std::getenv("GLAM_CUDA_ATTENTION");  // "naive" forces the reference kernel
+    flash_ = cuda::flash_attention_supports(cfg_.d_head) && !(kind && std::string(kind) == "naive");
+  }
+  ~CudaBackend() override {
+    if (pinned_) cudaFreeHost(pinned_);
+  }
+
+  std::string name() const override { return cuda_device_name() + (flash_ ? " (flash attention)" : ""); }
+  Device device() const override { return Device::cuda; }
+  DType gemm_dtype() const override { return DType::bf16; }
+
+  void* allocate(size_t bytes) override {
+    void* p = nullptr;
+    cuda::check(cudaMalloc(&p, bytes), "cudaMalloc");
+    stats_.allocations++;
+    return p;
+  }
+  void deallocate(void* p) override { cudaFree(p); }
+
+  // ---- parameters ------------------------------------------------------------------
+  void bind_params(ParamTable& table) override {
+    params_ = std::make_unique<Arena>(*this);
+    const size_t n = table.params.size();
+    w_.assign(n, Tensor{}); g_.assign(n, Tensor{}); w16_.assign(n, Tensor{});
+    for (size_t i = 0; i < n; i++) params_->add(w_[i], table.params[i].name + "/w", DType::f32, {table.params[i].size()});
+    for (size_t i = 0; i < n; i++) params_->add(g_[i], table.params[i].name + "/g", DType::f32, {table.params[i].size()});
+    for (size_t i = 0; i < n; i++)
+      params_->add(w16_[i], table.params[i].name + "/w16", DType::bf16, {table.params[i].size()});
+    params_->commit();
+    params_to_device(table, nullptr);
+    zero_grads();
+  }
+  Tensor weight(size_t i) override { return w_.at(i); }
+  Tensor gemm_weight(size_t i) override { return w16_.at(i); }
+  Tensor grad(size_t i) override { return g_.at(i); }
+  void refresh_gemm_weights() override {
+    // w and w16 are each contiguous in table order: one conversion for all
+    const int64_t total = total_params();
+    if (total) cuda::to_bf16(ctx_, b16(w16_[0]), w_[0].f32(), total);
+  }
+  void zero_grads() override {
+    if (!g_.empty()) check_cuda(cudaMemsetAsync(g_[0].ptr, 0, total_params() * sizeof(float), ctx_.stream()));
+  }
+  void params_to_host(ParamTable& table, Adafactor* opt) override {
+    for (size_t i = 0; i < table.params.size(); i++) {
+      download(table.params[i].w.data(), w_[i]);
+      if (table.params[i].g.size() == static_cast<size_t>(table.params[i].size())) download(table.params[i].g.data(), g_[i]);
+    }
+    if (opt && !slots_.empty())
+      for (size_t i = 0; i < slots_.size(); i++) {
+        AdafactorSlot& h = opt->slots()[i];
+        if (slots_[i].factored) { h.vr = slots_[i].vr; h.vc = slots_[i].vc; }
+        else h.v = slots_[i].v.download();
+      }
+  }
+  void params_to_device(const ParamTable& table, const Adafactor* opt) override {
+    for (size_t i = 0; i < table.params.size(); i++) upload(w_[i], table.params[i].w.data());
+    refresh_gemm_weights();
+    if (opt) {
+      slots_.clear();
+      for (const AdafactorSlot& s : opt->slots()) slots_.push_back(cuda::make_slot(s));
+    }
+  }
+  // Runs of consecutive parameters with the same reduction go in one call.
+  void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) override {
+    const size_t n = table.params.size();
+    for (size_t i = 0; i < n;) {
+      const int kind = reduction_kind(table.params[i]);
+      size_t j = i;
+      int64_t count = 0;
+      while (j < n && reduction_kind(table.params[j]) == kind) count += table.params[j++].size();
+      float* g = g_[i].f32();
+      if (kind == 1) reduce(g, count, [&](float* x) { mesh_.allreduce_sum_data(x, count); });
+      if (kind == 2) reduce(g, count, [&](float* x) { mesh_.allreduce_sum(x, count, place.replica_comm); });
+      i = j;
+    }
+  }
+  double grad_norm(const ParamTable& table) override {
+    double sum = 0.0;
+    for (size_t i = 0; i < table.params.size(); i++) {
+      double s = cuda::sum_squares(ctx_, g_[i].f32(), table.params[i].size());
+      sum_over_shards(table.params[i], mesh_, &s, 1);
+      sum += s;
+    }
+    return std::sqrt(sum);
+  }
+  void optimizer_step(ParamTable& table, Adafactor& opt, double lr, int64_t t) override {
+    if (slots_.empty())
+      for (const AdafactorSlot& h : opt.slots()) slots_.push_back(cuda::make_slot(h));
+    const double rho = 1.0 - std::pow(static_cast<double>(t + 1), -opt.options().decay_pow);
+    for (size_t i = 0; i < table.params.size(); i++)
+      cuda::adafactor_update(ctx_, w_[i].f32(), g_[i].f32(), slots_[i], table.params[i], rho, lr, opt.options(),
+                             mesh_);
+    refresh_gemm_weights();
+  }
+
+  // ---- memory -------------------------------------------------------------------------
+  void upload(Tensor dst, const void* host) override {
+    if (dst.bytes()) check_cuda(cudaMemcpyAsync(dst.ptr, host, dst.bytes(), cudaMemcpyHostToDevice, ctx_.stream()));
+    sync();  // the host buffer may go away on return
+  }
+  void download(void* host, const Tensor& src) override {
+    if (src.bytes()) check_cuda(cudaMemcpyAsync(host, src.ptr, src.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
+    stats_.to_host_bytes += static_cast<int64_t>(src.bytes());
+    sync();
+  }
+  void copy(Tensor dst, const Tensor& src) override {
+    GLAM_ASSERT(dst.dtype == src.dtype && dst.numel() == src.numel());
+    if (src.bytes())
+      check_cuda(cudaMemcpyAsync(dst.ptr, src.ptr, src.bytes(), cudaMemcpyDeviceToDevice, ctx_.stream()));
+  }
+  void zero(Tensor t) override {
+    if (t.bytes()) check_cuda(cudaMemsetAsync(t.ptr, 0, t.bytes(), ctx_.stream()));
+  }
+  void add_into(Tensor y, const Tensor& x) override { cuda::add_into(ctx_, y.f32(), x.f32(), y.numel()); }
+  void sync() override {
+    ctx_.sync();
+    stats_.syncs++;
+  }
+
+  // ---- collectives ----------------------------------------------------------------------
+  void allreduce_sum_model(Tensor x) override {
+    if (mesh_.model_size > 1) reduce(x.f32(), x.numel(), [&](float* p) { mesh_.allreduce_sum_model(p, x.numel()); });
+  }
+  void send_to_experts(Tensor expert_rows, const Tensor& dispatched, const ExchangePlan& x, int64_t M) override {
+    scratch_.reset();
+    Tensor received = scratch_f32(x.n_recv() * M);
+    alltoallv(dispatched.f32(), x.send_rows, received.f32(), x.recv_rows, M);
+    regroup(expert_rows.f32(), received.f32(), x, true, M);
+  }
+  void return_from_experts(Tensor dispatched, const Tensor& expert_rows, const ExchangePlan& x,
+                           int64_t M) override {
+    scratch_.reset();
+    Tensor outgoing = scratch_f32(x.n_recv() * M);
+    regroup(outgoing.f32(), expert_rows.f32(), x, false, M);
+    alltoallv(outgoing.f32(), x.recv_rows, dispatched.f32(), x.send_rows, M);
+  }
+
+  // ---- layers ---------------------------------------------------------------------------
+  void embedding_forward(Tensor out, const Tensor& ids, const Tensor& emb, int64_t T, int64_t M, int64_t row0,
+                         int64_t rows) override {
+    cuda::embedding_forward(ctx_, out.f32(), ids.i32(), emb.f32(), T, M, row0, rows);
+  }
+  void embedding_backward(Tensor demb, const Tensor& dout, const Tensor& ids, int64_t T, int64_t M, int64_t row0,
+                          int64_t rows) override {
+    cuda::embedding_backward(ctx_, demb.f32(), dout.f32(), ids.i32(), T, M, row0, rows);
+  }
+  void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& g, int64_t T, int64_t M,
+                       Tensor out_f32) override {
+    cuda::rmsnorm_forward(ctx_, b16(out), rstd.f32(), x.f32(), g.f32(), T, M, f32_or_null(out_f32));
+  }
+  void rmsnorm_backward(Tensor dx, Tensor dg, const Tensor& dout, const Tensor& x, const Tensor& g,
+                        const Tensor& rstd, int64_t T, int64_t M) override {
+    cuda::rmsnorm_backward(ctx_, dx.f32(), dg.f32(), dout.f32(), x.f32(), g.f32(), rstd.f32(), T, M);
+  }
+  void matmul_forward(Tensor out, const Tensor& in, const Tensor& w, int64_t T, int64_t K, int64_t N) override {
+    scratch_.reset();
+    cuda::matmul_forward(ctx_, out.f32(), as_bf16(in), b16(w), T, K, N);
+  }
+  void matmul_backward(Tensor din, Tensor dw, const Tensor& dout, const Tensor& in, const Tensor& w, int64_t T,
+                       int64_t K, int64_t N) override {
+    scratch_.reset();
+    cuda::matmul_backward(ctx_, f32_or_null(din), f32_or_null(dw), as_bf16(dout), as_bf16(in), b16(w), T, K, N);
+  }
+  void matmul_fp32_forward(Tensor out, const Tensor& in, const Tensor& w, int64_t T, int64_t K,
+                           int64_t N) override {
+    cuda::gemm_f32(ctx_, false, false, T, N, K, 1.0f, in.f32(), K, w.f32(), N, 0.0f, out.f32(), N);
+  }
+  void matmul_fp32_backward(Tensor din, Tensor dw, const Tensor& dout, const Tensor& in, const Tensor& w, int64_t T,
+                            int64_t K, int64_t N) override {
+    if (din.ptr) cuda::gemm_f32(ctx_, false, true, T, K, N, 1.0f, dout.f32(), N, w.f32(), N, 1.0f, din.f32(), K);
+    if (dw.ptr) cuda::gemm_f32(ctx_, true, false, K, N, T, 1.0f, in.f32(), K, dout.f32(), N, 1.0f, dw.f32(), N);
+  }
+  void logits_forward(Tensor logits, const Tensor& h, const Tensor& emb, int64_t T, int64_t M, int64_t Vl,
+                      float scale) override {
+    cuda::logits_forward(ctx_, logits.f32(), b16(h), b16(emb), T, M, Vl, scale);
+  }
+  void logits_backward(Tensor dh, Tensor demb, const Tensor& dlogits, const Tensor& h, const Tensor& emb, int64_t T,
+                       int64_t M, int64_t Vl, float scale) override {
+    scratch_.reset();
+    cuda::logits_backward(ctx_, dh.f32(), demb.f32(), as_bf16(dlogits), b16(h), b16(emb), T, M, Vl, scale);
+  }
+  std::vector<int64_t> attention_state_shape(int64_t B, int64_t S, int64_t nh) const override {
+    if (flash_) return {B, nh, S};
+    return {B, nh, S, S};
+  }
+  void attention_forward(Tensor out, Tensor state, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& rb, const Tensor& segments, int64_t B, int64_t S, int64_t nh,
+                         int64_t dh) override {
+    if (flash_)
+      cuda::attention_flash_forward(ctx_, out.f32(), state.f32(), q.f32(), k.f32(), v.f32(), rb.f32(),
+                                    segments.i32(), B, S, nh, dh);
+    else
+      cuda::attention_forward(ctx_, out.f32(), state.f32(), q.f32(), k.f32(), v.f32(), rb.f32(), segments.i32(), B,
+                              S, nh, dh);
+  }
+  void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor drb, const Tensor& dout, const Tensor& state,
+                          const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rb,
+                          const Tensor& segments, int64_t B, int64_t S, int64_t nh, int64_t dh) override {
+    if (flash_) {
+      cuda::attention_flash_backward(ctx_, dq.f32(), dk.f32(), dv.f32(), drb.f32(), dout.f32(), out.f32(),
+                                     state.f32(), q.f32(), k.f32(), v.f32(), rb.f32(), segments.i32(), B, S, nh, dh);
+    } else {
+      scratch_.reset();
+      Tensor dA = scratch_f32(B * nh * S * S);
+      cuda::attention_backward(ctx_, dq.f32(), dk.f32(), dv.f32(), drb.f32(), dA.f32(), dout.f32(), state.f32(),
+                               q.f32(), k.f32(), v.f32(), segments.i32(), B, S, nh, dh);
+    }
+  }
+  void attention_decode(Tensor out, const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& rb,
+                        int64_t B, int64_t n, int64_t len, int64_t cap, int64_t nh, int64_t dh) override {
+    cuda::attention_decode(ctx_, out.f32(), q.f32(), kc.f32(), vc.f32(), rb.f32(), buckets(cap), B, n, len, cap, nh,
+                           dh);
+  }
+  void kv_append(Tensor cache, const Tensor& x, int64_t B, int64_t n, int64_t pos0, int64_t cap,
+                 int64_t A) override {
+    cuda::kv_append(ctx_, cache.f32(), x.f32(), B, n, pos0, cap, A);
+  }
+  void geglu_forward(Tensor h, const Tensor& a0, const Tensor& a1, int64_t n) override {
+    cuda::geglu_forward(ctx_, b16(h), a0.f32(), a1.f32(), n);
+  }
+  void geglu_backward(Tensor da0, Tensor da1, const Tensor& dh, const Tensor& a0, const Tensor& a1,
+                      int64_t n) override {
+    cuda::geglu_backward(ctx_, da0.f32(), da1.f32(), dh.f32(), a0.f32(), a1.f32(), n);
+  }
+  cpu::LossSums softmax_xent_forward(Tensor lse, const Tensor& logits, const Tensor& targets, int64_t T, int64_t Vl,
+                                     int64_t v0) override {
+    stats_.syncs++;  // the sums come back to the host
+    return cuda::softmax_xent_forward(ctx_, lse.f32(), logits.f32(), targets.i32(), T, Vl, v0, mesh_);
+  }
+  void softmax_xent_backward(Tensor dlogits, const Tensor& logits, const Tensor& lse, const Tensor& targets,
+                             int64_t T, int64_t Vl, int64_t v0, float ce_scale, float z_scale) override {
+    cuda::softmax_xent_backward(ctx_, dlogits.f32(), logits.f32(), lse.f32(), targets.i32(), T, Vl, v0, ce_scale,
+                                z_scale);
+  }
+
+  // ---- MoE ---------------------------------------------------------------------------------
+  void route(Routing& r, const Tensor& logits, int64_t T, const cpu::RouterOptions& opt,
+             const Routing* frozen) override {
+    GLAM_REQUIRE(frozen == nullptr, "frozen routing (finite-difference tests) runs on the CPU only");
+    cuda::DeviceRouting& dev = routing_state(r);
+    cuda::router_forward(ctx_, r.plan, dev, logits.f32(), T, opt);
+    stats_.syncs++;
+  }
+  void router_backward(Tensor dlogits, const Tensor& dweight, double aux_grad, const Routing& r) override {
+    const int64_t T = r.plan.T, E = r.plan.E;
+    host_a_.resize(T * 2);
+    host_b_.assign(T * E, 0.0f);
+    download(host_a_.data(), dweight.rows(0, T));
+    cpu::router_backward(host_b_.data(), host_a_.data(), aux_grad, r.plan);
+    scratch_.reset();
+    Tensor grad = scratch_f32(T * E);
+    upload(grad, host_b_.data());
+    cuda::add_into(ctx_, dlogits.f32(), grad.f32(), T * E);
+  }
+  void dispatch_forward(Tensor expert_in, const Tensor& x, const Routing& r, int64_t M) override {
+    scratch_.reset();
+    const int64_t rows = expert_in.shape[0];
+    Tensor rows16 = scratch_.take(DType::bf16, rows * M);
+    cuda::dispatch_forward(ctx_, b16(rows16), b16(x), routing_state(r).row.data(), r.plan.T, M);
+    cuda::to_f32(ctx_, expert_in.f32(), b16(rows16), rows * M);
+  }
+  void dispatch_backward(Tensor dx, const Tensor& dexpert_in, const Routing& r, int64_t M) override {
+    cuda::dispatch_backward(ctx_, dx.f32(), dexpert_in.f32(), routing_state(r).row.data(), r.plan.T, M);
+  }
+  void combine_forward(Tensor out, const Tensor& expert_out, const Routing& r, int64_t M) override {
+    cuda::DeviceRouting& d = routing_state(r);
+    cuda::combine_forward(ctx_, out.f32(), expert_out.f32(), d.row.data(), d.g.data(), d.kept.data(), r.plan.T, M);
+  }
+  void combine_backward(Tensor dexpert_out, Tensor dweight, const Tensor& dout, const Tensor& expert_out,
+                        const Routing& r, int64_t M) override {
+    cuda::DeviceRouting& d = routing_state(r);
+    cuda::combine_backward(ctx_, dexpert_out.f32(), dweight.f32(), dout.f32(), expert_out.f32(), d.row.data(),
+                           d.g.data(), d.kept.data(), r.plan.T, M, dexpert_out.shape[0]);
+  }
+  void experts_forward(Tensor y, Tensor pre, Tensor h, const Tensor& x, const Tensor& wi, const Tensor& wo,
+                       const std::vector<int64_t>& off, int64_t M, int64_t H, cpu::Act act) override {
+    scratch_.reset();
+    const int64_t n = x.shape[0];
+    const bf16* x16 = as_bf16(x);
+    for (size_t e = 0; e + 1 < off.size(); e++)
+      cuda::matmul_forward(ctx_, pre.f32() + off[e] * H, x16 + off[e] * M, b16(wi) + e * M * H, off[e + 1] - off[e],
+                           M, H);
+    cuda::act_forward(ctx_, b16(h), pre.f32(), n * H, act);
+    for (size_t e = 0; e + 1 < off.size(); e++)
+      cuda::matmul_forward(ctx_, y.f32() + off[e] * M, b16(h) + off[e] * H, b16(wo) + e * H * M, off[e + 1] - off[e],
+                           H, M);
+  }
+  void experts_backward(Tensor dx, Tensor dwi, Tensor dwo, Tensor dh_scratch, const Tensor& dy, const Tensor& x,
+                        const Tensor& pre, const Tensor& h, const Tensor& wi, const Tensor& wo,
+                        const std::vector<int64_t>& off, int64_t M, int64_t H, cpu::Act act) override {
+    scratch_.reset();
+    const int64_t n = x.shape[0];
+    const bf16* dy16 = as_bf16(dy);
+    const bf16* x16 = as_bf16(x);
+    zero(dh_scratch);
+    for (size_t e = 0; e + 1 < off.size(); e++)
+      cuda::matmul_backward(ctx_, dh_scratch.f32() + off[e] * H, dwo.f32() + e * H * M, dy16 + off[e] * M,
+                            b16(h) + off[e] * H, b16(wo) + e * H * M, off[e + 1] - off[e], H, M);
+    Tensor dpre = scratch_f32(n * H);
+    zero(dpre);
+    cuda::act_backward(ctx_, dpre.f32(), dh_scratch.f32(), pre.f32(), n * H, act);
+    const bf16* dpre16 = as_bf16(dpre);
+    for (size_t e = 0; e + 1 < off.size(); e++)
+      cuda::matmul_backward(ctx_, dx.f32() + off[e] * M, dwi.f32() + e * M * H, dpre16 + off[e] * H,
+                            x16 + off[e] * M, b16(wi) + e * M * H, off[e + 1] - off[e], M, H);
+  }
+
+  // ---- phases --------------------------------------------------------------------------------
+  void phase_begin(const char* name) override { phases_.begin(name); }
+  void phase_end(const char* name) override { phases_.end(name); }
+  void collect_phases(PhaseTimers& timers, bool wait) override { phases_.collect(timers, wait); }
+
+ private:
+  static void check_cuda(cudaError_t err) { cuda::check(err, "CUDA runtime"); }
+  int64_t total_params() const {
+    int64_t n = 0;
+    for (const Tensor& t : w_) n += t.numel();
+    return n;
+  }
+  static int reduction_kind(const Param& p) { return p.data_axis < 0 ? 1 : (p.data_replicas > 1 ? 2 : 0); }
+
+  // A bf16 view of t: t itself, or t converted into scratch.
+  const bf16* as_bf16(const Tensor& t) {
+    if (t.dtype == DType::bf16) return b16(t);
+    Tensor c = scratch_.take(DType::bf16, t.numel());
+    cuda::to_bf16(ctx_, b16(c), t.f32(), t.numel());
+    return b16(c);
+  }
+  Tensor scratch_f32(int64_t n) { return scratch_.take(DType::f32, n); }
+
+  // An in-place reduction `op` of n floats at d: on the device pointer when MPI
+  // is CUDA-aware, else through pinned host memory.
+  template <typename Op>
+  void reduce(float* d, int64_t n, Op op) {
+    if (n == 0) return;
+    sync();
+    if (aware_) { op(d); return; }
+    float* h = pinned(n);
+    check_cuda(cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    op(h);
+    check_cuda(cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  float* pinned(int64_t n) {
+    if (static_cast<size_t>(n) > pinned_n_) {
+      if (pinned_) cudaFreeHost(pinned_);
+      check_cuda(cudaMallocHost(&pinned_, n * sizeof(float)));
+      pinned_n_ = n;
+      stats_.allocations++;
+    }
+    return pinned_;
+  }
+  void alltoallv(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                 const std::vector<int64_t>& recv_rows, int64_t M) {
+    int64_t ns = 0, nr = 0;
+    for (int64_t r : send_rows) ns += r;
+    for (int64_t r : recv_rows) nr += r;
+    if (mesh_.data_size == 1 || aware_) {  // device pointers: MPI, or the mesh's copy on one data rank
+      if (mesh_.data_size > 1) sync();
+      mesh_.alltoallv_rows_data(send, send_rows, recv, recv_rows, M, device_copy);
+      return;
+    }
+    sync();
+    float* hs = pinned(ns * M + nr * M);
+    float* hr = hs + ns * M;
+    if (ns) check_cuda(cudaMemcpy(hs, send, ns * M * sizeof(float), cudaMemcpyDeviceToHost));
+    mesh_.alltoallv_rows_data(hs, send_rows, hr, recv_rows, M);
+    if (nr) check_cuda(cudaMemcpy(recv, hr, nr * M * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  void regroup(float* dst, const float* src, const ExchangePlan& x, bool to_experts, int64_t M) {
+    for_each_exchange_run(x, [&](int64_t received, int64_t grouped, int64_t n) {
+      if (n == 0) return;
+      const int64_t from = to_experts ? received : grouped, to = to_experts ? grouped : received;
+      check_cuda(cudaMemcpyAsync(dst + to * M, src + from * M, n * M * sizeof(float), cudaMemcpyDeviceToDevice,
+                                 ctx_.stream()));
+    });
+  }
+  cuda::DeviceRouting& routing_state(const Routing& r) {
+    auto it = routing_.find(&r);
+    if (it == routing_.end()) it = routing_.emplace(&r, std::make_unique<cuda::DeviceRouting>()).first;
+    return *it->second;
+  }
+  // Relative-position bucket of every distance below cap, on the device (kept per cap).
+  const int* buckets(int64_t cap) {
+    auto it = bucket_tables_.find(cap);
+    if (it == bucket_tables_.end()) {
+      std::vector<int> table(cap);
+      for (int64_t d = 0; d < cap; d++) table[d] = cpu::relpos_bucket(d);
+      auto buf = std::make_unique<cuda::Buffer<int>>();
+      buf->upload(table);
+      it = bucket_tables_.emplace(cap, std::move(buf)).first;
+    }
+    return it->second->data();
+  }
+
+  // Bump allocation from one device block; reset() before each operation. When
+  // an operation needs more, the block is replaced by a larger one and the old
+  // one is freed at the next reset (cudaFree waits for the work that reads it),
+  // so the scratch stops growing once the step's largest operation has run.
+  class Scratch {
+   public:
+    explicit Scratch(CudaBackend& be) : be_(be) {}
+    ~Scratch() {
+      release_retired();
+      if (base_) be_.deallocate(base_);
+    }
+    void reset() {
+      used_ = 0;
+      release_retired();
+    }
+    Tensor take(DType dtype, int64_t n) {
+      const size_t bytes = (static_cast<size_t>(n) * dtype_size(dtype) + 255) / 256 * 256;
+      if (used_ + bytes > capacity_) {
+        if (base_) retired_.push_back(base_);
+        capacity_ = std::max(2 * capacity_, used_ + bytes);
+        base_ = be_.allocate(capacity_);
+        used_ = 0;
+      }
+      Tensor t;
+      t.ptr = static_cast<char*>(base_) + used_;
+      t.dtype = dtype;
+      t.device = Device::cuda;
+      t.ndim = 1;
+      t.shape[0] = n;
+      used_ += bytes;
+      return t;
+    }
+   private:
+    void release_retired() {
+      for (void* p : retired_) be_.deallocate(p);
+      retired_.clear();
+    }
+    CudaBackend& be_;
+    void* base_ = nullptr;
+    size_t capacity_ = 0, used_ = 0;
+    std::vector<void*> retired_;
+  };
+
+  ModelConfig cfg_;
+  const Mesh& mesh_;
+  bool aware_;
+  bool flash_ = true;
+  cuda::Context ctx_;
+  Scratch scratch_;
+  cuda::PhaseEvents phases_;
+  std::unique_ptr<Arena> params_;
+  std::vector<Tensor> w_, g_, w16_;
+  std::vector<cuda::DeviceAdafactorSlot> slots_;
+  std::map<const Routing*, std::unique_ptr<cuda::DeviceRouting>> routing_;
+  std::map<int64_t, std::unique_ptr<cuda::Buffer<int>>> bucket_tables_;
+  float* pinned_ = nullptr;
+  size_t pinned_n_ = 0;
+  std::vector<float> host_a_, host_b_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const Config& cfg, const Mesh& mesh) {
+  GLAM_REQUIRE(cuda_device_count() > 0, "--device cuda: no GPU is visible to this rank (CUDA_VISIBLE_DEVICES, driver)");
+  return std::make_unique<CudaBackend>(cfg, mesh);
+}
+
+}  // namespace glam
