@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "glam/check.h"
+#include "glam/device.h"
 #include "glam/commands.h"
 #include "glam/eval.h"
 #include "glam/weights.h"
@@ -43,7 +44,8 @@ po::options_description eval_options() {
     ("json", po::value<std::string>(), "write the report as JSON to this file")
     ("predictions", po::value<std::string>(), "write every example's prediction as JSON Lines to this file")
     ("overwrite", po::bool_switch(), "replace an existing --json or --predictions file")
-    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)");
+    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
+    ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)");
   return cli;
 }
 
@@ -134,7 +136,7 @@ std::string output_path(const po::variables_map& vm, const char* flag) {
 struct EvalRequest {
   fs::path run_dir;
   std::vector<Task> tasks;
-  std::string text, json_path, predictions_path, mesh;
+  std::string text, json_path, predictions_path, mesh, device;
   EvalOptions opt;
 };
 
@@ -152,6 +154,7 @@ EvalRequest parse_request(const po::variables_map& vm) {
   GLAM_REQUIRE(r.opt.max_tokens >= 1, "--max-tokens must be >= 1, got ", r.opt.max_tokens);
   GLAM_REQUIRE(r.opt.limit >= 0, "--limit must be >= 0, got ", r.opt.limit);
   r.mesh = vm["mesh"].as<std::string>();
+  r.device = vm["device"].as<std::string>();
   r.json_path = output_path(vm, "json");
   r.predictions_path = output_path(vm, "predictions");
   GLAM_REQUIRE(r.predictions_path.empty() || vm.count("tasks"), "--predictions needs --tasks");
@@ -213,8 +216,9 @@ int eval_main(const std::vector<std::string>& args) {
   Config cfg = load_config_file((r.run_dir / "config.cfg").string());
   Mesh mesh = Mesh::create(r.mesh);
   Tokenizer tokenizer((r.run_dir / "tokenizer.model").string());
-  Model model(cfg, mesh);
+  Model model(cfg, mesh, select_device(r.device, mesh));
   load_weights((r.run_dir / "weights.h5").string(), model.params(), mesh);
+  model.sync_to_device();
   // as many rows per forward as a training step holds on this rank: memory the run is known to fit
   r.opt.rows = std::max<int64_t>(1, cfg.train.batch_rows / mesh.data_size);
 

@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "glam/check.h"
+#include "glam/device.h"
 #include "glam/commands.h"
 #include "glam/generator.h"
 #include "glam/weights.h"
@@ -49,7 +50,8 @@ int generate_main(const std::vector<std::string>& args) {
     ("beam", po::value<int64_t>()->default_value(1), "beam width (GLaM used 4); > 1 ignores sampling")
     ("stop", po::value<std::vector<std::string>>(), "stop string (repeatable)")
     ("seed", po::value<Seed>()->default_value(Seed(1)), "sampling seed (0 to 2^64-1)")
-    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)");
+    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
+    ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(args).options(cli).run(), vm);
@@ -77,8 +79,9 @@ int generate_main(const std::vector<std::string>& args) {
   Config cfg = load_config_file((dir / "config.cfg").string());
   Mesh mesh = Mesh::create(vm["mesh"].as<std::string>());
   Tokenizer tokenizer((dir / "tokenizer.model").string());
-  Model model(cfg, mesh);
+  Model model(cfg, mesh, select_device(vm["device"].as<std::string>(), mesh));
   load_weights((dir / "weights.h5").string(), model.params(), mesh);
+  model.sync_to_device();
   Generator generator(model, tokenizer, mesh);
 
   std::vector<std::vector<int32_t>> ids;

@@ -57,7 +57,7 @@ class Allocator {
  public:
   virtual ~Allocator() = default;
   virtual Device device() const = 0;
-  virtual void* allocate(size_t bytes) = 0;  // never null; throws on failure
+  virtual void* allocate(size_t bytes) = 0;  // 256-byte aligned, never null; throws on failure
   virtual void deallocate(void* p) = 0;
 };
 
