@@ -37,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     --no-gpu-ok) no_gpu_ok=1 ;;
     --budget) budget=${2:?--budget needs seconds}; shift ;;
     --budget=*) budget=${1#*=} ;;
-    -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -u/p' "$here/${0##*/}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) configs+=("$1") ;;
   esac
