@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "glam/cuda/adafactor.h"
+#include "launch.cuh"
+#include "reduce.cuh"
 
 namespace glam::cuda {
 
@@ -28,28 +30,31 @@ __global__ void sum_squares_kernel(double* partial, const float* x, int64_t n) {
   if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
 }
 
-// row[b, r] = sum_c (g^2 + eps), col[b, c] = sum_r (g^2 + eps); one thread per row / column.
-__global__ void row_sums_kernel(double* row, const float* g, int64_t lead, int64_t R, int64_t C, double eps) {
-  const int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (x >= lead * R) return;
-  const float* gr = g + x * C;
-  double s = 0.0;
-  for (int64_t c = 0; c < C; c++) s += static_cast<double>(gr[c]) * gr[c] + eps;
-  row[x] = s;
+// row[b, r] = sum_c (g^2 + eps), col[b, c] = sum_r (g^2 + eps); one thread per row /
+// column (grid-stride), summing in order.
+__global__ void adafactor_row_sums_kernel(double* row, const float* g, int64_t lead, int64_t R, int64_t C,
+                                          double eps) {
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < lead * R; x += int64_t(gridDim.x) * blockDim.x) {
+    const float* gr = g + x * C;
+    double s = 0.0;
+    for (int64_t c = 0; c < C; c++) s += static_cast<double>(gr[c]) * gr[c] + eps;
+    row[x] = s;
+  }
 }
 
-__global__ void col_sums_kernel(double* col, const float* g, int64_t lead, int64_t R, int64_t C, double eps) {
-  const int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (x >= lead * C) return;
-  const int64_t b = x / C, c = x % C;
-  const float* gb = g + b * R * C;
-  double s = 0.0;
-  for (int64_t r = 0; r < R; r++) s += static_cast<double>(gb[r * C + c]) * gb[r * C + c] + eps;
-  col[x] = s;
+__global__ void adafactor_col_sums_kernel(double* col, const float* g, int64_t lead, int64_t R, int64_t C,
+                                          double eps) {
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < lead * C; x += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = x / C, c = x % C;
+    const float* gb = g + b * R * C;
+    double s = 0.0;
+    for (int64_t r = 0; r < R; r++) s += static_cast<double>(gb[r * C + c]) * gb[r * C + c] + eps;
+    col[x] = s;
+  }
 }
 
 // u = g / sqrt(vr[r] * vc[c] / vr_mean[b])
-__global__ void factored_u_kernel(float* u, const float* g, const float* vr, const float* vc,
+__global__ void adafactor_factored_u_kernel(float* u, const float* g, const float* vr, const float* vc,
                                   const double* vr_mean, int64_t lead, int64_t R, int64_t C) {
   const int64_t n = lead * R * C;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -60,7 +65,7 @@ __global__ void factored_u_kernel(float* u, const float* g, const float* vr, con
 }
 
 // v = rho v + (1 - rho)(g^2 + eps); u = g / sqrt(v)
-__global__ void full_u_kernel(float* u, float* v, const float* g, int64_t n, double rho, double eps) {
+__global__ void adafactor_full_u_kernel(float* u, float* v, const float* g, int64_t n, double rho, double eps) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const double g2 = static_cast<double>(g[i]) * g[i] + eps;
     v[i] = static_cast<float>(rho * v[i] + (1.0 - rho) * g2);
@@ -68,25 +73,24 @@ __global__ void full_u_kernel(float* u, float* v, const float* g, int64_t n, dou
   }
 }
 
-__global__ void apply_kernel(float* w, const float* u, int64_t n, double step) {
+__global__ void adafactor_apply_kernel(float* w, const float* u, int64_t n, double step) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     w[i] -= static_cast<float>(step * u[i]);
 }
 
-int grid(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < kBlocks ? (b > 0 ? b : 1) : kBlocks);
-}
+int grid(int64_t n) { return std::min(grid_for(n, kThreads), kBlocks); }
 
 std::vector<double> download_doubles(const Buffer<double>& b) { return b.download(); }
 
 }  // namespace
 
+// A fixed grid for n (at least 16 elements per thread, at most kBlocks blocks), so
+// the partial sums and their order depend on n only.
 double sum_squares(const Context& ctx, const float* x, int64_t n) {
-  Buffer<double> partial(kBlocks);
-  check(cudaMemsetAsync(partial.data(), 0, kBlocks * sizeof(double), ctx.stream()), "sum_squares");
-  if (n > 0) sum_squares_kernel<<<kBlocks, kThreads, 0, ctx.stream()>>>(partial.data(), x, n);
-  check(cudaGetLastError(), "sum_squares");
+  if (n <= 0) return 0.0;
+  const int blocks = std::min(grid_for(n, kThreads * 16), kBlocks);
+  Buffer<double> partial(blocks);
+  launch(sum_squares_kernel, blocks, kThreads, 0, ctx.stream(), "sum_squares_kernel", partial.data(), x, n);
   ctx.sync();
   double s = 0.0;
   for (double v : download_doubles(partial)) s += v;
@@ -115,9 +119,10 @@ void adafactor_update(const Context& ctx, float* w, const float* g, DeviceAdafac
     const double R_global = static_cast<double>(p.global_shape[nd - 2]);
     const double C_global = static_cast<double>(p.global_shape[nd - 1]);
     Buffer<double> row(L * R), col(L * C);
-    row_sums_kernel<<<(L * R + 127) / 128, 128, 0, ctx.stream()>>>(row.data(), g, L, R, C, opt.eps);
-    col_sums_kernel<<<(L * C + 127) / 128, 128, 0, ctx.stream()>>>(col.data(), g, L, R, C, opt.eps);
-    check(cudaGetLastError(), "adafactor row/col sums");
+    launch(adafactor_row_sums_kernel, grid_for(L * R, 128), 128, 0, ctx.stream(), "adafactor_row_sums_kernel",
+           row.data(), g, L, R, C, opt.eps);
+    launch(adafactor_col_sums_kernel, grid_for(L * C, 128), 128, 0, ctx.stream(), "adafactor_col_sums_kernel",
+           col.data(), g, L, R, C, opt.eps);
     ctx.sync();
     std::vector<double> rows = row.download(), cols = col.download(), vr_mean(L);
     for (int64_t b = 0; b < L; b++) {  // the CPU's statistics, per leading index
@@ -139,20 +144,19 @@ void adafactor_update(const Context& ctx, float* w, const float* g, DeviceAdafac
     vr_dev.upload(s.vr);
     vc_dev.upload(s.vc);
     mean_dev.upload(vr_mean);
-    factored_u_kernel<<<grid(n), kThreads, 0, ctx.stream()>>>(u.data(), g, vr_dev.data(), vc_dev.data(),
-                                                             mean_dev.data(), L, R, C);
+    launch(adafactor_factored_u_kernel, grid(n), kThreads, 0, ctx.stream(), "adafactor_factored_u_kernel", u.data(), g,
+           vr_dev.data(), vc_dev.data(), mean_dev.data(), L, R, C);
   } else {
-    full_u_kernel<<<grid(n), kThreads, 0, ctx.stream()>>>(u.data(), s.v.data(), g, n, 1.0 * rho, opt.eps);
+    launch(adafactor_full_u_kernel, grid(n), kThreads, 0, ctx.stream(), "adafactor_full_u_kernel", u.data(), s.v.data(), g, n,
+           1.0 * rho, opt.eps);
   }
-  check(cudaGetLastError(), "adafactor update");
   double sums[2] = {sum_squares(ctx, u.data(), n), sum_squares(ctx, w, n)};
   sum_over_shards(p, mesh, sums, 2);
   const double count = static_cast<double>(p.global_size());
   const double rms_u = std::sqrt(sums[0] / count), rms_w = std::sqrt(sums[1] / count);
   const double clip = std::max(1.0, rms_u / opt.clip_threshold);
   const double step = lr * std::max(opt.min_param_scale, rms_w) / clip;
-  apply_kernel<<<grid(n), kThreads, 0, ctx.stream()>>>(w, u.data(), n, step);
-  check(cudaGetLastError(), "adafactor apply");
+  launch(adafactor_apply_kernel, grid(n), kThreads, 0, ctx.stream(), "adafactor_apply_kernel", w, u.data(), n, step);
   ctx.sync();
 }
 

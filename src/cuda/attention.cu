@@ -7,6 +7,7 @@
 
 #include "glam/cuda/layers.h"
 #include "buckets.cuh"
+#include "launch.cuh"
 #include "reduce.cuh"
 
 namespace glam::cuda {
@@ -14,12 +15,13 @@ namespace glam::cuda {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kDrbRows = 64;  // queries per block of the bias gradient's partial sums
 
 // grid (S, nh, B): row i of head h of batch row b.
-__global__ void forward_kernel(float* out, float* probs, const float* q, const float* k,
+__global__ void attention_forward_kernel(float* out, float* probs, const float* q, const float* k,
                                const float* v, const float* rb, const int32_t* segments,
                                const int* bucket, int64_t S, int64_t nh, int64_t dh) {
-  extern __shared__ float smem[];
+  GLAM_DYNAMIC_SHARED(float, smem);
   float* p = smem;              // [S]
   float* red = smem + S;        // [kThreads]
   const int64_t i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = nh * dh;
@@ -58,9 +60,9 @@ __global__ void forward_kernel(float* out, float* probs, const float* q, const f
 }
 
 // dA_ij = p_ij (dP_ij - sum_k p_ik dP_ik), dP_ij = dO_i . v_j; grid (S, nh, B).
-__global__ void dA_kernel(float* dA, const float* dout, const float* probs, const float* v,
+__global__ void attention_backward_dA_kernel(float* dA, const float* dout, const float* probs, const float* v,
                           int64_t S, int64_t nh, int64_t dh) {
-  extern __shared__ float smem[];
+  GLAM_DYNAMIC_SHARED(float, smem);
   float* dP = smem;          // [S]
   float* red = smem + S;     // [kThreads]
   const int64_t i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = nh * dh;
@@ -82,7 +84,7 @@ __global__ void dA_kernel(float* dA, const float* dout, const float* probs, cons
 }
 
 // dq_i += sum_j dA_ij k_j ; grid (S, nh, B), threads over dh.
-__global__ void dq_kernel(float* dq, const float* dA, const float* k, int64_t S, int64_t nh, int64_t dh) {
+__global__ void attention_backward_dq_kernel(float* dq, const float* dA, const float* k, int64_t S, int64_t nh, int64_t dh) {
   const int64_t i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = nh * dh;
   const float* arow = dA + ((b * nh + h) * S + i) * S;
   for (int64_t d = threadIdx.x; d < dh; d += blockDim.x) {
@@ -93,7 +95,7 @@ __global__ void dq_kernel(float* dq, const float* dA, const float* k, int64_t S,
 }
 
 // dk_j += sum_i dA_ij q_i ; dv_j += sum_i p_ij dO_i ; grid (S, nh, B) over keys j.
-__global__ void dkv_kernel(float* dk, float* dv, const float* dA, const float* probs, const float* q,
+__global__ void attention_backward_dkv_kernel(float* dk, float* dv, const float* dA, const float* probs, const float* q,
                            const float* dout, int64_t S, int64_t nh, int64_t dh) {
   const int64_t j = blockIdx.x, h = blockIdx.y, b = blockIdx.z, ld = nh * dh;
   const float* A = dA + (b * nh + h) * S * S;
@@ -110,23 +112,31 @@ __global__ void dkv_kernel(float* dk, float* dv, const float* dA, const float* p
   }
 }
 
-// drb[h, bucket] += sum of dA_ij over (b, i, j) with i - j in the bucket's
-// distances and j in i's segment; grid (32, nh), a fixed-order block reduction.
-__global__ void drb_kernel(float* drb, const float* dA, const int32_t* segments, const int* lo,
-                           const int* hi, int64_t B, int64_t S, int64_t nh) {
-  __shared__ float red[kThreads];
-  const int bucket = blockIdx.x;
-  const int64_t h = blockIdx.y;
-  const int64_t span = hi[bucket] - lo[bucket];
-  float s = 0.0f;
-  for (int64_t n = threadIdx.x; n < B * S * span; n += blockDim.x) {
-    const int64_t b = n / (S * span), i = (n / span) % S, dist = lo[bucket] + n % span;
-    const int64_t j = i - dist;
-    if (j < 0 || segments[b * S + j] != segments[b * S + i]) continue;
-    s += dA[((b * nh + h) * S + i) * S + j];
+// partial[b, h, tile, bucket]: the sum of dA_ij over the tile's kDrbRows queries i
+// and the keys j of i's segment at the bucket's distances. A thread per distance d
+// sums its diagonal over the tile's rows in order (neighbouring threads read
+// neighbouring j: coalesced), then thread `bucket` adds its distances in order.
+// grid (tiles, nh, B), dynamic shared memory: a float per distance.
+__global__ void attention_backward_drb_kernel(float* partial, const float* dA, const int32_t* segments,
+                                              const int* lo, const int* hi, int64_t S, int64_t nh) {
+  GLAM_DYNAMIC_SHARED(float, diag);  // [min(i0 + kDrbRows, S)]
+  const int64_t tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int64_t i0 = tile * kDrbRows, i1 = std::min<int64_t>(i0 + kDrbRows, S);
+  const float* A = dA + (b * nh + h) * S * S;
+  const int32_t* seg = segments + b * S;
+  for (int64_t d = threadIdx.x; d < i1; d += blockDim.x) {
+    float s = 0.0f;
+    for (int64_t i = std::max(i0, d); i < i1; i++)
+      if (seg[i - d] == seg[i]) s += A[i * S + i - d];
+    diag[d] = s;
   }
-  s = block_sum(s, red);
-  if (threadIdx.x == 0 && span > 0) drb[h * cpu::kRelposBuckets + bucket] += s;
+  __syncthreads();
+  if (threadIdx.x < cpu::kRelposBuckets) {
+    const int bk = threadIdx.x;
+    float s = 0.0f;
+    for (int64_t d = lo[bk]; d < std::min<int64_t>(hi[bk], i1); d++) s += diag[d];
+    partial[((b * nh + h) * gridDim.x + tile) * cpu::kRelposBuckets + bk] = s;
+  }
 }
 
 }  // namespace
@@ -138,9 +148,8 @@ void attention_forward(const Context& ctx, float* out, float* probs, const float
   const BucketTables buckets(S);
   const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
   const size_t shared = (S + kThreads) * sizeof(float);
-  forward_kernel<<<grid, kThreads, shared, ctx.stream()>>>(out, probs, q, k, v, rb, segments,
-                                                           buckets.of_distance.data(), S, nh, dh);
-  check(cudaGetLastError(), "attention_forward");
+  launch(attention_forward_kernel, grid, kThreads, shared, ctx.stream(), "attention_forward_kernel", out, probs, q, k,
+         v, rb, segments, buckets.of_distance.data(), S, nh, dh);
   ctx.sync();  // the bucket table is freed on return
 }
 
@@ -152,13 +161,20 @@ void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, flo
   const BucketTables buckets(S);
   const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
   const size_t shared = (S + kThreads) * sizeof(float);
-  dA_kernel<<<grid, kThreads, shared, ctx.stream()>>>(dA_scratch, dout, probs, v, S, nh, dh);
-  dq_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dq, dA_scratch, k, S, nh, dh);
-  dkv_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dk, dv, dA_scratch, probs, q, dout, S, nh, dh);
-  drb_kernel<<<dim3(cpu::kRelposBuckets, static_cast<unsigned>(nh)), kThreads, 0, ctx.stream()>>>(
-      drb, dA_scratch, segments, buckets.lo.data(), buckets.hi.data(), B, S, nh);
-  check(cudaGetLastError(), "attention_backward");
-  ctx.sync();
+  launch(attention_backward_dA_kernel, grid, kThreads, shared, ctx.stream(), "attention_backward_dA_kernel",
+         dA_scratch, dout, probs, v, S, nh, dh);
+  launch(attention_backward_dq_kernel, grid, kThreads, 0, ctx.stream(), "attention_backward_dq_kernel", dq,
+         dA_scratch, k, S, nh, dh);
+  launch(attention_backward_dkv_kernel, grid, kThreads, 0, ctx.stream(), "attention_backward_dkv_kernel", dk, dv,
+         dA_scratch, probs, q, dout, S, nh, dh);
+  const int64_t tiles = (S + kDrbRows - 1) / kDrbRows;
+  Buffer<float> partial(B * nh * tiles * cpu::kRelposBuckets);
+  launch(attention_backward_drb_kernel, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(nh),
+         static_cast<unsigned>(B)), kThreads, S * sizeof(float), ctx.stream(),
+         "attention_backward_drb_kernel", partial.data(), dA_scratch, segments, buckets.lo.data(), buckets.hi.data(),
+         S, nh);
+  reduce_drb(ctx, drb, partial.data(), buckets, B, nh, tiles);
+  ctx.sync();  // the tables and partial sums are freed on return
 }
 
 }  // namespace glam::cuda

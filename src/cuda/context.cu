@@ -1,10 +1,18 @@
 // The CUDA context (stream and cuBLAS handle) and error checking.
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
 #include "glam/cuda/layers.h"
 
 namespace glam::cuda {
+
+namespace {
+std::atomic<int> grid_cap{65535};
+}
+
+int max_grid_blocks() { return grid_cap.load(); }
+void set_max_grid_blocks(int blocks) { grid_cap.store(blocks > 0 ? blocks : 1); }
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)

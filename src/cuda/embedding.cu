@@ -1,28 +1,32 @@
 // The embedding lookup (fp32 rows of this rank's vocabulary shard) and its
 // deterministic backward: one thread per column walks the tokens in order.
 #include "glam/cuda/layers.h"
+#include "launch.cuh"
 #include "reduce.cuh"
 
 namespace glam::cuda {
 
 namespace {
 
-__global__ void embedding_forward_kernel(float* out, const int32_t* ids, const float* emb, int64_t M,
+// A block per token t (grid-stride over the tokens): its row, or zeros when the
+// id is outside this shard.
+__global__ void embedding_forward_kernel(float* out, const int32_t* ids, const float* emb, int64_t T, int64_t M,
                                          int64_t row0, int64_t rows) {
-  const int64_t t = blockIdx.x;
-  const int64_t r = ids[t] - row0;
-  const bool mine = r >= 0 && r < rows;
-  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) out[t * M + i] = mine ? emb[r * M + i] : 0.0f;
+  for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+    const int64_t r = ids[t] - row0;
+    const bool mine = r >= 0 && r < rows;
+    for (int64_t i = threadIdx.x; i < M; i += blockDim.x) out[t * M + i] = mine ? emb[r * M + i] : 0.0f;
+  }
 }
 
+// A thread per column i (grid-stride), the tokens in order.
 __global__ void embedding_backward_kernel(float* demb, const float* dout, const int32_t* ids, int64_t T,
                                           int64_t M, int64_t row0, int64_t rows) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= M) return;
-  for (int64_t t = 0; t < T; t++) {
-    const int64_t r = ids[t] - row0;
-    if (r >= 0 && r < rows) demb[r * M + i] += dout[t * M + i];
-  }
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M; i += int64_t(gridDim.x) * blockDim.x)
+    for (int64_t t = 0; t < T; t++) {
+      const int64_t r = ids[t] - row0;
+      if (r >= 0 && r < rows) demb[r * M + i] += dout[t * M + i];
+    }
 }
 
 }  // namespace
@@ -30,15 +34,15 @@ __global__ void embedding_backward_kernel(float* demb, const float* dout, const 
 void embedding_forward(const Context& ctx, float* out, const int32_t* ids, const float* emb, int64_t T,
                        int64_t M, int64_t row0, int64_t rows) {
   if (T == 0) return;
-  embedding_forward_kernel<<<T, 128, 0, ctx.stream()>>>(out, ids, emb, M, row0, rows);
-  check(cudaGetLastError(), "embedding_forward");
+  launch(embedding_forward_kernel, grid_for(T, 1), 128, 0, ctx.stream(), "embedding_forward_kernel", out, ids, emb,
+         T, M, row0, rows);
 }
 
 void embedding_backward(const Context& ctx, float* demb, const float* dout, const int32_t* ids,
                         int64_t T, int64_t M, int64_t row0, int64_t rows) {
   if (T == 0) return;
-  embedding_backward_kernel<<<grid_for(M, 128), 128, 0, ctx.stream()>>>(demb, dout, ids, T, M, row0, rows);
-  check(cudaGetLastError(), "embedding_backward");
+  launch(embedding_backward_kernel, grid_for(M, 128), 128, 0, ctx.stream(), "embedding_backward_kernel", demb, dout,
+         ids, T, M, row0, rows);
 }
 
 void logits_forward(const Context& ctx, float* logits, const bf16* h, const bf16* emb, int64_t T,

@@ -1,6 +1,8 @@
 // GEMMs through cuBLAS (bf16 operands, fp32 accumulation and result) and the
 // bf16 <-> fp32 conversions that feed them.
 #include "glam/cuda/layers.h"
+#include "launch.cuh"
+#include "reduce.cuh"
 
 namespace glam::cuda {
 
@@ -16,21 +18,14 @@ __global__ void to_f32_kernel(float* out, const bf16* in, int64_t n) {
     out[i] = __bfloat162float(in[i]);
 }
 
-int blocks_for(int64_t n, int threads) {
-  int64_t b = (n + threads - 1) / threads;
-  return static_cast<int>(b < 65535 ? (b > 0 ? b : 1) : 65535);
-}
-
 }  // namespace
 
 void to_bf16(const Context& ctx, bf16* out, const float* in, int64_t n) {
-  to_bf16_kernel<<<blocks_for(n, 256), 256, 0, ctx.stream()>>>(out, in, n);
-  check(cudaGetLastError(), "to_bf16");
+  if (n > 0) launch(to_bf16_kernel, grid_for(n, 256), 256, 0, ctx.stream(), "to_bf16_kernel", out, in, n);
 }
 
 void to_f32(const Context& ctx, float* out, const bf16* in, int64_t n) {
-  to_f32_kernel<<<blocks_for(n, 256), 256, 0, ctx.stream()>>>(out, in, n);
-  check(cudaGetLastError(), "to_f32");
+  if (n > 0) launch(to_f32_kernel, grid_for(n, 256), 256, 0, ctx.stream(), "to_f32_kernel", out, in, n);
 }
 
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS gets the

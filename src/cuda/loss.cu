@@ -7,6 +7,7 @@
 
 #include "glam/cuda/layers.h"
 #include "glam/mesh.h"
+#include "launch.cuh"
 #include "reduce.cuh"
 
 namespace glam::cuda {
@@ -15,42 +16,49 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void row_max_kernel(float* row_max, const float* logits, int64_t Vl) {
+// Per row t (a block per row, striding over the rows by the grid): the row's
+// maximum over this shard.
+__global__ void softmax_xent_max_kernel(float* row_max, const float* logits, int64_t T, int64_t Vl) {
   __shared__ float red[kThreads];
-  const int64_t t = blockIdx.x;
-  float m = -INFINITY;
-  for (int64_t v = threadIdx.x; v < Vl; v += blockDim.x) m = fmaxf(m, logits[t * Vl + v]);
-  m = block_max(m, red);
-  if (threadIdx.x == 0) row_max[t] = m;
+  for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+    float m = -INFINITY;
+    for (int64_t v = threadIdx.x; v < Vl; v += blockDim.x) m = fmaxf(m, logits[t * Vl + v]);
+    m = block_max(m, red);
+    if (threadIdx.x == 0) row_max[t] = m;
+  }
 }
 
-__global__ void row_sum_kernel(float* row_sum, float* target_logit, const float* logits,
-                               const float* row_max, const int32_t* targets, int64_t Vl, int64_t v0) {
+// The shard's sum of exp(logit - max) per row, and the target's logit if it is in the shard.
+__global__ void softmax_xent_sum_kernel(float* row_sum, float* target_logit, const float* logits,
+                                        const float* row_max, const int32_t* targets, int64_t T, int64_t Vl,
+                                        int64_t v0) {
   __shared__ float red[kThreads];
-  const int64_t t = blockIdx.x;
-  float s = 0.0f;
-  for (int64_t v = threadIdx.x; v < Vl; v += blockDim.x) s += expf(logits[t * Vl + v] - row_max[t]);
-  s = block_sum(s, red);
-  if (threadIdx.x == 0) {
-    row_sum[t] = s;
+  for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+    float s = 0.0f;
+    for (int64_t v = threadIdx.x; v < Vl; v += blockDim.x) s += expf(logits[t * Vl + v] - row_max[t]);
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) {
+      row_sum[t] = s;
+      const int64_t c = targets[t] - v0;
+      target_logit[t] = targets[t] >= 0 && c >= 0 && c < Vl ? logits[t * Vl + c] : 0.0f;
+    }
+  }
+}
+
+__global__ void softmax_xent_backward_kernel(float* dlogits, const float* logits, const float* lse,
+                                             const int32_t* targets, int64_t T, int64_t Vl, int64_t v0,
+                                             float ce_scale, float z_scale) {
+  for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+    float* d = dlogits + t * Vl;
+    if (targets[t] < 0) {
+      for (int64_t v = threadIdx.x; v < Vl; v += blockDim.x) d[v] = 0.0f;
+      continue;
+    }
+    const float coef = ce_scale + z_scale * 2.0f * lse[t];
     const int64_t c = targets[t] - v0;
-    target_logit[t] = targets[t] >= 0 && c >= 0 && c < Vl ? logits[t * Vl + c] : 0.0f;
+    for (int64_t v = threadIdx.x; v < Vl; v += blockDim.x)
+      d[v] = coef * expf(logits[t * Vl + v] - lse[t]) - (v == c ? ce_scale : 0.0f);
   }
-}
-
-__global__ void xent_backward_kernel(float* dlogits, const float* logits, const float* lse,
-                                     const int32_t* targets, int64_t Vl, int64_t v0, float ce_scale,
-                                     float z_scale) {
-  const int64_t t = blockIdx.x;
-  float* d = dlogits + t * Vl;
-  if (targets[t] < 0) {
-    for (int64_t v = threadIdx.x; v < Vl; v += blockDim.x) d[v] = 0.0f;
-    return;
-  }
-  const float coef = ce_scale + z_scale * 2.0f * lse[t];
-  const int64_t c = targets[t] - v0;
-  for (int64_t v = threadIdx.x; v < Vl; v += blockDim.x)
-    d[v] = coef * expf(logits[t * Vl + v] - lse[t]) - (v == c ? ce_scale : 0.0f);
 }
 
 std::vector<float> to_host(const Buffer<float>& b) { return b.download(); }
@@ -62,14 +70,14 @@ cpu::LossSums softmax_xent_forward(const Context& ctx, float* lse, const float* 
                                    const Mesh& mesh) {
   if (T == 0) return cpu::LossSums{};
   Buffer<float> row_max(T), row_sum(T), target_logit(T);
-  row_max_kernel<<<T, kThreads, 0, ctx.stream()>>>(row_max.data(), logits, Vl);
+  launch(softmax_xent_max_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_max_kernel",
+         row_max.data(), logits, T, Vl);
   ctx.sync();
   std::vector<float> host_max = to_host(row_max);
   mesh.allreduce_max_model(host_max.data(), T);
   row_max.upload(host_max);
-  row_sum_kernel<<<T, kThreads, 0, ctx.stream()>>>(row_sum.data(), target_logit.data(), logits,
-                                                  row_max.data(), targets, Vl, v0);
-  check(cudaGetLastError(), "softmax_xent_forward");
+  launch(softmax_xent_sum_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_sum_kernel",
+         row_sum.data(), target_logit.data(), logits, row_max.data(), targets, T, Vl, v0);
   ctx.sync();
   std::vector<float> host_sum = to_host(row_sum), host_target = to_host(target_logit);
   mesh.allreduce_sum_model(host_sum.data(), T);
@@ -87,9 +95,8 @@ void softmax_xent_backward(const Context& ctx, float* dlogits, const float* logi
                            const int32_t* targets, int64_t T, int64_t Vl, int64_t v0,
                            float ce_scale, float z_scale) {
   if (T == 0) return;
-  xent_backward_kernel<<<T, kThreads, 0, ctx.stream()>>>(dlogits, logits, lse, targets, Vl, v0,
-                                                        ce_scale, z_scale);
-  check(cudaGetLastError(), "softmax_xent_backward");
+  launch(softmax_xent_backward_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_backward_kernel",
+         dlogits, logits, lse, targets, T, Vl, v0, ce_scale, z_scale);
 }
 
 }  // namespace glam::cuda

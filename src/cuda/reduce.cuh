@@ -2,6 +2,10 @@
 // same inputs always sum in the same order. blockDim.x must be a power of two
 // <= 1024; every thread of the block must call them.
 #pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "glam/cuda/layers.h"
 
 namespace glam::cuda {
 
@@ -29,9 +33,11 @@ __device__ inline float block_max(float v, float* shared) {
   return r;
 }
 
+// Blocks for n elements at `threads` per block, at most max_grid_blocks(): the
+// kernel must stride over its elements (rows) by gridDim.x * blockDim.x (gridDim.x).
 inline int grid_for(int64_t n, int threads) {
-  int64_t b = (n + threads - 1) / threads;
-  return static_cast<int>(b < 65535 ? (b > 0 ? b : 1) : 65535);
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(b, max_grid_blocks())));
 }
 
 }  // namespace glam::cuda

@@ -13,6 +13,8 @@
 
 #include "glam/check.h"
 #include "glam/cuda/layers.h"
+#include "glam/cuda/routing.h"
+#include "launch.cuh"
 #include "reduce.cuh"
 
 namespace glam::cuda {
@@ -28,31 +30,31 @@ __device__ double uniform01(uint64_t seed, uint64_t t) {
   return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-// One thread per token: softmax over E, top-2, renormalised g.
-__global__ void gate_kernel(float* gates, int32_t* expert, float* g, const float* logits, int64_t T,
-                            int64_t E) {
-  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (t >= T) return;
-  const float* l = logits + t * E;
-  float* o = gates + t * E;
-  float m = l[0];
-  for (int64_t e = 1; e < E; e++) m = fmaxf(m, l[e]);
-  float sum = 0.0f;
-  for (int64_t e = 0; e < E; e++) { o[e] = expf(l[e] - m); sum += o[e]; }
-  for (int64_t e = 0; e < E; e++) o[e] /= sum;
-  int32_t i1 = 0;
-  for (int32_t e = 1; e < E; e++) if (o[e] > o[i1]) i1 = e;
-  int32_t i2 = -1;
-  for (int32_t e = 0; e < E; e++) if (e != i1 && (i2 < 0 || o[e] > o[i2])) i2 = e;
-  expert[t * 2] = i1;
-  expert[t * 2 + 1] = i2;
-  const float s = o[i1] + o[i2] + 1e-9f;
-  g[t * 2] = o[i1] / s;
-  g[t * 2 + 1] = o[i2] / s;
+// One thread per token (grid-stride): softmax over E, top-2, renormalised g.
+__global__ void router_gate_kernel(float* gates, int32_t* expert, float* g, const float* logits, int64_t T,
+                                   int64_t E) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < T; t += int64_t(gridDim.x) * blockDim.x) {
+    const float* l = logits + t * E;
+    float* o = gates + t * E;
+    float m = l[0];
+    for (int64_t e = 1; e < E; e++) m = fmaxf(m, l[e]);
+    float sum = 0.0f;
+    for (int64_t e = 0; e < E; e++) { o[e] = expf(l[e] - m); sum += o[e]; }
+    for (int64_t e = 0; e < E; e++) o[e] /= sum;
+    int32_t i1 = 0;
+    for (int32_t e = 1; e < E; e++) if (o[e] > o[i1]) i1 = e;
+    int32_t i2 = -1;
+    for (int32_t e = 0; e < E; e++) if (e != i1 && (i2 < 0 || o[e] > o[i2])) i2 = e;
+    expert[t * 2] = i1;
+    expert[t * 2 + 1] = i2;
+    const float s = o[i1] + o[i2] + 1e-9f;
+    g[t * 2] = o[i1] / s;
+    g[t * 2 + 1] = o[i2] / s;
+  }
 }
 
-// grid G, E threads (rounded up): thread e of block grp fills expert e's slots.
-__global__ void slot_kernel(uint8_t* kept, int32_t* slot, const int32_t* expert, const float* g,
+// grid (G, E / threads rounded up): thread e of block (grp, .) fills expert e's slots.
+__global__ void router_slot_kernel(uint8_t* kept, int32_t* slot, const int32_t* expert, const float* g,
                             int64_t S, int64_t E, int64_t capacity, bool second_all, uint64_t seed,
                             int64_t token_offset) {
   const int64_t e = threadIdx.x + int64_t(blockIdx.y) * blockDim.x;
@@ -96,54 +98,62 @@ cpu::RoutingPlan decisions_of(std::vector<int32_t> expert, std::vector<uint8_t> 
   return f;
 }
 
-__global__ void dispatch_kernel(bf16* expert_in, const bf16* x, const int32_t* row, int64_t M) {
-  const int64_t i = blockIdx.x;  // t * 2 + k
-  const int32_t r = row[i];
-  if (r < 0) return;
-  for (int64_t c = threadIdx.x; c < M; c += blockDim.x) expert_in[r * M + c] = x[(i / 2) * M + c];
-}
-
-__global__ void undispatch_kernel(float* dx, const float* dexpert_in, const int32_t* row, int64_t M) {
-  const int64_t t = blockIdx.x;
-  for (int k = 0; k < 2; k++) {
-    const int32_t r = row[t * 2 + k];
+// A block per choice i = t * 2 + k (grid-stride): token t's row into its expert row.
+__global__ void dispatch_forward_kernel(bf16* expert_in, const bf16* x, const int32_t* row, int64_t n, int64_t M) {
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    const int32_t r = row[i];
     if (r < 0) continue;
-    for (int64_t c = threadIdx.x; c < M; c += blockDim.x) dx[t * M + c] += dexpert_in[r * M + c];
+    for (int64_t c = threadIdx.x; c < M; c += blockDim.x) expert_in[r * M + c] = x[(i / 2) * M + c];
   }
 }
 
-__global__ void combine_kernel(float* out, const float* expert_out, const int32_t* row, const float* g,
-                               const uint8_t* kept, int64_t M) {
-  const int64_t t = blockIdx.x;
-  for (int64_t c = threadIdx.x; c < M; c += blockDim.x) {
-    float o = 0.0f;
+// A block per token (grid-stride): dx[t] += its kept choices' rows, first choice first.
+__global__ void dispatch_backward_kernel(float* dx, const float* dexpert_in, const int32_t* row, int64_t T,
+                                         int64_t M) {
+  for (int64_t t = blockIdx.x; t < T; t += gridDim.x)
     for (int k = 0; k < 2; k++) {
       const int32_t r = row[t * 2 + k];
       if (r < 0) continue;
-      o += (kept[t * 2 + k] ? g[t * 2 + k] : 0.0f) * expert_out[r * M + c];
+      for (int64_t c = threadIdx.x; c < M; c += blockDim.x) dx[t * M + c] += dexpert_in[r * M + c];
     }
-    out[t * M + c] = o;
-  }
 }
 
+// A block per token (grid-stride).
+__global__ void combine_forward_kernel(float* out, const float* expert_out, const int32_t* row, const float* g,
+                                       const uint8_t* kept, int64_t T, int64_t M) {
+  for (int64_t t = blockIdx.x; t < T; t += gridDim.x)
+    for (int64_t c = threadIdx.x; c < M; c += blockDim.x) {
+      float o = 0.0f;
+      for (int k = 0; k < 2; k++) {
+        const int32_t r = row[t * 2 + k];
+        if (r < 0) continue;
+        o += (kept[t * 2 + k] ? g[t * 2 + k] : 0.0f) * expert_out[r * M + c];
+      }
+      out[t * M + c] = o;
+    }
+}
+
+// A block per choice i (grid-stride): dexpert_out[row] = weight * dout[t], dweight[i] = dout[t] . expert_out[row].
 __global__ void combine_backward_kernel(float* dexpert_out, float* dweight, const float* dout,
                                         const float* expert_out, const int32_t* row, const float* g,
-                                        const uint8_t* kept, int64_t M) {
+                                        const uint8_t* kept, int64_t n, int64_t M) {
   __shared__ float red[256];
-  const int64_t i = blockIdx.x, t = i / 2;
-  const int32_t r = row[i];
-  if (r < 0) {
-    if (threadIdx.x == 0) dweight[i] = 0.0f;
-    return;
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    const int64_t t = i / 2;
+    const int32_t r = row[i];
+    if (r < 0) {  // the same for the whole block
+      if (threadIdx.x == 0) dweight[i] = 0.0f;
+      continue;
+    }
+    const float w = kept[i] ? g[i] : 0.0f;
+    float dot = 0.0f;
+    for (int64_t c = threadIdx.x; c < M; c += blockDim.x) {
+      dot += dout[t * M + c] * expert_out[r * M + c];
+      dexpert_out[r * M + c] = w * dout[t * M + c];
+    }
+    dot = block_sum(dot, red);
+    if (threadIdx.x == 0) dweight[i] = dot;
   }
-  const float w = kept[i] ? g[i] : 0.0f;
-  float dot = 0.0f;
-  for (int64_t c = threadIdx.x; c < M; c += blockDim.x) {
-    dot += dout[t * M + c] * expert_out[r * M + c];
-    dexpert_out[r * M + c] = w * dout[t * M + c];
-  }
-  dot = block_sum(dot, red);
-  if (threadIdx.x == 0) dweight[i] = dot;
 }
 
 }  // namespace
@@ -159,14 +169,13 @@ void router_forward(const Context& ctx, cpu::RoutingPlan& plan, DeviceRouting& d
   dev.g.resize(T * 2);
   dev.kept.resize(T * 2);
   dev.slot.resize(T * 2);
-  gate_kernel<<<grid_for(T, 128), 128, 0, ctx.stream()>>>(dev.gates.data(), dev.expert.data(),
-                                                          dev.g.data(), logits, T, E);
+  launch(router_gate_kernel, grid_for(T, 128), 128, 0, ctx.stream(), "router_gate_kernel", dev.gates.data(),
+         dev.expert.data(), dev.g.data(), logits, T, E);
   const unsigned threads = static_cast<unsigned>(E < 256 ? E : 256);
   const dim3 grid(static_cast<unsigned>(T / S), static_cast<unsigned>((E + threads - 1) / threads));
-  slot_kernel<<<grid, threads, 0, ctx.stream()>>>(
-      dev.kept.data(), dev.slot.data(), dev.expert.data(), dev.g.data(), S, E, capacity,
-      opt.second == cpu::SecondPolicy::all || opt.no_drop, opt.seed, opt.token_offset);
-  check(cudaGetLastError(), "router_forward");
+  launch(router_slot_kernel, grid, threads, 0, ctx.stream(), "router_slot_kernel", dev.kept.data(), dev.slot.data(),
+         dev.expert.data(), dev.g.data(), S, E, capacity, opt.second == cpu::SecondPolicy::all || opt.no_drop,
+         opt.seed, opt.token_offset);
   ctx.sync();
   const cpu::RoutingPlan frozen =
       decisions_of(dev.expert.download(), dev.kept.download(), dev.slot.download(), T, E, S);
@@ -176,25 +185,40 @@ void router_forward(const Context& ctx, cpu::RoutingPlan& plan, DeviceRouting& d
   dev.row.upload(plan.row);
 }
 
+// The decisions only, into the device buffers of d (routing.h): the bookkeeping
+// then runs on the device too (routing.cu).
+void router_decide(const Context& ctx, RoutingDevice& d, const float* logits, int64_t T, const cpu::RouterOptions& opt) {
+  const int64_t E = opt.n_experts;
+  const int64_t S = opt.no_drop ? T : opt.group_size;
+  GLAM_REQUIRE(S > 0 && T % S == 0, "moe: ", T, " tokens do not split into groups of ", S);
+  const int64_t capacity = opt.no_drop ? S : cpu::expert_capacity(S, opt.capacity_factor, E);
+  launch(router_gate_kernel, grid_for(T, 128), 128, 0, ctx.stream(), "router_gate_kernel", d.gates, d.expert, d.g,
+         logits, T, E);
+  const unsigned threads = static_cast<unsigned>(E < 256 ? E : 256);
+  const dim3 grid(static_cast<unsigned>(T / S), static_cast<unsigned>((E + threads - 1) / threads));
+  launch(router_slot_kernel, grid, threads, 0, ctx.stream(), "router_slot_kernel", d.kept, d.slot, d.expert, d.g, S, E,
+         capacity, opt.second == cpu::SecondPolicy::all || opt.no_drop, opt.seed, opt.token_offset);
+}
+
 void dispatch_forward(const Context& ctx, bf16* expert_in, const bf16* x, const int32_t* row,
                       int64_t T, int64_t M) {
   if (T == 0) return;
-  dispatch_kernel<<<T * 2, 128, 0, ctx.stream()>>>(expert_in, x, row, M);
-  check(cudaGetLastError(), "dispatch_forward");
+  launch(dispatch_forward_kernel, grid_for(T * 2, 1), 128, 0, ctx.stream(), "dispatch_forward_kernel", expert_in, x,
+         row, T * 2, M);
 }
 
 void dispatch_backward(const Context& ctx, float* dx, const float* dexpert_in, const int32_t* row,
                        int64_t T, int64_t M) {
   if (T == 0) return;
-  undispatch_kernel<<<T, 128, 0, ctx.stream()>>>(dx, dexpert_in, row, M);
-  check(cudaGetLastError(), "dispatch_backward");
+  launch(dispatch_backward_kernel, grid_for(T, 1), 128, 0, ctx.stream(), "dispatch_backward_kernel", dx, dexpert_in,
+         row, T, M);
 }
 
 void combine_forward(const Context& ctx, float* out, const float* expert_out, const int32_t* row,
                      const float* g, const uint8_t* kept, int64_t T, int64_t M) {
   if (T == 0) return;
-  combine_kernel<<<T, 128, 0, ctx.stream()>>>(out, expert_out, row, g, kept, M);
-  check(cudaGetLastError(), "combine_forward");
+  launch(combine_forward_kernel, grid_for(T, 1), 128, 0, ctx.stream(), "combine_forward_kernel", out, expert_out, row,
+         g, kept, T, M);
 }
 
 void combine_backward(const Context& ctx, float* dexpert_out, float* dweight, const float* dout,
@@ -202,9 +226,8 @@ void combine_backward(const Context& ctx, float* dexpert_out, float* dweight, co
                       const uint8_t* kept, int64_t T, int64_t M, int64_t rows) {
   if (T == 0) return;
   check(cudaMemsetAsync(dexpert_out, 0, rows * M * sizeof(float), ctx.stream()), "combine_backward");
-  combine_backward_kernel<<<T * 2, 256, 0, ctx.stream()>>>(dexpert_out, dweight, dout, expert_out,
-                                                           row, g, kept, M);
-  check(cudaGetLastError(), "combine_backward");
+  launch(combine_backward_kernel, grid_for(T * 2, 1), 256, 0, ctx.stream(), "combine_backward_kernel", dexpert_out,
+         dweight, dout, expert_out, row, g, kept, T * 2, M);
 }
 
 }  // namespace glam::cuda

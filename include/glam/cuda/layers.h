@@ -32,6 +32,12 @@ using bf16 = __nv_bfloat16;
 void check(cudaError_t err, const char* what);
 void check(cublasStatus_t st, const char* what);
 
+// The most blocks a 1-D kernel is launched with (65535 by default). Every such
+// kernel strides over its elements or rows by the grid, so any cap covers them
+// all; the tests lower it to check that.
+int max_grid_blocks();
+void set_max_grid_blocks(int blocks);
+
 // The stream and cuBLAS handle every layer runs on.
 class Context {
  public:
