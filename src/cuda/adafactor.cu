@@ -80,8 +80,6 @@ __global__ void adafactor_apply_kernel(float* w, const float* u, int64_t n, doub
 
 int grid(int64_t n) { return std::min(grid_for(n, kThreads), kBlocks); }
 
-std::vector<double> download_doubles(const Buffer<double>& b) { return b.download(); }
-
 }  // namespace
 
 // A fixed grid for n (at least 16 elements per thread, at most kBlocks blocks), so
@@ -89,11 +87,14 @@ std::vector<double> download_doubles(const Buffer<double>& b) { return b.downloa
 double sum_squares(const Context& ctx, const float* x, int64_t n) {
   if (n <= 0) return 0.0;
   const int blocks = std::min(grid_for(n, kThreads * 16), kBlocks);
-  Buffer<double> partial(blocks);
-  launch(sum_squares_kernel, blocks, kThreads, 0, ctx.stream(), "sum_squares_kernel", partial.data(), x, n);
+  double* partial = static_cast<double*>(ctx.scratch(kScratchSquares, blocks * sizeof(double)));
+  launch(sum_squares_kernel, blocks, kThreads, 0, ctx.stream(), "sum_squares_kernel", partial, x, n);
+  std::vector<double> host(blocks);
+  check(cudaMemcpyAsync(host.data(), partial, blocks * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream()),
+        "sum_squares");
   ctx.sync();
   double s = 0.0;
-  for (double v : download_doubles(partial)) s += v;
+  for (double v : host) s += v;
   return s;
 }
 

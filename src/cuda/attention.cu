@@ -7,6 +7,7 @@
 
 #include "glam/cuda/layers.h"
 #include "buckets.cuh"
+#include "drb_reduce.cuh"
 #include "launch.cuh"
 #include "reduce.cuh"
 
@@ -145,12 +146,11 @@ void attention_forward(const Context& ctx, float* out, float* probs, const float
                        const float* v, const float* rb, const int32_t* segments, int64_t B,
                        int64_t S, int64_t nh, int64_t dh) {
   if (B == 0 || S == 0) return;
-  const BucketTables buckets(S);
+  const BucketTables& buckets = ctx.buckets(S);
   const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
   const size_t shared = (S + kThreads) * sizeof(float);
   launch(attention_forward_kernel, grid, kThreads, shared, ctx.stream(), "attention_forward_kernel", out, probs, q, k,
          v, rb, segments, buckets.of_distance.data(), S, nh, dh);
-  ctx.sync();  // the bucket table is freed on return
 }
 
 void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, float* drb,
@@ -158,7 +158,7 @@ void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, flo
                         const float* k, const float* v, const int32_t* segments, int64_t B,
                         int64_t S, int64_t nh, int64_t dh) {
   if (B == 0 || S == 0) return;
-  const BucketTables buckets(S);
+  const BucketTables& buckets = ctx.buckets(S);
   const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
   const size_t shared = (S + kThreads) * sizeof(float);
   launch(attention_backward_dA_kernel, grid, kThreads, shared, ctx.stream(), "attention_backward_dA_kernel",
@@ -168,13 +168,12 @@ void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, flo
   launch(attention_backward_dkv_kernel, grid, kThreads, 0, ctx.stream(), "attention_backward_dkv_kernel", dk, dv,
          dA_scratch, probs, q, dout, S, nh, dh);
   const int64_t tiles = (S + kDrbRows - 1) / kDrbRows;
-  Buffer<float> partial(B * nh * tiles * cpu::kRelposBuckets);
+  float* partial = static_cast<float*>(ctx.scratch(kScratchDrb, B * nh * tiles * cpu::kRelposBuckets * sizeof(float)));
   launch(attention_backward_drb_kernel, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(nh),
          static_cast<unsigned>(B)), kThreads, S * sizeof(float), ctx.stream(),
-         "attention_backward_drb_kernel", partial.data(), dA_scratch, segments, buckets.lo.data(), buckets.hi.data(),
+         "attention_backward_drb_kernel", partial, dA_scratch, segments, buckets.lo.data(), buckets.hi.data(),
          S, nh);
-  reduce_drb(ctx, drb, partial.data(), buckets, B, nh, tiles);
-  ctx.sync();  // the tables and partial sums are freed on return
+  reduce_drb(ctx, drb, partial, buckets, B, nh, tiles);
 }
 
 }  // namespace glam::cuda

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "glam/cuda/layers.h"
+#include "buckets.cuh"
 
 namespace glam::cuda {
 
@@ -33,8 +34,30 @@ Context::Context() {
 }
 
 Context::~Context() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& [ptr, bytes] : scratch_)
+    if (ptr) cudaFree(ptr);
+  buckets_.clear();
   if (blas_) cublasDestroy(blas_);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+void* Context::scratch(ScratchSlot slot, size_t bytes) const {
+  auto& [ptr, size] = scratch_[slot];
+  if (bytes > size) {
+    if (ptr) check(cudaFree(ptr), "cudaFree (scratch)");  // waits for the work using it
+    ptr = nullptr;
+    size = 0;
+    check(cudaMalloc(&ptr, bytes), "cudaMalloc (scratch)");
+    size = bytes;
+  }
+  return ptr;
+}
+
+const BucketTables& Context::buckets(int64_t S) const {
+  auto& t = buckets_[S];
+  if (!t) t = std::make_unique<BucketTables>(S);
+  return *t;
 }
 
 void Context::sync() const { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }

@@ -25,6 +25,7 @@
 
 #include "glam/cuda/layers.h"
 #include "buckets.cuh"
+#include "drb_reduce.cuh"
 #include "launch.cuh"
 #include "reduce.cuh"
 
@@ -341,12 +342,11 @@ dim3 row_grid(int64_t S, int64_t nh, int64_t B) {
 template <int DH>
 void forward_dh(const Context& ctx, float* out, float* lse, const float* q, const float* k, const float* v,
                 const float* rb, const int32_t* seg, int64_t B, int64_t S, int64_t nh) {
-  BucketTables t(S);
+  const BucketTables& t = ctx.buckets(S);
   const size_t shared = forward_shared_floats<DH>() * sizeof(float);
   allow_shared(flash_forward_kernel<DH>, shared, "flash_forward_kernel");
   launch(flash_forward_kernel<DH>, row_grid<DH>(S, nh, B), Cfg<DH>::kThreads, shared, ctx.stream(),
          "flash_forward_kernel", out, lse, q, k, v, rb, seg, t.of_distance.data(), Geometry{S, nh, nh * DH});
-  ctx.sync();  // the bucket table is freed on return
 }
 
 template <int DH>
@@ -354,21 +354,21 @@ void backward_dh(const Context& ctx, float* dq, float* dk, float* dv, float* drb
                  const float* out, const float* lse, const float* q, const float* k, const float* v,
                  const int32_t* seg, int64_t B, int64_t S, int64_t nh, const float* rb) {
   using C = Cfg<DH>;
-  BucketTables t(S);
+  const BucketTables& t = ctx.buckets(S);
   const Geometry g{S, nh, nh * DH};
   const int64_t rows = B * nh * S, tiles = (S + C::kRows - 1) / C::kRows;
-  Buffer<float> D(rows), partial(B * nh * tiles * cpu::kRelposBuckets);
-  launch(flash_delta_kernel<DH>, grid_for(rows, 128), 128, 0, ctx.stream(), "flash_delta_kernel", D.data(), dout, out,
-         g, rows);
+  float* D = static_cast<float*>(ctx.scratch(kScratchDelta, rows * sizeof(float)));
+  float* partial = static_cast<float*>(ctx.scratch(kScratchDrb, B * nh * tiles * cpu::kRelposBuckets * sizeof(float)));
+  launch(flash_delta_kernel<DH>, grid_for(rows, 128), 128, 0, ctx.stream(), "flash_delta_kernel", D, dout, out, g,
+         rows);
   const size_t dq_shared = dq_shared_floats<DH>() * sizeof(float), dkv_shared = dkv_shared_floats<DH>() * sizeof(float);
   allow_shared(flash_dq_kernel<DH>, dq_shared, "flash_dq_kernel");
   allow_shared(flash_dkv_kernel<DH>, dkv_shared, "flash_dkv_kernel");
   launch(flash_dq_kernel<DH>, row_grid<DH>(S, nh, B), C::kThreads, dq_shared, ctx.stream(), "flash_dq_kernel", dq,
-         partial.data(), dout, lse, D.data(), q, k, v, rb, seg, t.of_distance.data(), t.lo.data(), t.hi.data(), g);
+         partial, dout, lse, D, q, k, v, rb, seg, t.of_distance.data(), t.lo.data(), t.hi.data(), g);
   launch(flash_dkv_kernel<DH>, row_grid<DH>(S, nh, B), C::kThreads, dkv_shared, ctx.stream(), "flash_dkv_kernel", dk,
-         dv, dout, lse, D.data(), q, k, v, rb, seg, t.of_distance.data(), g);
-  reduce_drb(ctx, drb, partial.data(), t, B, nh, tiles);
-  ctx.sync();  // the tables and scratch are freed on return
+         dv, dout, lse, D, q, k, v, rb, seg, t.of_distance.data(), g);
+  reduce_drb(ctx, drb, partial, t, B, nh, tiles);
 }
 
 }  // namespace

@@ -61,7 +61,11 @@ __global__ void softmax_xent_backward_kernel(float* dlogits, const float* logits
   }
 }
 
-std::vector<float> to_host(const Buffer<float>& b) { return b.download(); }
+std::vector<float> to_host(const float* d, int64_t n) {
+  std::vector<float> h(n);
+  check(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost), "softmax_xent_forward");
+  return h;
+}
 
 }  // namespace
 
@@ -69,17 +73,20 @@ cpu::LossSums softmax_xent_forward(const Context& ctx, float* lse, const float* 
                                    const int32_t* targets, int64_t T, int64_t Vl, int64_t v0,
                                    const Mesh& mesh) {
   if (T == 0) return cpu::LossSums{};
-  Buffer<float> row_max(T), row_sum(T), target_logit(T);
-  launch(softmax_xent_max_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_max_kernel",
-         row_max.data(), logits, T, Vl);
+  const size_t bytes = T * sizeof(float);
+  float* row_max = static_cast<float*>(ctx.scratch(kScratchLossMax, bytes));
+  float* row_sum = static_cast<float*>(ctx.scratch(kScratchLossSum, bytes));
+  float* target_logit = static_cast<float*>(ctx.scratch(kScratchLossTarget, bytes));
+  launch(softmax_xent_max_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_max_kernel", row_max,
+         logits, T, Vl);
   ctx.sync();
-  std::vector<float> host_max = to_host(row_max);
+  std::vector<float> host_max = to_host(row_max, T);
   mesh.allreduce_max_model(host_max.data(), T);
-  row_max.upload(host_max);
-  launch(softmax_xent_sum_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_sum_kernel",
-         row_sum.data(), target_logit.data(), logits, row_max.data(), targets, T, Vl, v0);
+  check(cudaMemcpy(row_max, host_max.data(), bytes, cudaMemcpyHostToDevice), "softmax_xent_forward");
+  launch(softmax_xent_sum_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_sum_kernel", row_sum,
+         target_logit, logits, row_max, targets, T, Vl, v0);
   ctx.sync();
-  std::vector<float> host_sum = to_host(row_sum), host_target = to_host(target_logit);
+  std::vector<float> host_sum = to_host(row_sum, T), host_target = to_host(target_logit, T);
   mesh.allreduce_sum_model(host_sum.data(), T);
   mesh.allreduce_sum_model(host_target.data(), T);
   std::vector<int32_t> host_targets(T);

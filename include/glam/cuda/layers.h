@@ -17,6 +17,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "glam/layers.h"
@@ -38,7 +41,15 @@ void check(cublasStatus_t st, const char* what);
 int max_grid_blocks();
 void set_max_grid_blocks(int blocks);
 
-// The stream and cuBLAS handle every layer runs on.
+struct BucketTables;  // src/cuda/buckets.cuh
+
+// What the layers keep from call to call in a Context's scratch (one slot each).
+enum ScratchSlot : int { kScratchDelta, kScratchDrb, kScratchLossMax, kScratchLossSum, kScratchLossTarget,
+                         kScratchSquares, kScratchSlots };
+
+// The stream and cuBLAS handle every layer runs on, and what the layers reuse:
+// after the first call with a shape, the attention layers, the loss and
+// sum_squares allocate nothing (and the attention layers do not synchronise).
 class Context {
  public:
   Context();
@@ -48,9 +59,16 @@ class Context {
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t blas() const { return blas_; }
   void sync() const;
+  // Device memory of at least `bytes` for `slot`, kept (grown, never shrunk) until
+  // the context goes: work queued on the stream uses it in order.
+  void* scratch(ScratchSlot slot, size_t bytes) const;
+  // The relative-position tables for rows of S tokens, built on first use.
+  const BucketTables& buckets(int64_t S) const;
  private:
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+  mutable std::pair<void*, size_t> scratch_[kScratchSlots] = {};
+  mutable std::map<int64_t, std::unique_ptr<BucketTables>> buckets_;
 };
 
 // A device allocation of n elements of T, freed with it.
