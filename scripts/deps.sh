@@ -8,6 +8,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   libhdf5-openmpi-dev hdf5-tools
   libboost-program-options-dev
+  libboost-context-dev  # the CUDA emulation's fibers (tests/cuda_emu)
   catch2
   libopenblas-dev
   libdnnl-dev ocl-icd-opencl-dev  # oneDNN; its CMake config looks for OpenCL

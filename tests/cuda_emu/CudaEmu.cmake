@@ -1,6 +1,7 @@
 # The CPU emulation of the CUDA subset glam uses (tests/cuda_emu: include/ holds
 # the emulated cuda_runtime.h, cuda_bf16.h and cublas_v2.h, emu.cpp the runtime,
-# its thread pool and cuBLAS). Needs no nvcc and no GPU.
+# its fiber scheduler and cuBLAS). Needs no nvcc and no GPU; needs Boost.Context
+# (libboost-context-dev) for the fibers that run each block's threads.
 #
 #   glam_add_cuda_emu_library(<target> [SANITIZE] <sources...>)
 #
@@ -12,6 +13,7 @@
 # -fsanitize=address,undefined. Link glam_model (or another CPU library) for the
 # glam code the sources call.
 set(GLAM_CUDA_EMU_DIR ${CMAKE_CURRENT_LIST_DIR})
+find_package(Boost REQUIRED COMPONENTS context)
 set(GLAM_SANITIZE_FLAGS -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
 
 foreach(variant "" "_asan")
@@ -21,7 +23,7 @@ foreach(variant "" "_asan")
     target_include_directories(${rt} BEFORE PUBLIC ${GLAM_CUDA_EMU_DIR}/include)
     target_compile_definitions(${rt} PUBLIC GLAM_CUDA_EMU=1)
     target_compile_options(${rt} PRIVATE ${GLAM_WARNINGS})
-    target_link_libraries(${rt} PUBLIC Threads::Threads)
+    target_link_libraries(${rt} PUBLIC Threads::Threads PRIVATE Boost::context)
     if(variant STREQUAL "_asan")
       target_compile_options(${rt} PUBLIC ${GLAM_SANITIZE_FLAGS})
       target_link_options(${rt} PUBLIC ${GLAM_SANITIZE_FLAGS})

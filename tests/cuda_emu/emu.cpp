@@ -2,29 +2,50 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#include <boost/context/detail/fcontext.hpp>
 
 #include <algorithm>
 #include <chrono>
-#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <tuple>
-#include <thread>
 #include <vector>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define GLAM_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define GLAM_EMU_ASAN 1
+#endif
+#endif
+#ifndef GLAM_EMU_ASAN
+#define GLAM_EMU_ASAN 0
+#endif
+#if GLAM_EMU_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 namespace {
-thread_local cuda_emu::Coords tl_coords;
-}
-const cuda_emu::Coords& cuda_emu::coords() { return tl_coords; }
+using boost::context::detail::fcontext_t;
+using boost::context::detail::jump_fcontext;
+using boost::context::detail::make_fcontext;
+using boost::context::detail::transfer_t;
+// The running emulated thread's coordinates: the scheduler points this at the
+// fiber's own before each switch to it (on the host, outside kernels: zeros).
+const cuda_emu::Coords kHostCoords{};
+thread_local const cuda_emu::Coords* tl_coords = &kHostCoords;
+}  // namespace
+const cuda_emu::Coords& cuda_emu::coords() { return *tl_coords; }
 
 // Bounds of the section that holds every __shared__ variable (GNU ld defines
 // them for a section named like a C identifier; weak: null when there is none).
@@ -176,19 +197,7 @@ cudaError_t fill(void* p, int value, size_t bytes, cudaStream_t s) {
   return cudaSuccess;
 }
 
-// ---- the thread pool that runs kernels -------------------------------------------
-void futex_wait(std::atomic<uint32_t>& word, uint32_t old) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, old, nullptr, nullptr, 0);
-}
-void futex_wake(std::atomic<uint32_t>& word) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
-}
-void wait_change(std::atomic<uint32_t>& word, uint32_t old) {
-  for (int spin = 0; spin < 100; spin++)
-    if (word.load(std::memory_order_acquire) != old) return;
-  while (word.load(std::memory_order_acquire) == old) futex_wait(word, old);
-}
-
+// ---- the fibers that run kernels --------------------------------------------------
 struct Job {
   const char* name = nullptr;
   cuda_emu::Body body = nullptr;
@@ -200,131 +209,171 @@ struct Job {
   size_t dynamic_bytes = 0;
 };
 
-// Worker t is thread t of every block. One kernel at a time (launch_mutex_); the
-// blocks of a grid run in order, each ending when all its threads have returned.
-// The block barrier is one atomic word, (threads still running << 32) | arrived:
-// the thread that completes it (the last to arrive, or one returning while all
-// the others wait) releases the waiters through a futex generation counter.
+#if GLAM_EMU_ASAN
+constexpr size_t kFiberStack = 256 * 1024;
+#else
+constexpr size_t kFiberStack = 64 * 1024;
+#endif
+
+// Thread t of every block is fiber t (Boost.Context's fcontext), created once with a
+// stack of its own (a guard page below it) and run on the launching thread: one
+// kernel at a time (launch_mutex_), the blocks of a grid in order. A block runs in
+// rounds: each fiber still running is resumed in turn and runs until it reaches a
+// __syncthreads (it switches back to the scheduler) or returns from the kernel (it
+// leaves the block's barriers, as on the GPU). When every thread still running
+// waits at a barrier they must all be at the same __syncthreads, and the next round
+// starts; the block ends when all its threads have returned. A fiber never ends: it
+// loops over the kernel body, once per block, across launches.
 class Pool {
  public:
   static Pool& get() {
-    static Pool* pool = new Pool;  // never destroyed: workers may outlive static destructors
+    static Pool* pool = new Pool;  // never destroyed: fiber stacks are reused by every launch
     return *pool;
   }
 
   void run(const Job& job) {
     std::lock_guard<std::mutex> launch_lock(launch_mutex_);
-    while (workers_.size() < job.threads) {
-      go_.push_back(std::make_unique<std::atomic<uint32_t>>(0));
-      const unsigned id = static_cast<unsigned>(workers_.size());
-      workers_.emplace_back([this, id] { work(id); });
-      workers_.back().detach();
-    }
+    while (fibers_.size() < job.threads) add_fiber();
     job_ = job;
-    start_block();
-    blocks_done_ = 0;
-    const uint32_t done = done_.load();
+    const dim3 b = job.block, g = job.grid;
     for (unsigned t = 0; t < job.threads; t++) {
-      go_[t]->fetch_add(1);
-      futex_wake(*go_[t]);
+      fibers_[t].coords.thread = {t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
+      fibers_[t].coords.block_dim = {b.x, b.y, b.z};
+      fibers_[t].coords.grid_dim = {g.x, g.y, g.z};
     }
-    wait_change(done_, done);
+    const cuda_emu::Coords* host_coords = tl_coords;
+    for (uint64_t n = 0; n < job.blocks; n++) {
+      const uint3 block = {static_cast<unsigned>(n % g.x), static_cast<unsigned>((n / g.x) % g.y),
+                           static_cast<unsigned>(n / (uint64_t(g.x) * g.y))};
+      for (unsigned t = 0; t < job.threads; t++) fibers_[t].coords.block = block;
+      run_block();
+    }
+    tl_coords = host_coords;
   }
 
+  // Called by the running fiber: back to the scheduler until the block's barrier opens.
   void sync(const char* file, int line) {
-    sites_[worker_] = {file, line};
-    const uint32_t gen = sync_gen_.load(std::memory_order_acquire);
-    const uint64_t old = word_.fetch_add(1, std::memory_order_acq_rel);
-    if ((old & 0xffffffffu) + 1 == old >> 32) release(worker_);
-    else wait_change(sync_gen_, gen);
+    if (current_ == kNone) {
+      std::fprintf(stderr, "cuda_emu: __syncthreads (%s:%d) outside a kernel\n", file, line);
+      std::abort();
+    }
+    Fiber& f = fibers_[current_];
+    f.file = file;
+    f.line = line;
+    f.exited = false;
+    to_scheduler();
   }
 
   void* dynamic_shared() const { return job_.dynamic; }
 
  private:
-  struct Site { const char* file; int line; };
+  static constexpr unsigned kNone = ~0u;
+  struct Fiber {
+    fcontext_t ctx = nullptr;
+    unsigned char* stack_bottom = nullptr;  // above the guard page
+    cuda_emu::Coords coords{};
+    const char* file = nullptr;
+    int line = 0;
+    bool exited = false;
+    void* fake_stack = nullptr;  // ASan's, while switched out
+  };
 
-  void work(unsigned id) {
-    worker_ = id;
-    uint32_t seen = 0;
-    for (;;) {
-      wait_change(*go_[id], seen);
-      seen = go_[id]->load();
-      const Job job = job_;  // the launcher may set the next job once this one is done
-      const dim3 b = job.block, g = job.grid;
-      tl_coords.thread = {id % b.x, (id / b.x) % b.y, id / (b.x * b.y)};
-      tl_coords.block_dim = {b.x, b.y, b.z};
-      tl_coords.grid_dim = {g.x, g.y, g.z};
-      for (uint64_t n = 0; n < job.blocks; n++) {
-        tl_coords.block = {static_cast<unsigned>(n % g.x), static_cast<unsigned>((n / g.x) % g.y),
-                           static_cast<unsigned>(n / (uint64_t(g.x) * g.y))};
-        job.body(job.call);
-        exit_block(id);
-      }
+  void add_fiber() {
+    static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    void* p = mmap(nullptr, kFiberStack + page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (p == MAP_FAILED || mprotect(p, page, PROT_NONE) != 0) {
+      std::fprintf(stderr, "cuda_emu: no memory for a fiber stack of %zu bytes\n", kFiberStack);
+      std::abort();
     }
+    Fiber f;
+    f.stack_bottom = static_cast<unsigned char*>(p) + page;
+    f.ctx = make_fcontext(f.stack_bottom + kFiberStack, kFiberStack, &Pool::fiber_main);
+    fibers_.push_back(f);
+  }
+
+  static void fiber_main(transfer_t from) {
+    Pool* pool = static_cast<Pool*>(from.data);
+    pool->scheduler_ = from.fctx;
+#if GLAM_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &pool->sched_stack_, &pool->sched_stack_size_);
+#endif
+    for (;;) {
+      pool->job_.body(pool->job_.call);
+      pool->fibers_[pool->current_].exited = true;
+      pool->to_scheduler();
+    }
+  }
+
+  // From the running fiber to the scheduler; returns when the scheduler resumes it.
+  void to_scheduler() {
+#if GLAM_EMU_ASAN
+    Fiber& f = fibers_[current_];
+    __sanitizer_start_switch_fiber(&f.fake_stack, sched_stack_, sched_stack_size_);
+#endif
+    scheduler_ = jump_fcontext(scheduler_, nullptr).fctx;
+#if GLAM_EMU_ASAN
+    __sanitizer_finish_switch_fiber(f.fake_stack, &sched_stack_, &sched_stack_size_);
+#endif
+  }
+
+  // From the scheduler to fiber t, until it waits at a barrier or returns.
+  void resume(unsigned t) {
+    Fiber& f = fibers_[t];
+    current_ = t;
+    tl_coords = &f.coords;
+#if GLAM_EMU_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, f.stack_bottom, kFiberStack);
+#endif
+    f.ctx = jump_fcontext(f.ctx, this).fctx;
+#if GLAM_EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+    current_ = kNone;
   }
 
   // Every thread of the block runs again, on garbage shared memory.
-  void start_block() {
-    std::fill(exited_.begin(), exited_.begin() + job_.threads, 0);
-    word_.store(uint64_t(job_.threads) << 32);
+  void run_block() {
     if (__start_glam_emu_shared)
       std::memset(__start_glam_emu_shared, kGarbage, static_cast<size_t>(__stop_glam_emu_shared - __start_glam_emu_shared));
     if (job_.dynamic_bytes) std::memset(job_.dynamic, kGarbage, job_.dynamic_bytes);
-  }
-
-  // A thread returned from the kernel: it no longer takes part in this block's
-  // barriers (as on the GPU); the last one to return starts the next block.
-  void exit_block(unsigned id) {
-    exited_[id] = 1;
-    const uint32_t gen = block_gen_.load(std::memory_order_acquire);
-    const uint64_t old = word_.fetch_sub(uint64_t(1) << 32, std::memory_order_acq_rel);
-    const uint64_t running = (old >> 32) - 1, arrived = old & 0xffffffffu;
-    if (running == 0) {
-      const bool last = ++blocks_done_ == job_.blocks;
-      if (!last) start_block();
-      block_gen_.fetch_add(1, std::memory_order_acq_rel);
-      futex_wake(block_gen_);
-      if (last) {
-        done_.fetch_add(1, std::memory_order_acq_rel);
-        futex_wake(done_);
+    live_.resize(job_.threads);
+    for (unsigned t = 0; t < job_.threads; t++) live_[t] = t;
+    while (!live_.empty()) {
+      size_t waiting = 0;
+      for (unsigned t : live_) {
+        resume(t);
+        if (!fibers_[t].exited) live_[waiting++] = t;
       }
-      return;
+      live_.resize(waiting);
+      if (!live_.empty()) check_same_barrier();
     }
-    if (arrived > 0 && arrived == running) release(~0u);  // all the others wait at a barrier
-    wait_change(block_gen_, gen);
   }
 
   // All running threads have arrived: they must be at the same __syncthreads.
-  void release(unsigned by) {
-    const Site* site = by == ~0u ? nullptr : &sites_[by];
-    for (unsigned t = 0; t < job_.threads; t++) {
-      if (exited_[t]) continue;
-      if (!site) site = &sites_[t];
-      if (sites_[t].line != site->line || std::strcmp(sites_[t].file, site->file) != 0) {
+  void check_same_barrier() {
+    const Fiber& site = fibers_[live_.front()];
+    for (unsigned t : live_) {
+      const Fiber& f = fibers_[t];
+      if (f.line != site.line || std::strcmp(f.file, site.file) != 0) {
+        const uint3 b = site.coords.block;
         std::fprintf(stderr, "cuda_emu: %s block (%u,%u,%u): threads wait at different __syncthreads, %s:%d and %s:%d\n",
-                     job_.name, blockIdx.x, blockIdx.y, blockIdx.z, site->file, site->line, sites_[t].file,
-                     sites_[t].line);
+                     job_.name, b.x, b.y, b.z, site.file, site.line, f.file, f.line);
         std::abort();
       }
     }
-    word_.fetch_and(~uint64_t(0xffffffffu), std::memory_order_acq_rel);
-    sync_gen_.fetch_add(1, std::memory_order_acq_rel);
-    futex_wake(sync_gen_);
   }
 
-  static thread_local unsigned worker_;
   std::mutex launch_mutex_;
-  std::vector<std::thread> workers_;
-  std::vector<std::unique_ptr<std::atomic<uint32_t>>> go_;
   Job job_;
-  std::vector<Site> sites_ = std::vector<Site>(1024);
-  std::vector<char> exited_ = std::vector<char>(1024);
-  std::atomic<uint64_t> word_{0};
-  uint64_t blocks_done_ = 0;
-  std::atomic<uint32_t> sync_gen_{0}, block_gen_{0}, done_{0};
+  std::deque<Fiber> fibers_;  // (a deque: a switched-out fiber holds a reference to its own)
+  std::vector<unsigned> live_;  // the block's threads that have not returned
+  unsigned current_ = kNone;    // the running fiber
+  fcontext_t scheduler_ = nullptr;
+  const void* sched_stack_ = nullptr;  // ASan: the launching thread's stack
+  size_t sched_stack_size_ = 0;
 };
-thread_local unsigned Pool::worker_ = 0;
 
 // GLAM_CUDA_EMU_PROFILE=1: each kernel's launches, blocks and seconds, printed at exit.
 struct Profile {
