@@ -161,7 +161,8 @@ void Model::plan_buffers(int64_t B, int64_t S, bool no_drop, bool decode) {
   }
   ar.commit();
   for (int64_t l = 0; l < cfg_.n_layers; l++) {
-    if (!(cfg_.is_moe_layer(l) && gd != f32)) acts_[l].xn2_f32 = acts_[l].xn2;
+    if (gd == f32) acts_[l].xn2_f32 = acts_[l].xn2;            // the router reads xn2 itself
+    else if (!cfg_.is_moe_layer(l)) acts_[l].xn2_f32 = Tensor{};  // no router
     if (cfg_.is_moe_layer(l)) size_expert_rows(l, recv_max_);
   }
   if (E > 0 && !decode) size_expert_grads(recv_max_);

@@ -9,6 +9,7 @@ namespace glam {
 
 size_t dtype_size(DType t) {
   switch (t) {
+    case DType::f64: return 8;
     case DType::f32: case DType::i32: return 4;
     case DType::bf16: return 2;
     case DType::u8: return 1;
@@ -22,6 +23,7 @@ const char* dtype_name(DType t) {
     case DType::bf16: return "bf16";
     case DType::i32: return "i32";
     case DType::u8: return "u8";
+    case DType::f64: return "f64";
   }
   return "?";
 }
@@ -43,6 +45,10 @@ uint16_t* Tensor::bf16() const {
 int32_t* Tensor::i32() const {
   GLAM_ASSERT(dtype == DType::i32);
   return static_cast<int32_t*>(ptr);
+}
+double* Tensor::f64() const {
+  GLAM_ASSERT(dtype == DType::f64);
+  return static_cast<double*>(ptr);
 }
 uint8_t* Tensor::u8() const {
   GLAM_ASSERT(dtype == DType::u8);

@@ -18,7 +18,7 @@
 
 namespace glam {
 
-enum class DType : uint8_t { f32, bf16, i32, u8 };
+enum class DType : uint8_t { f32, bf16, i32, u8, f64 };
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 
@@ -37,6 +37,7 @@ struct Tensor {
   uint16_t* bf16() const;
   int32_t* i32() const;
   uint8_t* u8() const;
+  double* f64() const;
   // Rows [r0, r0 + n) of dim 0 (a view of the same memory).
   Tensor rows(int64_t r0, int64_t n) const;
   // The same memory seen as another shape of equal element count.

@@ -20,7 +20,8 @@
 #include "glam/adafactor.h"
 #include "glam/backend.h"
 #include "glam/check.h"
-#include "glam/cuda/adafactor.h"
+#include "glam/cuda/optimizer.h"
+#include "glam/cuda/routing.h"
 #include "glam/cuda/decode.h"
 #include "glam/cuda/layers.h"
 #include "glam/device.h"
@@ -58,6 +59,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     if (pinned_) cudaFreeHost(pinned_);
+    if (summary_) cudaFreeHost(summary_);
   }
 
   std::string name() const override { return cuda_device_name() + (flash_ ? " (flash attention)" : ""); }
@@ -73,15 +75,28 @@ class CudaBackend final : public Backend {
   void deallocate(void* p) override { cudaFree(p); }
 
   // ---- parameters ------------------------------------------------------------------
+  // Three tensors in table order, each parameter at an offset padded to 128
+  // elements (aligned views; the padding is zero), so a run of parameters is
+  // one contiguous range for conversions, zeroing and reductions.
   void bind_params(ParamTable& table) override {
-    params_ = std::make_unique<Arena>(*this);
     const size_t n = table.params.size();
-    w_.assign(n, Tensor{}); g_.assign(n, Tensor{}); w16_.assign(n, Tensor{});
-    for (size_t i = 0; i < n; i++) params_->add(w_[i], table.params[i].name + "/w", DType::f32, {table.params[i].size()});
-    for (size_t i = 0; i < n; i++) params_->add(g_[i], table.params[i].name + "/g", DType::f32, {table.params[i].size()});
-    for (size_t i = 0; i < n; i++)
-      params_->add(w16_[i], table.params[i].name + "/w16", DType::bf16, {table.params[i].size()});
+    offset_.assign(n + 1, 0);
+    for (size_t i = 0; i < n; i++) offset_[i + 1] = offset_[i] + (table.params[i].size() + 127) / 128 * 128;
+    params_ = std::make_unique<Arena>(*this);
+    params_->add(w_all_, "params/w", DType::f32, {std::max<int64_t>(1, offset_[n])});
+    params_->add(g_all_, "params/g", DType::f32, {std::max<int64_t>(1, offset_[n])});
+    params_->add(w16_all_, "params/w16", DType::bf16, {std::max<int64_t>(1, offset_[n])});
+    params_->add(norm_partial_, "grad_norm/partial", DType::f64, {cuda::norm_partials()});
+    params_->add(norm_sums_, "grad_norm/sums", DType::f64, {static_cast<int64_t>(n + 1)});
     params_->commit();
+    zero(w_all_);
+    w_.assign(n, Tensor{}); g_.assign(n, Tensor{}); w16_.assign(n, Tensor{});
+    for (size_t i = 0; i < n; i++) {
+      const int64_t size = table.params[i].size();
+      w_[i] = w_all_.rows(offset_[i], size);
+      g_[i] = g_all_.rows(offset_[i], size);
+      w16_[i] = w16_all_.rows(offset_[i], size);
+    }
     params_to_device(table, nullptr);
     zero_grads();
   }
@@ -89,41 +104,30 @@ class CudaBackend final : public Backend {
   Tensor gemm_weight(size_t i) override { return w16_.at(i); }
   Tensor grad(size_t i) override { return g_.at(i); }
   void refresh_gemm_weights() override {
-    // w and w16 are each contiguous in table order: one conversion for all
-    const int64_t total = total_params();
-    if (total) cuda::to_bf16(ctx_, b16(w16_[0]), w_[0].f32(), total);
+    cuda::to_bf16(ctx_, b16(w16_all_), w_all_.f32(), w_all_.numel());  // one conversion for all
   }
-  void zero_grads() override {
-    if (!g_.empty()) check_cuda(cudaMemsetAsync(g_[0].ptr, 0, total_params() * sizeof(float), ctx_.stream()));
-  }
+  void zero_grads() override { zero(g_all_); }
   void params_to_host(ParamTable& table, Adafactor* opt) override {
     for (size_t i = 0; i < table.params.size(); i++) {
       download(table.params[i].w.data(), w_[i]);
       if (table.params[i].g.size() == static_cast<size_t>(table.params[i].size())) download(table.params[i].g.data(), g_[i]);
     }
-    if (opt && !slots_.empty())
-      for (size_t i = 0; i < slots_.size(); i++) {
-        AdafactorSlot& h = opt->slots()[i];
-        if (slots_[i].factored) { h.vr = slots_[i].vr; h.vc = slots_[i].vc; }
-        else h.v = slots_[i].v.download();
-      }
+    if (opt && adafactor_) adafactor_->store(*opt);
   }
   void params_to_device(const ParamTable& table, const Adafactor* opt) override {
     for (size_t i = 0; i < table.params.size(); i++) upload(w_[i], table.params[i].w.data());
     refresh_gemm_weights();
-    if (opt) {
-      slots_.clear();
-      for (const AdafactorSlot& s : opt->slots()) slots_.push_back(cuda::make_slot(s));
-    }
+    if (opt) optimizer_for(table, *opt).load(*opt);
   }
   // Runs of consecutive parameters with the same reduction go in one call.
   void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) override {
+    if (mesh_.data_size == 1) return;  // nothing is replicated over data
     const size_t n = table.params.size();
     for (size_t i = 0; i < n;) {
       const int kind = reduction_kind(table.params[i]);
       size_t j = i;
-      int64_t count = 0;
-      while (j < n && reduction_kind(table.params[j]) == kind) count += table.params[j++].size();
+      while (j < n && reduction_kind(table.params[j]) == kind) j++;
+      const int64_t count = offset_[j] - offset_[i];  // with the zero padding
       float* g = g_[i].f32();
       if (kind == 1) reduce(g, count, [&](float* x) { mesh_.allreduce_sum_data(x, count); });
       if (kind == 2) reduce(g, count, [&](float* x) { mesh_.allreduce_sum(x, count, place.replica_comm); });
@@ -131,28 +135,20 @@ class CudaBackend final : public Backend {
     }
   }
   double grad_norm(const ParamTable& table) override {
-    double sum = 0.0;
-    for (size_t i = 0; i < table.params.size(); i++) {
-      double s = cuda::sum_squares(ctx_, g_[i].f32(), table.params[i].size());
-      sum_over_shards(table.params[i], mesh_, &s, 1);
-      sum += s;
-    }
-    return std::sqrt(sum);
+    stats_.syncs++;
+    return cuda::gradient_norm(ctx_, table, g_, mesh_, norm_partial_, norm_sums_, host_sums_);
   }
   void optimizer_step(ParamTable& table, Adafactor& opt, double lr, int64_t t) override {
-    if (slots_.empty())
-      for (const AdafactorSlot& h : opt.slots()) slots_.push_back(cuda::make_slot(h));
-    const double rho = 1.0 - std::pow(static_cast<double>(t + 1), -opt.options().decay_pow);
-    for (size_t i = 0; i < table.params.size(); i++)
-      cuda::adafactor_update(ctx_, w_[i].f32(), g_[i].f32(), slots_[i], table.params[i], rho, lr, opt.options(),
-                             mesh_);
+    cuda::DeviceAdafactor& a = optimizer_for(table, opt);
+    a.step(ctx_, table, w_, g_, lr, t, mesh_, [&](double* d, int64_t n) { reduce_model_f64(d, n); });
     refresh_gemm_weights();
   }
 
   // ---- memory -------------------------------------------------------------------------
+  // From pageable memory the copy is staged before cudaMemcpyAsync returns, so
+  // the host buffer may go away at once and no wait is needed.
   void upload(Tensor dst, const void* host) override {
     if (dst.bytes()) check_cuda(cudaMemcpyAsync(dst.ptr, host, dst.bytes(), cudaMemcpyHostToDevice, ctx_.stream()));
-    sync();  // the host buffer may go away on return
   }
   void download(void* host, const Tensor& src) override {
     if (src.bytes()) check_cuda(cudaMemcpyAsync(host, src.ptr, src.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
@@ -290,43 +286,52 @@ class CudaBackend final : public Backend {
   }
 
   // ---- MoE ---------------------------------------------------------------------------------
+  // Decisions and bookkeeping on the device; the host waits once, for the
+  // summary the exchange needs (offsets, loads, drops, aux).
   void route(Routing& r, const Tensor& logits, int64_t T, const cpu::RouterOptions& opt,
              const Routing* frozen) override {
     GLAM_REQUIRE(frozen == nullptr, "frozen routing (finite-difference tests) runs on the CPU only");
-    cuda::DeviceRouting& dev = routing_state(r);
-    cuda::router_forward(ctx_, r.plan, dev, logits.f32(), T, opt);
-    stats_.syncs++;
+    const int64_t E = opt.n_experts, S = opt.no_drop ? T : opt.group_size, G = T / S;
+    cpu::RoutingPlan& p = r.plan;
+    p = cpu::RoutingPlan{};
+    p.T = T; p.E = E; p.group_size = S;
+    p.capacity = opt.no_drop ? S : cpu::expert_capacity(S, opt.capacity_factor, E);
+    p.n_groups_global = opt.n_groups_global > 0 ? opt.n_groups_global : G;
+    scratch_.reset();
+    cuda::RoutingDevice d = routing_view(r);
+    d.mean_gate = scratch_f32(G * E).f32();
+    d.count = scratch_.take(DType::i32, G * E).i32();
+    d.before = scratch_.take(DType::i32, G * E).i32();
+    d.start = reinterpret_cast<int64_t*>(scratch_.take(DType::f64, G * E).ptr);
+    d.summary = reinterpret_cast<int64_t*>(scratch_.take(DType::f64, 3 * E + 3).ptr);
+    cuda::router_decide(ctx_, d, logits.f32(), T, opt);
+    int64_t* host = pinned_summary(E);
+    cuda::routing_bookkeeping(ctx_, d, host, T, S, E, p.n_groups_global, opt.no_drop);
+    sync();
+    p.expert_offset.assign(host, host + E + 1);
+    p.load_before.assign(host + E + 1, host + 2 * E + 1);
+    p.load_after.assign(host + 2 * E + 1, host + 3 * E + 1);
+    p.dropped = host[3 * E + 1];
+    std::memcpy(&p.aux, host + 3 * E + 2, sizeof(double));
   }
   void router_backward(Tensor dlogits, const Tensor& dweight, double aux_grad, const Routing& r) override {
-    const int64_t T = r.plan.T, E = r.plan.E;
-    host_a_.resize(T * 2);
-    host_b_.assign(T * E, 0.0f);
-    download(host_a_.data(), dweight.rows(0, T));
-    cpu::router_backward(host_b_.data(), host_a_.data(), aux_grad, r.plan);
-    scratch_.reset();
-    Tensor grad = scratch_f32(T * E);
-    upload(grad, host_b_.data());
-    cuda::add_into(ctx_, dlogits.f32(), grad.f32(), T * E);
+    const cpu::RoutingPlan& p = r.plan;
+    cuda::router_backward(ctx_, dlogits.f32(), dweight.f32(), routing_view(r), aux_grad, p.T, p.group_size, p.E,
+                          p.n_groups_global);
   }
   void dispatch_forward(Tensor expert_in, const Tensor& x, const Routing& r, int64_t M) override {
-    scratch_.reset();
-    const int64_t rows = expert_in.shape[0];
-    Tensor rows16 = scratch_.take(DType::bf16, rows * M);
-    cuda::dispatch_forward(ctx_, b16(rows16), b16(x), routing_state(r).row.data(), r.plan.T, M);
-    cuda::to_f32(ctx_, expert_in.f32(), b16(rows16), rows * M);
+    cuda::dispatch_forward_f32(ctx_, expert_in.f32(), b16(x), r.row.i32(), r.plan.T, M);
   }
   void dispatch_backward(Tensor dx, const Tensor& dexpert_in, const Routing& r, int64_t M) override {
-    cuda::dispatch_backward(ctx_, dx.f32(), dexpert_in.f32(), routing_state(r).row.data(), r.plan.T, M);
+    cuda::dispatch_backward(ctx_, dx.f32(), dexpert_in.f32(), r.row.i32(), r.plan.T, M);
   }
   void combine_forward(Tensor out, const Tensor& expert_out, const Routing& r, int64_t M) override {
-    cuda::DeviceRouting& d = routing_state(r);
-    cuda::combine_forward(ctx_, out.f32(), expert_out.f32(), d.row.data(), d.g.data(), d.kept.data(), r.plan.T, M);
+    cuda::combine_forward(ctx_, out.f32(), expert_out.f32(), r.row.i32(), r.g.f32(), r.kept.u8(), r.plan.T, M);
   }
   void combine_backward(Tensor dexpert_out, Tensor dweight, const Tensor& dout, const Tensor& expert_out,
                         const Routing& r, int64_t M) override {
-    cuda::DeviceRouting& d = routing_state(r);
-    cuda::combine_backward(ctx_, dexpert_out.f32(), dweight.f32(), dout.f32(), expert_out.f32(), d.row.data(),
-                           d.g.data(), d.kept.data(), r.plan.T, M, dexpert_out.shape[0]);
+    cuda::combine_backward(ctx_, dexpert_out.f32(), dweight.f32(), dout.f32(), expert_out.f32(), r.row.i32(),
+                           r.g.f32(), r.kept.u8(), r.plan.T, M, dexpert_out.shape[0]);
   }
   void experts_forward(Tensor y, Tensor pre, Tensor h, const Tensor& x, const Tensor& wi, const Tensor& wo,
                        const std::vector<int64_t>& off, int64_t M, int64_t H, cpu::Act act) override {
@@ -368,11 +373,6 @@ class CudaBackend final : public Backend {
 
  private:
   static void check_cuda(cudaError_t err) { cuda::check(err, "CUDA runtime"); }
-  int64_t total_params() const {
-    int64_t n = 0;
-    for (const Tensor& t : w_) n += t.numel();
-    return n;
-  }
   static int reduction_kind(const Param& p) { return p.data_axis < 0 ? 1 : (p.data_replicas > 1 ? 2 : 0); }
 
   // A bf16 view of t: t itself, or t converted into scratch.
@@ -395,6 +395,23 @@ class CudaBackend final : public Backend {
     check_cuda(cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost));
     op(h);
     check_cuda(cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  cuda::DeviceAdafactor& optimizer_for(const ParamTable& table, const Adafactor& opt) {
+    if (!adafactor_) {
+      adafactor_ = std::make_unique<cuda::DeviceAdafactor>(table, opt.options(), *this);
+      adafactor_->load(opt);
+    }
+    return *adafactor_;
+  }
+  // Sum over the model axis of n doubles on the device (Adafactor's row/column statistics).
+  void reduce_model_f64(double* d, int64_t n) {
+    if (mesh_.model_size == 1 || n == 0) return;
+    sync();
+    if (aware_) { mesh_.allreduce_sum_model(d, n); return; }
+    host_f64_.resize(n);
+    check_cuda(cudaMemcpy(host_f64_.data(), d, n * sizeof(double), cudaMemcpyDeviceToHost));
+    mesh_.allreduce_sum_model(host_f64_.data(), n);
+    check_cuda(cudaMemcpy(d, host_f64_.data(), n * sizeof(double), cudaMemcpyHostToDevice));
   }
   float* pinned(int64_t n) {
     if (static_cast<size_t>(n) > pinned_n_) {
@@ -430,10 +447,27 @@ class CudaBackend final : public Backend {
                                  ctx_.stream()));
     });
   }
-  cuda::DeviceRouting& routing_state(const Routing& r) {
-    auto it = routing_.find(&r);
-    if (it == routing_.end()) it = routing_.emplace(&r, std::make_unique<cuda::DeviceRouting>()).first;
-    return *it->second;
+  // The routing tensors the model carved for this layer (model_buffers.cpp).
+  static cuda::RoutingDevice routing_view(const Routing& r) {
+    cuda::RoutingDevice d;
+    d.gates = r.gates.f32();
+    d.expert = r.expert.i32();
+    d.g = r.g.f32();
+    d.kept = r.kept.u8();
+    d.slot = r.slot.i32();
+    d.row = r.row.i32();
+    d.first_frac = r.first_frac.f32();
+    return d;
+  }
+  int64_t* pinned_summary(int64_t E) {
+    const size_t bytes = static_cast<size_t>(cuda::routing_summary_bytes(E));
+    if (bytes > summary_bytes_) {
+      if (summary_) cudaFreeHost(summary_);
+      check_cuda(cudaMallocHost(reinterpret_cast<void**>(&summary_), bytes));
+      summary_bytes_ = bytes;
+      stats_.allocations++;
+    }
+    return summary_;
   }
   // Relative-position bucket of every distance below cap, on the device (kept per cap).
   const int* buckets(int64_t cap) {
@@ -499,13 +533,18 @@ class CudaBackend final : public Backend {
   Scratch scratch_;
   cuda::PhaseEvents phases_;
   std::unique_ptr<Arena> params_;
-  std::vector<Tensor> w_, g_, w16_;
-  std::vector<cuda::DeviceAdafactorSlot> slots_;
-  std::map<const Routing*, std::unique_ptr<cuda::DeviceRouting>> routing_;
+  Tensor w_all_, g_all_, w16_all_;  // [padded total] in table order
+  std::vector<int64_t> offset_;      // [n_params + 1] element offsets
+  std::vector<Tensor> w_, g_, w16_;  // views, one per parameter
+  std::unique_ptr<cuda::DeviceAdafactor> adafactor_;  // the optimizer's statistics, once it ran or was loaded
+  Tensor norm_partial_, norm_sums_;                    // f64 scratch of grad_norm
+  std::vector<double> host_sums_;
+  int64_t* summary_ = nullptr;  // pinned: the routing summary of the last route()
+  size_t summary_bytes_ = 0;
   std::map<int64_t, std::unique_ptr<cuda::Buffer<int>>> bucket_tables_;
   float* pinned_ = nullptr;
   size_t pinned_n_ = 0;
-  std::vector<float> host_a_, host_b_;
+  std::vector<double> host_f64_;
 };
 
 }  // namespace

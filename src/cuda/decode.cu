@@ -60,9 +60,10 @@ void attention_decode(const Context& ctx, float* out, const float* q, const floa
 void kv_append(const Context& ctx, float* cache, const float* x, int64_t B, int64_t n, int64_t pos0, int64_t cap,
                int64_t A) {
   if (B == 0 || n == 0) return;
-  check(cudaMemcpy2DAsync(cache + pos0 * A, cap * A * sizeof(float), x, n * A * sizeof(float),
-                          n * A * sizeof(float), B, cudaMemcpyDeviceToDevice, ctx.stream()),
-        "kv_append");
+  for (int64_t b = 0; b < B; b++)  // one contiguous run of n positions per row
+    check(cudaMemcpyAsync(cache + (b * cap + pos0) * A, x + b * n * A, n * A * sizeof(float),
+                          cudaMemcpyDeviceToDevice, ctx.stream()),
+          "kv_append");
 }
 
 }  // namespace glam::cuda

@@ -5,10 +5,9 @@
 // thread per (group, expert) scans its group in that order, so the slots are
 // the CPU's and no atomics are needed.
 //
-// The decisions (choices, slots, keeps) are made here; the rows of the dispatch
-// buffer, the loads and the aux statistics are then derived by the CPU router
-// from those frozen decisions (one source of truth for that bookkeeping), and
-// the rows go back to the device for dispatch and combine.
+// The decisions (choices, slots, keeps) are made here (router_decide); the rows of
+// the dispatch buffer, the loads, the aux statistics and the router's backward
+// follow on the device in routing.cu; dispatch and combine are the permutations.
 #include <vector>
 
 #include "glam/check.h"
@@ -77,28 +76,6 @@ __global__ void router_slot_kernel(uint8_t* kept, int32_t* slot, const int32_t* 
     }
 }
 
-// The frozen plan cpu::router_forward takes: choices, slots and the counts.
-cpu::RoutingPlan decisions_of(std::vector<int32_t> expert, std::vector<uint8_t> kept,
-                              std::vector<int32_t> slot, int64_t T, int64_t E, int64_t S) {
-  cpu::RoutingPlan f;
-  const int64_t G = T / S;
-  f.first_frac.assign(G * E, 0.0f);
-  f.load_before.assign(E, 0);
-  f.load_after.assign(E, 0);
-  for (int64_t t = 0; t < T; t++) f.first_frac[(t / S) * E + expert[t * 2]] += 1.0f / S;
-  for (int k = 0; k < 2; k++)  // the CPU's counting order: first choices, then second
-    for (int64_t t = 0; t < T; t++) {
-      const int64_t i = t * 2 + k;
-      f.load_before[expert[i]]++;
-      if (kept[i]) f.load_after[expert[i]]++; else f.dropped++;
-    }
-  f.expert = std::move(expert);
-  f.kept = std::move(kept);
-  f.slot = std::move(slot);
-  return f;
-}
-
-// A block per choice i = t * 2 + k (grid-stride): token t's row into its expert row.
 __global__ void dispatch_forward_kernel(bf16* expert_in, const bf16* x, const int32_t* row, int64_t n, int64_t M) {
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     const int32_t r = row[i];
@@ -157,33 +134,6 @@ __global__ void combine_backward_kernel(float* dexpert_out, float* dweight, cons
 }
 
 }  // namespace
-
-void router_forward(const Context& ctx, cpu::RoutingPlan& plan, DeviceRouting& dev,
-                    const float* logits, int64_t T, const cpu::RouterOptions& opt) {
-  const int64_t E = opt.n_experts;
-  const int64_t S = opt.no_drop ? T : opt.group_size;
-  GLAM_REQUIRE(S > 0 && T % S == 0, "moe: ", T, " tokens do not split into groups of ", S);
-  const int64_t capacity = opt.no_drop ? S : cpu::expert_capacity(S, opt.capacity_factor, E);
-  dev.gates.resize(T * E);
-  dev.expert.resize(T * 2);
-  dev.g.resize(T * 2);
-  dev.kept.resize(T * 2);
-  dev.slot.resize(T * 2);
-  launch(router_gate_kernel, grid_for(T, 128), 128, 0, ctx.stream(), "router_gate_kernel", dev.gates.data(),
-         dev.expert.data(), dev.g.data(), logits, T, E);
-  const unsigned threads = static_cast<unsigned>(E < 256 ? E : 256);
-  const dim3 grid(static_cast<unsigned>(T / S), static_cast<unsigned>((E + threads - 1) / threads));
-  launch(router_slot_kernel, grid, threads, 0, ctx.stream(), "router_slot_kernel", dev.kept.data(), dev.slot.data(),
-         dev.expert.data(), dev.g.data(), S, E, capacity, opt.second == cpu::SecondPolicy::all || opt.no_drop,
-         opt.seed, opt.token_offset);
-  ctx.sync();
-  const cpu::RoutingPlan frozen =
-      decisions_of(dev.expert.download(), dev.kept.download(), dev.slot.download(), T, E, S);
-  std::vector<float> host_logits(T * E);
-  check(cudaMemcpy(host_logits.data(), logits, T * E * sizeof(float), cudaMemcpyDeviceToHost), "logits");
-  cpu::router_forward(plan, host_logits.data(), T, opt, &frozen);
-  dev.row.upload(plan.row);
-}
 
 // The decisions only, into the device buffers of d (routing.h): the bookkeeping
 // then runs on the device too (routing.cu).

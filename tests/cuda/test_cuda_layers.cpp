@@ -28,7 +28,8 @@
 #include <random>
 #include <vector>
 
-#include "glam/cuda/adafactor.h"
+#include "glam/cuda/optimizer.h"
+#include "glam/cuda/routing.h"
 #include "glam/cuda/layers.h"
 #include "glam/layers.h"
 #include "glam/mesh.h"
@@ -110,6 +111,27 @@ cu::Buffer<T> device(const std::vector<T>& host) {
   b.upload(host);
   return b;
 }
+
+// An fp32 tensor view of a device buffer, and device memory for arenas.
+glam::Tensor view(cu::Buffer<float>& b) {
+  glam::Tensor t;
+  t.ptr = b.data();
+  t.device = glam::Device::cuda;
+  t.ndim = 1;
+  t.shape[0] = static_cast<int64_t>(b.size());
+  return t;
+}
+
+class DeviceAllocator : public glam::Allocator {
+ public:
+  glam::Device device() const override { return glam::Device::cuda; }
+  void* allocate(size_t bytes) override {
+    void* p = nullptr;
+    cu::check(cudaMalloc(&p, bytes), "cudaMalloc");
+    return p;
+  }
+  void deallocate(void* p) override { cudaFree(p); }
+};
 
 }  // namespace
 
@@ -497,24 +519,48 @@ TEST_CASE("router: the GPU's gating decisions are the CPU's (both policies, drop
       opt.seed = 99;
       opt.token_offset = 1000;
       const auto logits = random_vec(T * E, 16 + E, 2.0f);
-      cpu::RoutingPlan want, got;
+      cpu::RoutingPlan want;
       cpu::router_forward(want, logits.data(), T, opt);
-      cu::DeviceRouting dev;
+      // the decisions (router.cu), then the bookkeeping (routing.cu), on the device
+      const int64_t S = c.no_drop ? T : c.S, G = T / S;
       auto d_logits = device(logits);
-      cu::router_forward(ctx, got, dev, d_logits.data(), T, opt);
-      expect_equal(what + "expert", got.expert, want.expert);
-      expect_equal(what + "kept", got.kept, want.kept);
-      expect_equal(what + "slot", got.slot, want.slot);
-      expect_equal(what + "row", got.row, want.row);
-      CHECK(got.expert_offset == want.expert_offset);
-      CHECK(got.load_before == want.load_before);
-      CHECK(got.dropped == want.dropped);
-      if (c.no_drop) CHECK(got.dropped == 0);
-      if (E == 8 && !c.no_drop) CHECK(got.dropped > 0);
-      CHECK(got.aux == Approx(want.aux).epsilon(1e-6));
-      expect_equal(what + "device expert", dev.expert.download(), want.expert);
-      expect_close(what + "g", dev.g.download(), want.g, 1e-6);
-      expect_close(what + "gates", dev.gates.download(), want.gates, 1e-6);
+      cu::Buffer<float> gates(T * E), gg(T * 2), first_frac(G * E), mean_gate(G * E);
+      cu::Buffer<int32_t> expert(T * 2), slot(T * 2), row(T * 2), count(G * E), before(G * E);
+      cu::Buffer<uint8_t> kept(T * 2);
+      cu::Buffer<int64_t> start(G * E), summary(3 * E + 3);
+      cu::RoutingDevice dev{gates.data(), expert.data(), gg.data(), kept.data(), slot.data(), row.data(),
+                            first_frac.data(), mean_gate.data(), count.data(), before.data(), start.data(),
+                            summary.data()};
+      std::vector<int64_t> host(3 * E + 3);
+      cu::router_decide(ctx, dev, d_logits.data(), T, opt);
+      cu::routing_bookkeeping(ctx, dev, host.data(), T, S, E, G, c.no_drop);
+      ctx.sync();
+      expect_equal(what + "expert", expert.download(), want.expert);
+      expect_equal(what + "kept", kept.download(), want.kept);
+      expect_equal(what + "slot", slot.download(), want.slot);
+      expect_equal(what + "row", row.download(), want.row);
+      expect_equal(what + "first_frac", first_frac.download(), want.first_frac);
+      CHECK(std::vector<int64_t>(host.begin(), host.begin() + E + 1) == want.expert_offset);
+      CHECK(std::vector<int64_t>(host.begin() + E + 1, host.begin() + 2 * E + 1) == want.load_before);
+      CHECK(std::vector<int64_t>(host.begin() + 2 * E + 1, host.begin() + 3 * E + 1) == want.load_after);
+      const int64_t dropped = host[3 * E + 1];
+      double aux = 0.0;
+      std::memcpy(&aux, &host[3 * E + 2], sizeof(double));
+      CHECK(dropped == want.dropped);
+      if (c.no_drop) CHECK(dropped == 0);
+      if (E == 8 && !c.no_drop) CHECK(dropped > 0);
+      CHECK(aux == Approx(want.aux).epsilon(1e-6));
+      expect_close(what + "g", gg.download(), want.g, 1e-6);
+      expect_close(what + "gates", gates.download(), want.gates, 1e-6);
+      // the router's backward on these decisions
+      const auto dw = random_vec(T * 2, 21 + E);
+      std::vector<float> dlogits(T * E, 0.25f);
+      cpu::router_backward(dlogits.data(), dw.data(), 0.3, want);
+      auto d_dw = device(dw);
+      auto d_dlogits = device(std::vector<float>(T * E, 0.25f));
+      cu::router_backward(ctx, d_dlogits.data(), d_dw.data(), dev, 0.3, T, S, E, G);
+      ctx.sync();
+      expect_close(what + "router backward", d_dlogits.download(), dlogits, 1e-5);
 
       // dispatch -> combine and back, against the CPU on the same plan (on some of the plans)
       if (!(E == 8 || (E == 256 && !c.no_drop && policy == cpu::SecondPolicy::random))) continue;
@@ -531,11 +577,11 @@ TEST_CASE("router: the GPU's gating decisions are the CPU's (both policies, drop
       cu::Buffer<bf16> d_expert_in(rows * M);
       cu::Buffer<float> d_out(T * M), d_dy(rows * M), d_dweight(T * 2);
       auto d_dx = device(std::vector<float>(T * M, 0.5f));
-      cu::dispatch_forward(ctx, d_expert_in.data(), d_x.data(), dev.row.data(), T, M);
-      cu::combine_forward(ctx, d_out.data(), d_y.data(), dev.row.data(), dev.g.data(), dev.kept.data(), T, M);
-      cu::combine_backward(ctx, d_dy.data(), d_dweight.data(), d_dout.data(), d_y.data(), dev.row.data(),
-                           dev.g.data(), dev.kept.data(), T, M, rows);
-      cu::dispatch_backward(ctx, d_dx.data(), d_y.data(), dev.row.data(), T, M);
+      cu::dispatch_forward(ctx, d_expert_in.data(), d_x.data(), row.data(), T, M);
+      cu::combine_forward(ctx, d_out.data(), d_y.data(), row.data(), gg.data(), kept.data(), T, M);
+      cu::combine_backward(ctx, d_dy.data(), d_dweight.data(), d_dout.data(), d_y.data(), row.data(),
+                           gg.data(), kept.data(), T, M, rows);
+      cu::dispatch_backward(ctx, d_dx.data(), d_y.data(), row.data(), T, M);
       ctx.sync();
       expect_equal(what + "dispatch", as_f32(d_expert_in.download()), expert_in);
       expect_close(what + "combine", d_out.download(), out, 1e-5);
@@ -561,41 +607,45 @@ TEST_CASE("Adafactor on the GPU takes the CPU's steps (factored and full second 
   add("matrix", {300, 130}, 32);      // factored, more rows than a capped grid's threads
   add("bias", {300}, 31);             // full second moment
   glam::AdafactorOptions opt;
-  glam::Adafactor cpu_opt(table, opt);
-  std::vector<cu::DeviceAdafactorSlot> slots;
-  std::vector<cu::Buffer<float>> w;
+  glam::Adafactor cpu_opt(table, opt), gpu_host(table, opt);
+  DeviceAllocator alloc;
+  cu::DeviceAdafactor gpu_opt(table, opt, alloc);
+  std::vector<cu::Buffer<float>> w, g;
+  std::vector<glam::Tensor> wt, gt;
   for (size_t i = 0; i < table.params.size(); i++) {
-    slots.push_back(cu::make_slot(cpu_opt.slots()[i]));
     w.push_back(device(table.params[i].w));
+    g.push_back(cu::Buffer<float>(table.params[i].size()));
+    wt.push_back(view(w.back()));
+    gt.push_back(view(g.back()));
   }
-  REQUIRE(slots[0].factored);
-  REQUIRE(slots[1].factored);
-  REQUIRE(!slots[2].factored);
   for (int64_t t = 0; t < 3; t++) {
-    for (size_t i = 0; i < table.params.size(); i++) table.params[i].g = random_vec(table.params[i].size(), 40 + t * 7 + i);
-    const double lr = 0.01, rho = 1.0 - std::pow(static_cast<double>(t + 1), -opt.decay_pow);
     for (size_t i = 0; i < table.params.size(); i++) {
-      auto g = device(table.params[i].g);
-      cu::adafactor_update(ctx, w[i].data(), g.data(), slots[i], table.params[i], rho, lr, opt, mesh);
+      table.params[i].g = random_vec(table.params[i].size(), 40 + t * 7 + i);
+      g[i].upload(table.params[i].g);
     }
+    const double lr = 0.01;
+    gpu_opt.step(ctx, table, wt, gt, lr, t, mesh, [](double*, int64_t) {});
     cpu_opt.step(table, lr, t, mesh);
+    gpu_opt.store(gpu_host);
     const std::string step = " after step " + std::to_string(t);
     for (size_t i = 0; i < table.params.size(); i++)
       expect_close(table.params[i].name + " w" + step, w[i].download(), table.params[i].w, 1e-6);
     for (size_t i = 0; i < 2; i++) {
-      expect_close(table.params[i].name + " vr" + step, slots[i].vr, cpu_opt.slots()[i].vr, 1e-6);
-      expect_close(table.params[i].name + " vc" + step, slots[i].vc, cpu_opt.slots()[i].vc, 1e-6);
+      expect_close(table.params[i].name + " vr" + step, gpu_host.slots()[i].vr, cpu_opt.slots()[i].vr, 1e-6);
+      expect_close(table.params[i].name + " vc" + step, gpu_host.slots()[i].vc, cpu_opt.slots()[i].vc, 1e-6);
     }
-    expect_close("bias v" + step, slots[2].v.download(), cpu_opt.slots()[2].v, 1e-6);
+    expect_close("bias v" + step, gpu_host.slots()[2].v, cpu_opt.slots()[2].v, 1e-6);
   }
-  // the global norm's sum of squares
-  auto g0 = device(table.params[0].g);
-  double want = 0.0;
-  for (float x : table.params[0].g) want += static_cast<double>(x) * x;
-  const double got = cu::sum_squares(ctx, g0.data(), table.params[0].size());
-  std::printf("  %-44s relative difference %.3g (tolerance 1e-12)\n", "sum_squares", std::fabs(got - want) / want);
+  // the global gradient norm
+  cu::Buffer<double> partial(cu::norm_partials()), sums(table.params.size());
+  std::vector<double> host;
+  glam::Tensor pt, st;
+  pt.ptr = partial.data(); pt.dtype = glam::DType::f64; pt.ndim = 1; pt.shape[0] = cu::norm_partials();
+  st.ptr = sums.data(); st.dtype = glam::DType::f64; st.ndim = 1; st.shape[0] = static_cast<int64_t>(table.params.size());
+  const double got = cu::gradient_norm(ctx, table, gt, mesh, pt, st, host);
+  const double want = glam::global_grad_norm(table, mesh);
+  std::printf("  %-44s relative difference %.3g (tolerance 1e-12)\n", "gradient norm", std::fabs(got - want) / want);
   CHECK(got == Approx(want).epsilon(1e-12));
-  CHECK(cu::sum_squares(ctx, g0.data(), 0) == 0.0);
 }
 
 int main(int argc, char** argv) {

@@ -1,7 +1,11 @@
 // Several ranks sharing one GPU (or one GPU each) on a D x M mesh (GLAM_TEST_MESH)
 // against one rank on the GPU: the loss parts and the gathered gradients of two
 // steps, and the loss after them. Both sides run the same bf16 GPU path, so
-// only the order of fp32 partial sums differs: relative 1e-3. Run under mpirun;
+// only the order of fp32 partial sums differs: loss parts relative 1e-3; gradients
+// within 1e-2 of each tensor's largest, since a last-bit difference can flip the
+// bf16 rounding of an activation (2^-8). On the emulation 1x2 and 2x2 exceed it
+// from the second step (tests/cuda_emu/model.cmake): open. Runs in CI on
+// the CPU emulation of CUDA too (cuda_emu_mesh_*). Run under mpirun;
 // exits 77 (SKIPPED) when no GPU is visible.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
@@ -94,13 +98,16 @@ TEST_CASE("the GPU model on a mesh of ranks equals the GPU model on one rank") {
       const Param& r = ref.params().params[i];
       const Param& m = model.params().params[i];
       const std::vector<float> g = gather_global(m, m.g, mesh);
-      double err = 0.0, scale = 0.0;
+      double err = 0.0, scale = 0.0, l1_err = 0.0, l1 = 0.0;
       for (size_t j = 0; j < r.g.size(); j++) {
-        err = std::max(err, std::fabs(static_cast<double>(g[j]) - r.g[j]));
+        const double d = std::fabs(static_cast<double>(g[j]) - r.g[j]);
+        err = std::max(err, d);
         scale = std::max(scale, std::fabs(static_cast<double>(r.g[j])));
+        l1_err += d;
+        l1 += std::fabs(static_cast<double>(r.g[j]));
       }
-      INFO(r.name << ": max error " << err << " of max |g| " << scale);
-      CHECK(err <= 1e-3 * scale + 1e-7);
+      INFO(r.name << ": max error " << err << " of max |g| " << scale << "; L1 " << l1_err << " of " << l1);
+      CHECK(err <= 1e-2 * scale + 1e-7);
     }
     const double lr = learning_rate(cfg.train, step + 1);
     ref.optimizer_step(ref_opt, lr, step);

@@ -190,21 +190,7 @@ void softmax_xent_backward(const Context& ctx, float* dlogits, const float* logi
                            float ce_scale, float z_scale);
 
 // ---- router.cu: GShard top-2 gating with capacity, in the CPU's exact order -------
-// Device copies of the per-token parts of a cpu::RoutingPlan.
-struct DeviceRouting {
-  Buffer<float> gates;     // [T, E]
-  Buffer<int32_t> expert;  // [T, 2]
-  Buffer<float> g;         // [T, 2]
-  Buffer<uint8_t> kept;    // [T, 2]
-  Buffer<int32_t> slot;    // [T, 2]
-  Buffer<int32_t> row;     // [T, 2]
-};
-// Fills `plan` (host) and `dev` from logits [T, E] on the device: softmax, top-2,
-// renormalisation and the per-expert capacity scan run on the GPU (one thread per
-// group and expert, tokens in sequence order, first choices before second ones);
-// rows, loads and the aux statistics are then derived as on the CPU.
-void router_forward(const Context& ctx, cpu::RoutingPlan& plan, DeviceRouting& dev,
-                    const float* logits, int64_t T, const cpu::RouterOptions& opt);
+// The decisions and the bookkeeping: glam/cuda/routing.h (router_decide, routing.cu).
 
 // ---- dispatch.cu: the permutation into expert rows and its inverse -----------------
 void dispatch_forward(const Context& ctx, bf16* expert_in, const bf16* x, const int32_t* row,

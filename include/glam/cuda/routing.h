@@ -25,6 +25,10 @@ struct RoutingDevice {
   int64_t* summary = nullptr;   // routing_summary_bytes(E)
 };
 
+// router.cu: softmax, top-2, renormalised gates and capacity slots of T tokens
+// (logits [T, E] fp32) into gates, expert, g, kept and slot.
+void router_decide(const Context& ctx, RoutingDevice& d, const float* logits, int64_t T, const cpu::RouterOptions& opt);
+
 // Bytes of the summary the host receives: offset [E+1], load_before [E],
 // load_after [E], dropped (int64), then aux (double).
 int64_t routing_summary_bytes(int64_t E);

@@ -2,8 +2,9 @@
 // this directory replaces the toolkit's headers in the emulated build only, where
 // the .cu files are compiled as C++ and kernels run as calls on host threads.
 //  - A launch runs the grid's blocks one after another; each block's threads are
-//    real threads of a persistent pool (thread t of the block is worker t), with
-//    threadIdx/blockIdx/blockDim/gridDim thread-local and __syncthreads a barrier.
+//    fibers on the launching thread (emu.cpp: thread t of the block is fiber t),
+//    threadIdx/blockIdx/blockDim/gridDim the current fiber's, __syncthreads a
+//    switch back to the block's scheduler.
 //  - __shared__ variables are function statics in one linker section that is
 //    filled with 0xFF bytes before every block (blocks never overlap); dynamic
 //    shared memory (GLAM_DYNAMIC_SHARED in src/cuda/launch.cuh) likewise.
