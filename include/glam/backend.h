@@ -46,8 +46,6 @@ struct Routing {
 struct BackendStats {
   int64_t allocations = 0;   // device (or host arena) allocations
   int64_t syncs = 0;         // host waits on the device (stream or device synchronisations)
-  int64_t device_syncs = 0;  // of which device-wide
-  int64_t to_host_bytes = 0; // bytes copied device -> host
 };
 
 class Backend : public Allocator {

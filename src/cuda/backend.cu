@@ -14,7 +14,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <string>
 
 #include "glam/adafactor.h"
@@ -26,6 +25,7 @@
 #include "glam/cuda/layers.h"
 #include "glam/device.h"
 #include "glam/exchange.h"
+#include "buckets.cuh"
 #include "phase_events.h"
 
 namespace glam {
@@ -152,7 +152,6 @@ class CudaBackend final : public Backend {
   }
   void download(void* host, const Tensor& src) override {
     if (src.bytes()) check_cuda(cudaMemcpyAsync(host, src.ptr, src.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
-    stats_.to_host_bytes += static_cast<int64_t>(src.bytes());
     sync();
   }
   void copy(Tensor dst, const Tensor& src) override {
@@ -260,8 +259,8 @@ class CudaBackend final : public Backend {
   }
   void attention_decode(Tensor out, const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& rb,
                         int64_t B, int64_t n, int64_t len, int64_t cap, int64_t nh, int64_t dh) override {
-    cuda::attention_decode(ctx_, out.f32(), q.f32(), kc.f32(), vc.f32(), rb.f32(), buckets(cap), B, n, len, cap, nh,
-                           dh);
+    cuda::attention_decode(ctx_, out.f32(), q.f32(), kc.f32(), vc.f32(), rb.f32(), ctx_.buckets(cap).of_distance.data(),
+                           B, n, len, cap, nh, dh);
   }
   void kv_append(Tensor cache, const Tensor& x, int64_t B, int64_t n, int64_t pos0, int64_t cap,
                  int64_t A) override {
@@ -469,18 +468,6 @@ class CudaBackend final : public Backend {
     }
     return summary_;
   }
-  // Relative-position bucket of every distance below cap, on the device (kept per cap).
-  const int* buckets(int64_t cap) {
-    auto it = bucket_tables_.find(cap);
-    if (it == bucket_tables_.end()) {
-      std::vector<int> table(cap);
-      for (int64_t d = 0; d < cap; d++) table[d] = cpu::relpos_bucket(d);
-      auto buf = std::make_unique<cuda::Buffer<int>>();
-      buf->upload(table);
-      it = bucket_tables_.emplace(cap, std::move(buf)).first;
-    }
-    return it->second->data();
-  }
 
   // Bump allocation from one device block; reset() before each operation. When
   // an operation needs more, the block is replaced by a larger one and the old
@@ -541,7 +528,6 @@ class CudaBackend final : public Backend {
   std::vector<double> host_sums_;
   int64_t* summary_ = nullptr;  // pinned: the routing summary of the last route()
   size_t summary_bytes_ = 0;
-  std::map<int64_t, std::unique_ptr<cuda::Buffer<int>>> bucket_tables_;
   float* pinned_ = nullptr;
   size_t pinned_n_ = 0;
   std::vector<double> host_f64_;

@@ -273,11 +273,9 @@ TEST_CASE("a CUDA training step allocates nothing and waits only where the host 
   CHECK(c.syncs() - waits <= 3 * (cfg.model.n_moe_layers() + 3));
 #endif
   const int64_t syncs = after.syncs - before.syncs;
-  std::printf("3 steps after warm-up: %lld allocations, %lld device-wide syncs, %lld host waits\n",
-              static_cast<long long>(after.allocations - before.allocations),
-              static_cast<long long>(after.device_syncs - before.device_syncs), static_cast<long long>(syncs));
+  std::printf("3 steps after warm-up: %lld allocations, %lld host waits\n",
+              static_cast<long long>(after.allocations - before.allocations), static_cast<long long>(syncs));
   CHECK(after.allocations == before.allocations);
-  CHECK(after.device_syncs == before.device_syncs);
   // per step: the routing summary of each MoE layer, the loss sums and the
   // gradient norm; on one rank nothing else (no collective stages through the host,
   // Adafactor's steps are computed on the device)
