@@ -22,6 +22,10 @@
 #   GLAM_SRUN_FLAGS    extra srun flags, split on spaces (e.g. "--mpi=pmix --cpu-bind=cores")
 #   GLAM_SITE          a file sourced first, for the site's module loads and variables
 #                      (default: $GLAM_ROOT/jobs/site.sh when it exists)
+#   GLAM_MESH          DxM; the job script's default is its plan's mesh
+#   GLAM_DEVICE        auto | cpu | cuda (default: auto: cuda when every rank sees a GPU).
+#                      The scripts request no GPUs (they run on CPU-only nodes); on GPU
+#                      nodes submit with SBATCH_GPUS_PER_TASK=1 or --gpus-per-task=1.
 # OMP_NUM_THREADS and OPENBLAS_NUM_THREADS are set from SLURM_CPUS_PER_TASK.
 
 set -euo pipefail
@@ -49,10 +53,12 @@ GLAM_CONFIG="$GLAM_ROOT/input/$GLAM_MODEL.cfg"
 RUN_DIR="${RUN_DIR:-runs/${SLURM_JOB_NAME:-$GLAM_MODEL}}"
 GLAM_CKPT_MINUTES="${GLAM_CKPT_MINUTES:-30}"
 GLAM_MAX_REQUEUES="${GLAM_MAX_REQUEUES:-100}"
+GLAM_DEVICE="${GLAM_DEVICE:-auto}"
 [[ -x "$GLAM_BIN" ]] || glam_job_fail "no glam executable at '$GLAM_BIN' (build it: make build, or set GLAM_BIN)"
 [[ -f "$GLAM_CONFIG" ]] || glam_job_fail "no config '$GLAM_CONFIG' (GLAM_MODEL=$GLAM_MODEL)"
 [[ "$GLAM_MESH" =~ ^([1-9][0-9]*)x([1-9][0-9]*)$ ]] || glam_job_fail "GLAM_MESH '$GLAM_MESH' is not DxM"
 mesh_cells=$((BASH_REMATCH[1] * BASH_REMATCH[2]))
+[[ "$GLAM_DEVICE" =~ ^(auto|cpu|cuda)$ ]] || glam_job_fail "GLAM_DEVICE '$GLAM_DEVICE' is not auto, cpu or cuda"
 if [[ -n "${SLURM_NTASKS:-}" && "$SLURM_NTASKS" -ne "$mesh_cells" ]]; then
   glam_job_fail "mesh $GLAM_MESH has $mesh_cells cells but the job has $SLURM_NTASKS tasks" \
                 "(#SBATCH --nodes x --ntasks-per-node must equal D x M)"
@@ -89,18 +95,33 @@ fi
 echo "glam job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $GLAM_MODEL on ${SLURM_NNODES:-?} nodes," \
      "${SLURM_NTASKS:-?} tasks, mesh $GLAM_MESH, $OMP_NUM_THREADS threads per task; $start; $(date)"
 
-# SIGTERM reaches this shell (not only the job step) on scancel and on preemption;
-# the time-limit notice (--signal=USR1@N, no B:) reaches only the step. With a trap,
-# bash waits for srun (glam checkpoints on SIGTERM too) and then runs the code below,
-# which does not requeue a job that was cancelled: SLURM requeues a preempted one itself.
+# Signals: SIGTERM reaches this shell and the step on scancel and on preemption; the
+# time-limit notice reaches the step (--signal=USR1@N) or only this shell (B:USR1@N,
+# scancel --signal=USR1 --batch). glam checkpoints on either. srun runs in the
+# background so that the traps run at once: they forward the signal to srun (which
+# passes it to every task), and the loop below waits until srun has really exited.
+# A job that got SIGTERM is not requeued here: it was cancelled, or SLURM requeues
+# a preempted job itself.
 got_term=0
-trap 'got_term=1; echo "glam job: SIGTERM; waiting for glam to checkpoint and exit"' TERM
+# shellcheck disable=SC2317  # called from the traps
+glam_forward() {  # glam_forward SIGNAL
+  [[ $1 == TERM ]] && got_term=1
+  echo "glam job: SIG$1; passing it to glam (srun $srun_pid) and waiting for its checkpoint"
+  kill -"$1" "$srun_pid" 2> /dev/null || true
+}
+trap 'glam_forward TERM' TERM
+trap 'glam_forward USR1' USR1
 
 # "${a[@]+"${a[@]}"}": empty arrays under set -u on bash < 4.4 too.
 set +e
 srun --kill-on-bad-exit=1 ${srun_flags[@]+"${srun_flags[@]}"} \
-  "$GLAM_BIN" train --config "$GLAM_CONFIG" --run-dir "$RUN_DIR" --mesh "$GLAM_MESH" \
-  ${ckpt_args[@]+"${ckpt_args[@]}"} "$@"
+  "$GLAM_BIN" train --config "$GLAM_CONFIG" --run-dir "$RUN_DIR" --mesh "$GLAM_MESH" --device "$GLAM_DEVICE" \
+  ${ckpt_args[@]+"${ckpt_args[@]}"} "$@" &
+srun_pid=$!
+# Polled, not `wait`ed: a trap interrupts `wait`, and bash 5.2 then sometimes records
+# the status of a child reaped meanwhile as -1 (255). The traps run between sleeps.
+while kill -0 "$srun_pid" 2> /dev/null; do sleep 0.2; done
+wait "$srun_pid"
 status=$?
 set -e
 

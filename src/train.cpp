@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 
 #include "glam/adafactor.h"
 #include "glam/check.h"
@@ -20,6 +21,7 @@
 #include "glam/loader.h"
 #include "glam/mixture.h"
 #include "glam/model.h"
+#include "glam/run_dir.h"
 #include "glam/tokenizer.h"
 #include "glam/validation.h"
 #include "glam/weights.h"
@@ -140,12 +142,51 @@ void print_progress(const StepRecord& r, int64_t steps) {
   std::fflush(stdout);
 }
 
+// Collective: runs f on rank 0 only; a UserError it throws is thrown on every
+// rank (rank 0 prints it), so that no rank is left waiting in a collective.
+template <typename F>
+void on_root(const Mesh& mesh, F&& f) {
+  std::string error;
+  if (mesh.is_root()) {
+    try {
+      f();
+    } catch (const UserError& e) {
+      error = e.what();
+    }
+  }
+  if (mesh.any(!error.empty())) throw UserError(error.empty() ? "rank 0 could not prepare the run dir" : error);
+}
+
 // The run dir gets the effective config and a copy of the tokenizer, so that
-// `glam generate --run-dir` needs nothing else.
+// `glam generate --run-dir` needs nothing else. Both are written atomically; the
+// tokenizer only when the copy differs.
 void prepare_run_dir(const std::string& dir, const Config& cfg) {
-  fs::create_directories(dir);
-  std::ofstream(fs::path(dir) / "config.cfg") << cfg.to_ini();
-  fs::copy_file(cfg.data.tokenizer, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing);
+  write_file_atomic((fs::path(dir) / "config.cfg").string(), cfg.to_ini());
+  copy_file_atomic(cfg.data.tokenizer, (fs::path(dir) / "tokenizer.model").string());
+}
+
+// --overwrite: what an earlier run left goes before anything is written.
+void discard_earlier_run(const std::string& dir) {
+  std::error_code ec;
+  fs::remove_all(fs::path(dir) / "checkpoints", ec);
+  if (!ec) fs::remove(fs::path(dir) / "weights.h5", ec);
+  if (ec) throw UserError(msg("--overwrite: cannot remove the earlier run in '", dir, "': ", ec.message()));
+}
+
+// A run dir whose run is complete is not trained again, unless --overwrite
+// discards it or a higher train.steps continues it (resuming).
+void refuse_finished_run(const std::string& dir, bool overwrite, const Config& cfg) {
+  if (overwrite) return;
+  const std::string latest = latest_checkpoint(dir);
+  if (latest.empty()) {
+    GLAM_REQUIRE(!fs::exists(fs::path(dir) / "weights.h5"), "run dir '", dir,
+                 "' holds a finished run (weights.h5) but no checkpoint; choose another --run-dir or pass --overwrite");
+    return;
+  }
+  const int64_t at = checkpoint_step_of_name(latest);
+  GLAM_REQUIRE(at < cfg.train.steps, "run dir '", dir, "' holds a finished run: its last checkpoint ", latest,
+               " is at step ", at, " and train.steps is ", cfg.train.steps, "; pass --overwrite to start afresh, "
+               "or raise --train.steps above ", at, " to train longer");
 }
 
 // Phase times of rank 0 and the communication of every rank, per step.
@@ -179,11 +220,11 @@ std::unique_ptr<Validator> make_validator(const Mixture& corpus, const Config& c
 }
 
 // Collective: one validation pass; rank 0 logs it and appends it to metrics.jsonl.
-void validate(const Validator& validator, Model& model, int64_t step, std::ofstream& metrics, const Mesh& mesh) {
+void validate(const Validator& validator, Model& model, int64_t step, AppendLog& metrics, const Mesh& mesh) {
   ScopedPhase phase(model.timers, "validation");
   const ValResult v = validator.run(model);
   if (!mesh.is_root()) return;
-  metrics << val_json(step, v) << "\n" << std::flush;
+  metrics.append(val_json(step, v));
   std::printf("val  %5lld | val_loss %.4f |", static_cast<long long>(step), v.loss);
   for (size_t s = 0; s < v.names.size(); s++) std::printf(" %s %.4f", v.names[s].c_str(), v.by_source[s]);
   std::printf("\n");
@@ -210,18 +251,27 @@ std::vector<double> epochs_after(const Mixture& corpus, const LoadedBatch& b, in
 }
 
 volatile std::sig_atomic_t g_stop_signal = 0;
-extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+// SIGTERM, SIGUSR1 and a first SIGINT stop the run after its step, with a checkpoint;
+// a second SIGINT (Ctrl-C twice) ends the process at once.
+extern "C" void on_stop_signal(int sig) {
+  if (sig == SIGINT && g_stop_signal != 0) {
+    std::signal(SIGINT, SIG_DFL);
+    std::raise(SIGINT);
+  }
+  g_stop_signal = sig;
+}
 
-// Keeps the metrics of steps <= step (a resumed run repeats the steps after its checkpoint).
+// Keeps the metrics of steps <= step (a resumed run repeats the steps after its
+// checkpoint); rewritten atomically.
 void truncate_metrics(const fs::path& path, int64_t step) {
-  std::ifstream in(path);
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_file(path.string()));
   std::string line, kept;
   while (std::getline(in, line)) {
     long long s = -1;
     if (std::sscanf(line.c_str(), "{\"step\": %lld", &s) == 1 && s <= step) kept += line + "\n";
   }
-  in.close();
-  std::ofstream(path, std::ios::trunc) << kept;
+  write_file_atomic(path.string(), kept);
 }
 
 // A resumed run must read tokens of the tokenizer it was trained with (the copy
@@ -247,12 +297,7 @@ TrainState resume_or_start(const std::string& run_dir, bool overwrite, Model& mo
   TrainState st;
   st.seed = cfg.train.seed;
   const std::string latest = overwrite ? "" : latest_checkpoint(run_dir);
-  if (latest.empty()) {
-    GLAM_REQUIRE(overwrite || !fs::exists(fs::path(run_dir) / "weights.h5"), "run dir '", run_dir,
-                 "' holds a finished run (weights.h5) but no checkpoint; choose another --run-dir or pass --overwrite");
-    if (mesh.is_root() && overwrite) fs::remove_all(fs::path(run_dir) / "checkpoints");
-    return st;
-  }
+  if (latest.empty()) return st;  // refuse_finished_run() checked the run dir
   st = load_checkpoint(latest, model.params(), opt, mesh);
   GLAM_REQUIRE(st.seed == cfg.train.seed, "checkpoint '", latest, "' was written with train.seed ", st.seed,
                " but the config has ", cfg.train.seed, "; resuming needs the same seed");
@@ -286,6 +331,9 @@ int train_main(const std::vector<std::string>& args) {
   const bool overwrite = vm["overwrite"].as<bool>();
   cfg.mesh = vm["mesh"].as<std::string>();
   Mesh mesh = Mesh::create(cfg.mesh);
+  RunDirLock lock;  // held until train_main returns or throws
+  on_root(mesh, [&] { lock = RunDirLock(run_dir); });
+  refuse_finished_run(run_dir, overwrite, cfg);
   const Device device = select_device(vm["device"].as<std::string>(), mesh);
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
                " must be a multiple of the data axis size ", mesh.data_size);
@@ -321,17 +369,19 @@ int train_main(const std::vector<std::string>& args) {
   TrainState st = resume_or_start(run_dir, overwrite, model, optimizer, cfg, mesh);
   if (st.step > 0) require_same_tokenizer(run_dir, tokenizer, cfg, mesh);
   model.sync_to_device(&optimizer);  // the GPU's copies start from the checkpoint (no-op on the CPU)
-  std::ofstream metrics;
-  if (mesh.is_root()) {
+  AppendLog metrics;  // rank 0's metrics.jsonl
+  on_root(mesh, [&] {
+    if (overwrite) discard_earlier_run(run_dir);
     prepare_run_dir(run_dir, cfg);
+    if (st.step > 0) truncate_metrics(fs::path(run_dir) / "metrics.jsonl", st.step);
+    metrics = AppendLog((fs::path(run_dir) / "metrics.jsonl").string(), st.step == 0);
+  });
+  if (mesh.is_root()) {
     std::printf("# model: %lld parameters, %lld activated per token; corpus: %lld tokens in %lld documents\n",
                 static_cast<long long>(count_params(cfg.model)), static_cast<long long>(count_activated_params(cfg.model)),
                 static_cast<long long>(corpus.info().n_tokens), static_cast<long long>(corpus.info().n_docs));
-    if (st.step > 0) truncate_metrics(fs::path(run_dir) / "metrics.jsonl", st.step);
-    metrics.open(fs::path(run_dir) / "metrics.jsonl", st.step > 0 ? std::ios::app : std::ios::trunc);
   }
-  std::signal(SIGTERM, on_stop_signal);
-  std::signal(SIGUSR1, on_stop_signal);
+  for (int sig : {SIGTERM, SIGUSR1, SIGINT}) std::signal(sig, on_stop_signal);
 
   const int64_t rows = cfg.train.batch_rows / mesh.data_size;
   const int64_t tokens_per_step = cfg.train.batch_rows * cfg.model.seq_len;
@@ -373,11 +423,19 @@ int train_main(const std::vector<std::string>& args) {
     r.tokens_per_s = tokens_per_step / std::chrono::duration<double>(t1 - t0).count();
     r.eta_s = std::chrono::duration<double>(t1 - start).count() / (st.step - first_step) * (cfg.train.steps - st.step);
     if (mesh.is_root()) {
-      metrics << json_line(r) << "\n" << std::flush;
+      metrics.append(json_line(r));
       if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
     }
     if (validator && st.step % cfg.train.val_every == 0)  // at fixed steps: a resumed run validates as one run
       validate(*validator, model, st.step, metrics, mesh);
+    // A metrics.jsonl that cannot be written (disk full) ends the run on every rank;
+    // the last checkpoint stays the one to resume from.
+    if (mesh.any(!metrics.error().empty())) {
+      if (mesh.is_root())
+        std::fprintf(stderr, "glam: error: %s; stopping after step %lld without a checkpoint (free space and rerun "
+                     "to resume from the last one)\n", metrics.error().c_str(), static_cast<long long>(st.step));
+      return kExitIoError;
+    }
     // one decision for the whole mesh: a signal seen by any rank, or a due checkpoint
     const bool stop = mesh.any(g_stop_signal != 0);
     const bool timed = cfg.checkpoint.every_minutes > 0 &&

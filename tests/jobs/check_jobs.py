@@ -10,9 +10,12 @@
                                           the checks reject broken job scripts
 
 Per job script: the #SBATCH lines (job name = file name, nodes, --ntasks-per-node,
---gpus-per-task=1, --cpus-per-task, --time, --requeue, --signal=USR1@N sent to the
-job steps (not B:), --open-mode=append, --output), the GLAM_MODEL and GLAM_MESH
-lines and the `source .../jobs/common.sh` line; then the mesh DxM against the
+--cpus-per-task, --time, --requeue, --signal=USR1@N or B:USR1@N (jobs/common.sh
+forwards a signal to the batch shell to the step), --open-mode=append, --output; no
+--gpus-per-task or --gres, so that the job runs on CPU-only nodes: GPUs come from
+the environment, SBATCH_GPUS_PER_TASK=1), the GLAM_MODEL line, the
+GLAM_MESH="${GLAM_MESH:-DxM}" line (the default mesh; the environment may replace it)
+and the `source .../jobs/common.sh` line; then the default mesh DxM against the
 config, as glam checks it at start (src/train.cpp, src/params.cpp):
   D * M = nodes * ntasks-per-node; M divides ntasks-per-node (a model group lies
   inside one node: srun places consecutive ranks on one node);
@@ -84,9 +87,13 @@ def parse_job(path):
             if not s or s.startswith("#"):
                 continue
             body_started = True
-            m = re.fullmatch(r"(\w+)=(\S+)", s)
+            m = re.fullmatch(r"(\w+)=(\S+)(?:\s+#.*)?", s)
             if m:
-                vars_[m.group(1)] = m.group(2).strip("'\"")
+                value = m.group(2).strip("'\"")
+                default = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", value)  # ${GLAM_MESH:-2x2}: its default
+                if default and default.group(1) == m.group(1):
+                    value = default.group(2)
+                vars_[m.group(1)] = value
             if re.match(r"(source|\.)\s.*jobs/common\.sh", s):
                 sources = True
     return opts, vars_, sources
@@ -167,16 +174,18 @@ def check(root, table):
         except ValueError as e:
             bad(str(e))
             continue
-        for key in ("job-name", "nodes", "ntasks-per-node", "gpus-per-task", "cpus-per-task", "time",
+        for key in ("job-name", "nodes", "ntasks-per-node", "cpus-per-task", "time",
                     "requeue", "signal", "open-mode", "output"):
             if key not in opts:
                 bad(f"no #SBATCH --{key}")
         if opts.get("job-name", name) != name:
             bad(f"--job-name={opts['job-name']} differs from the file name {name}")
-        if "gpus-per-task" in opts and opts["gpus-per-task"] != "1":
-            bad("--gpus-per-task must be 1 (one GPU per MPI rank)")
-        if "signal" in opts and not re.fullmatch(r"USR1@\d+", opts["signal"]):
-            bad(f"--signal={opts['signal']}: want USR1@<seconds> sent to the job steps (no B:)")
+        for gpu_key in ("gpus-per-task", "gres", "gpus", "gpus-per-node"):
+            if gpu_key in opts:
+                bad(f"#SBATCH --{gpu_key}: the script must run on CPU-only nodes; request GPUs from the "
+                    "environment (SBATCH_GPUS_PER_TASK=1) or the sbatch command line")
+        if "signal" in opts and not re.fullmatch(r"(B:)?USR1@\d+", opts["signal"]):
+            bad(f"--signal={opts['signal']}: want USR1@<seconds> or B:USR1@<seconds>")
         if "open-mode" in opts and opts["open-mode"] != "append":
             bad("--open-mode must be append (a requeued job appends to its log)")
         if "ntasks" in opts:
@@ -244,20 +253,21 @@ def self_test(root):
     at a time and expects the check to name the problem."""
     good = open(os.path.join(root, "jobs", "glam-1.7b-64e.sbatch")).read()
     cases = [
-        ("mesh cells", lambda t: t.replace("GLAM_MESH=128x2", "GLAM_MESH=64x2"),
+        ("mesh cells", lambda t: t.replace("GLAM_MESH:-128x2", "GLAM_MESH:-64x2"),
          "mesh 64x2 has 128 cells but the job has 32 nodes x 8 tasks = 256"),
-        ("model axis beyond a node", lambda t: t.replace("GLAM_MESH=128x2", "GLAM_MESH=16x16"),
+        ("model axis beyond a node", lambda t: t.replace("GLAM_MESH:-128x2", "GLAM_MESH:-16x16"),
          "model axis M=16 does not divide the 8 ranks of a node"),
         ("heads", lambda t: t.replace("--ntasks-per-node=8", "--ntasks-per-node=6")
-                             .replace("GLAM_MESH=128x2", "GLAM_MESH=64x3"),
+                             .replace("GLAM_MESH:-128x2", "GLAM_MESH:-64x3"),
          "M=3 does not divide model.n_heads=16"),
         ("experts", lambda t: t.replace("--ntasks-per-node=8", "--ntasks-per-node=6")
-                               .replace("GLAM_MESH=128x2", "GLAM_MESH=96x2"),
+                               .replace("GLAM_MESH:-128x2", "GLAM_MESH:-96x2"),
          "n_experts=64 is neither a multiple nor a divisor of D=96"),
-        ("signal to the batch shell", lambda t: t.replace("USR1@300", "B:USR1@300"),
-         "want USR1@<seconds> sent to the job steps"),
+        ("another signal", lambda t: t.replace("USR1@300", "TERM@300"), "want USR1@<seconds> or B:USR1@<seconds>"),
+        ("GPUs in the script", lambda t: t.replace("#SBATCH --requeue\n", "#SBATCH --requeue\n#SBATCH --gpus-per-task=1\n"),
+         "must run on CPU-only nodes"),
         ("no requeue", lambda t: t.replace("#SBATCH --requeue\n", ""), "no #SBATCH --requeue"),
-        ("no mesh", lambda t: t.replace("GLAM_MESH=128x2", "GLAM_MESH=$MESH"), "no GLAM_MESH=DxM line"),
+        ("no mesh", lambda t: t.replace("GLAM_MESH:-128x2", "GLAM_MESH=$MESH"), "no GLAM_MESH=DxM line"),
         ("directive after a command", lambda t: t + "#SBATCH --nodes=2\n", "after the first command"),
     ]
     failures = 0

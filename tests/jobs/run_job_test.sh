@@ -8,13 +8,16 @@
 #               usr1     the same, and sends SIGUSR1 to mpirun (which passes it to the
 #                        ranks) once glam has logged its first step (every rank has its
 #                        signal handlers by then), as --signal=USR1@300 does
+#               usr1_batch  the same, but sends SIGUSR1 to the job script (as
+#                        --signal=B:USR1@300 and scancel --signal=USR1 --batch do); like
+#                        srun, the stub passes a SIGUSR1 or SIGTERM it gets on to the ranks
 #               exit75   exits 75 at once (glam stopped on a signal, checkpoint written)
 #               term75   sends SIGTERM to the job script (as scancel does), then exits 75
 #               exit3    exits 3 at once (glam failed)
 #   scontrol  records its arguments in WORK_DIR/log/scontrol.args; exits STUB_SCONTROL_RC.
 #
 # usage: run_job_test.sh MODE SOURCE_DIR GLAM_BIN DATA_DIR WORK_DIR MPIEXEC
-#   MODE      train | requeue | failure | preempt (see the cases below)
+#   MODE      train | requeue | failure | preempt | preempt_batch | env_mesh (see the cases below)
 #   DATA_DIR  holds tiny.h5 and tiny.model (the tiny_corpus fixture of tests/data)
 set -euo pipefail
 
@@ -46,17 +49,24 @@ case "${STUB_SRUN_MODE:-run}" in
   exit75) exit 75 ;;
   term75) kill -TERM "$PPID"; exit 75 ;;
   exit3) exit 3 ;;
-  usr1)
+  usr1 | usr1_batch)
     "${mpirun[@]}" "$@" &
     pid=$!
+    trap 'kill -USR1 "$pid" 2> /dev/null' USR1 TERM   # Open MPI's mpirun aborts on SIGTERM
     metrics=$STUB_METRICS
     for _ in $(seq 1500); do   # up to 30 s for the first logged step
       [[ -f $metrics && $(wc -l < "$metrics") -ge 1 ]] && break
       kill -0 "$pid" 2> /dev/null || break
       sleep 0.02
     done
-    echo "stub srun: sending SIGUSR1 to the job step" >&2
-    kill -USR1 "$pid" 2> /dev/null
+    if [[ $STUB_SRUN_MODE == usr1 ]]; then
+      echo "stub srun: sending SIGUSR1 to the job step" >&2
+      kill -USR1 "$pid" 2> /dev/null
+    else
+      echo "stub srun: sending SIGUSR1 to the batch shell" >&2
+      kill -USR1 "$PPID"
+    fi
+    while kill -0 "$pid" 2> /dev/null; do sleep 0.05; done   # polled, as jobs/common.sh does
     wait "$pid"
     exit $? ;;
   *) echo "stub srun: bad STUB_SRUN_MODE" >&2; exit 99 ;;
@@ -77,7 +87,7 @@ per_node=$(sbatch_opt ntasks-per-node)
 cpus=$(sbatch_opt cpus-per-task)
 name=$(sbatch_opt job-name)
 [[ -n $nodes && -n $per_node && -n $cpus && -n $name ]] || fail "cannot read the #SBATCH lines of $job"
-unset GLAM_ROOT GLAM_SRUN_FLAGS GLAM_CKPT_MINUTES GLAM_MAX_REQUEUES SLURM_RESTART_COUNT \
+unset GLAM_ROOT GLAM_MESH GLAM_DEVICE GLAM_SRUN_FLAGS GLAM_CKPT_MINUTES GLAM_MAX_REQUEUES SLURM_RESTART_COUNT \
       OMP_NUM_THREADS OPENBLAS_NUM_THREADS SRUN_CPUS_PER_TASK GLAM_TEST_SITE
 export SLURM_JOB_ID=4242 SLURM_JOBID=4242 SLURM_JOB_NAME=$name SLURM_SUBMIT_DIR=$src \
        SLURM_SUBMIT_HOST=localhost SLURM_CLUSTER_NAME=test SLURM_JOB_PARTITION=test \
@@ -121,7 +131,7 @@ case "$mode" in
     expect_in "$work/out1" "glam job 4242 \(restart 0\): glam-tiny on $nodes nodes, $((nodes * per_node)) tasks, mesh 2x2"
     expect_in "$work/out1" "training finished"
     args=$(cat "$work/log/srun.args")
-    [[ $args == "--kill-on-bad-exit=1 $glam train --config $src/input/glam-tiny.cfg --run-dir $RUN_DIR --mesh 2x2 --checkpoint.every_minutes 30 "* ]] \
+    [[ $args == "--kill-on-bad-exit=1 $glam train --config $src/input/glam-tiny.cfg --run-dir $RUN_DIR --mesh 2x2 --device auto --checkpoint.every_minutes 30 "* ]] \
       || fail "unexpected srun command line: $args"
     expect_in "$work/log/srun.env" "^OMP_NUM_THREADS=$cpus\$"
     expect_in "$work/log/srun.env" "^OPENBLAS_NUM_THREADS=$cpus\$"
@@ -173,13 +183,15 @@ case "$mode" in
     [[ ! -f $work/log/srun.args ]] || fail "srun ran despite a bad set-up"
     ;;
 
-  preempt)  # SIGUSR1 -> checkpoint, exit 75, requeue; the requeued job resumes
+  preempt | preempt_batch)  # SIGUSR1 (to the step, or to the batch shell) -> checkpoint, exit 75, requeue; resume
     # One thread per rank (as sbatch -c 1 would give): this machine may have fewer cores
     # than ranks, and spinning OpenMP threads of oversubscribed ranks make a step 100x
     # slower. A step takes milliseconds then; the signal comes after step 1.
     export SLURM_CPUS_PER_TASK=1
     steps=300
-    STUB_SRUN_MODE=usr1 run_job "$work/out1" "${tiny[@]}" --train.steps $steps
+    signal_mode=usr1
+    [[ $mode == preempt_batch ]] && signal_mode=usr1_batch
+    STUB_SRUN_MODE=$signal_mode run_job "$work/out1" "${tiny[@]}" --train.steps $steps
     expect_rc 0
     [[ $(cat "$work/log/scontrol.args") == "requeue 4242" ]] || fail "no 'scontrol requeue 4242'"
     [[ -f $RUN_DIR/checkpoints/latest ]] || fail "no checkpoint after the signal"
@@ -193,6 +205,17 @@ case "$mode" in
     [[ $(scontrol_calls) -eq 1 ]] || fail "the resumed run requeued again"
     seq_steps=$(sed -n 's/^{"step": \([0-9]*\),.*/\1/p' "$RUN_DIR/metrics.jsonl" | tr '\n' ' ')
     [[ $seq_steps == "$(seq -s ' ' 1 $steps) " ]] || fail "metrics.jsonl steps are '$seq_steps', expected 1..$steps once each"
+    ;;
+
+  env_mesh)  # GLAM_MESH and GLAM_DEVICE from the environment replace the script's defaults
+    SLURM_NTASKS=2 GLAM_MESH=2x1 GLAM_DEVICE=cpu run_job "$work/out1" "${tiny[@]}" --train.steps 2
+    expect_rc 0
+    expect_in "$work/out1" "mesh 2x1"
+    [[ $(cat "$work/log/srun.args") == *" --mesh 2x1 --device cpu "* ]] || fail "srun args: $(cat "$work/log/srun.args")"
+    note "a bad GLAM_DEVICE stops before srun"
+    GLAM_DEVICE=gpu run_job "$work/out2" "${tiny[@]}"
+    expect_rc 2
+    expect_in "$work/out2" "GLAM_DEVICE 'gpu' is not auto, cpu or cuda"
     ;;
 
   *) fail "unknown mode" ;;
