@@ -69,7 +69,7 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
                  cfg_.vocab_size, ")");
   GLAM_REQUIRE(!frozen || device_ == Device::cpu, "frozen routing (finite-difference tests) runs on the CPU only");
   plan_buffers(batch.rows, batch.seq_len, no_drop, /*decode=*/false);
-  batch_ = &batch;
+  have_targets_ = true;
   parts_ = LossParts{};
   upload_batch(batch.ids, &batch.targets, &batch.segments);
 
@@ -181,7 +181,7 @@ void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int6
   GLAM_REQUIRE(cache.len + n <= cache.capacity, "KV cache holds ", cache.capacity, " positions; ", cache.len + n, " asked");
   plan_buffers(cache.rows, n, /*no_drop=*/true, /*decode=*/true);
   ensure_cache(cache);
-  batch_ = nullptr;
+  have_targets_ = false;
   parts_ = LossParts{};
   upload_batch(ids, nullptr, nullptr);
   be_->embedding_forward(acts_[0].x, ids_, w32(p_emb_), T_, M, v0_, V_);
@@ -220,17 +220,17 @@ void Model::decode_attention(int64_t l, const Tensor& x, KVCache& cache, int64_t
 }
 
 std::vector<double> Model::target_logprobs() const {
-  GLAM_ASSERT(batch_ != nullptr);
+  GLAM_ASSERT(have_targets_);
   fetch_outputs();
   std::vector<float> target_logit(T_, 0.0f);
   for (int64_t t = 0; t < T_; t++) {
-    const int64_t c = batch_->targets[t] - v0_;
-    if (batch_->targets[t] >= 0 && c >= 0 && c < V_) target_logit[t] = logits_host_[t * V_ + c];
+    const int64_t c = targets_host_[t] - v0_;
+    if (targets_host_[t] >= 0 && c >= 0 && c < V_) target_logit[t] = logits_host_[t * V_ + c];
   }
   mesh_.allreduce_sum_model(target_logit.data(), T_);
   std::vector<double> lp(T_, 0.0);
   for (int64_t t = 0; t < T_; t++)
-    if (batch_->targets[t] >= 0) lp[t] = static_cast<double>(target_logit[t]) - lse_host_[t];
+    if (targets_host_[t] >= 0) lp[t] = static_cast<double>(target_logit[t]) - lse_host_[t];
   return lp;
 }
 
@@ -238,7 +238,7 @@ std::vector<double> Model::target_logprobs() const {
 
 void Model::backward() {
   const int64_t M = cfg_.d_model, L = cfg_.n_layers;
-  GLAM_ASSERT(batch_ != nullptr);
+  GLAM_ASSERT(have_targets_);
   GradActs& d = grads_;
   be_->zero(d.dx);
   {

@@ -203,7 +203,10 @@ void Model::upload_batch(const std::vector<int32_t>& ids, const std::vector<int3
                          const std::vector<int32_t>* segments) {
   GLAM_ASSERT(static_cast<int64_t>(ids.size()) == T_);
   be_->upload(ids_, ids.data());
-  if (targets) be_->upload(targets_, targets->data());
+  if (targets) {
+    targets_host_ = *targets;
+    be_->upload(targets_, targets_host_.data());
+  }
   if (segments) be_->upload(segments_, segments->data());
 }
 
@@ -212,7 +215,7 @@ void Model::fetch_outputs() const {
   logits_host_.resize(T_ * V_);
   lse_host_.resize(T_);
   be_->download(logits_host_.data(), logits_);
-  if (batch_) be_->download(lse_host_.data(), lse_);
+  if (have_targets_) be_->download(lse_host_.data(), lse_);
   host_outputs_stale_ = false;
 }
 

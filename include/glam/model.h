@@ -201,7 +201,8 @@ class Model {
   size_t p_emb_ = 0, p_final_ = 0;  // indices of the embedding and the final norm scale
   std::unordered_map<std::string, size_t> index_;  // parameter name -> table index
   bool planned_decode_ = false;
-  const Batch* batch_ = nullptr;
+  bool have_targets_ = false;       // the last forward had targets (not decoding)
+  std::vector<int32_t> targets_host_;  // [T] a copy: backward never reads the caller's batch
   int64_t B_ = 0, S_ = 0, T_ = 0;
   bool planned_no_drop_ = false;
   int64_t rows_max_ = 0, recv_max_ = 0;  // MoE buffer rows

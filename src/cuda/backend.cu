@@ -275,8 +275,13 @@ class CudaBackend final : public Backend {
   }
   cpu::LossSums softmax_xent_forward(Tensor lse, const Tensor& logits, const Tensor& targets, int64_t T, int64_t Vl,
                                      int64_t v0) override {
-    stats_.syncs++;  // the sums come back to the host
-    return cuda::softmax_xent_forward(ctx_, lse.f32(), logits.f32(), targets.i32(), T, Vl, v0, mesh_);
+    stats_.syncs++;  // the three sums come back to the host
+    cuda::ReduceModelRows reduce_model;
+    if (mesh_.model_size > 1)
+      reduce_model = [&](float* d, int64_t n, bool max) {
+        reduce(d, n, [&](float* p) { max ? mesh_.allreduce_max_model(p, n) : mesh_.allreduce_sum_model(p, n); });
+      };
+    return cuda::softmax_xent_forward(ctx_, lse.f32(), logits.f32(), targets.i32(), T, Vl, v0, reduce_model);
   }
   void softmax_xent_backward(Tensor dlogits, const Tensor& logits, const Tensor& lse, const Tensor& targets,
                              int64_t T, int64_t Vl, int64_t v0, float ce_scale, float z_scale) override {

@@ -1,12 +1,11 @@
 // Softmax cross-entropy with z-loss over a vocabulary shard, fp32, as
-// cpu::softmax_xent_forward/backward. Per-row statistics are computed on the
-// GPU; their reductions over the model axis (the vocabulary split) go through
-// the mesh on the host, T floats at a time.
+// cpu::softmax_xent_forward/backward, all on the device: the row max, the sum
+// of exp and the target's logit per row, reduced over the model axis (the
+// vocabulary split) by the caller's reduce_model, then lse and the loss sums
+// (double, one block in a fixed order). The host receives the three sums only.
 #include <cmath>
-#include <vector>
 
 #include "glam/cuda/layers.h"
-#include "glam/mesh.h"
 #include "launch.cuh"
 #include "reduce.cuh"
 
@@ -61,41 +60,58 @@ __global__ void softmax_xent_backward_kernel(float* dlogits, const float* logits
   }
 }
 
-std::vector<float> to_host(const float* d, int64_t n) {
-  std::vector<float> h(n);
-  check(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost), "softmax_xent_forward");
-  return h;
+// One block: lse[t] = row_max + log(row_sum) and, over valid targets,
+// totals = (sum of lse - target logit, sum of lse^2, count).
+__global__ void softmax_xent_totals_kernel(double* totals, float* lse, const float* row_max, const float* row_sum,
+                                           const float* target_logit, const int32_t* targets, int64_t T) {
+  __shared__ double red[3][kThreads];
+  double ce = 0.0, z = 0.0, count = 0.0;
+  for (int64_t t = threadIdx.x; t < T; t += blockDim.x) {
+    const float l = row_max[t] + logf(row_sum[t]);
+    lse[t] = l;
+    if (targets[t] < 0) continue;
+    ce += static_cast<double>(l) - target_logit[t];
+    z += static_cast<double>(l) * l;
+    count += 1.0;
+  }
+  red[0][threadIdx.x] = ce;
+  red[1][threadIdx.x] = z;
+  red[2][threadIdx.x] = count;
+  __syncthreads();
+  for (unsigned k = blockDim.x / 2; k > 0; k >>= 1) {
+    if (threadIdx.x < k)
+      for (int j = 0; j < 3; j++) red[j][threadIdx.x] += red[j][threadIdx.x + k];
+    __syncthreads();
+  }
+  if (threadIdx.x < 3) totals[threadIdx.x] = red[threadIdx.x][0];
 }
 
 }  // namespace
 
 cpu::LossSums softmax_xent_forward(const Context& ctx, float* lse, const float* logits,
                                    const int32_t* targets, int64_t T, int64_t Vl, int64_t v0,
-                                   const Mesh& mesh) {
+                                   const ReduceModelRows& reduce_model) {
   if (T == 0) return cpu::LossSums{};
   const size_t bytes = T * sizeof(float);
   float* row_max = static_cast<float*>(ctx.scratch(kScratchLossMax, bytes));
   float* row_sum = static_cast<float*>(ctx.scratch(kScratchLossSum, bytes));
   float* target_logit = static_cast<float*>(ctx.scratch(kScratchLossTarget, bytes));
+  double* totals = static_cast<double*>(ctx.scratch(kScratchLossTotals, 3 * sizeof(double)));
   launch(softmax_xent_max_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_max_kernel", row_max,
          logits, T, Vl);
-  ctx.sync();
-  std::vector<float> host_max = to_host(row_max, T);
-  mesh.allreduce_max_model(host_max.data(), T);
-  check(cudaMemcpy(row_max, host_max.data(), bytes, cudaMemcpyHostToDevice), "softmax_xent_forward");
+  if (reduce_model) reduce_model(row_max, T, /*max=*/true);
   launch(softmax_xent_sum_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_sum_kernel", row_sum,
          target_logit, logits, row_max, targets, T, Vl, v0);
+  if (reduce_model) {
+    reduce_model(row_sum, T, /*max=*/false);
+    reduce_model(target_logit, T, /*max=*/false);
+  }
+  launch(softmax_xent_totals_kernel, 1, kThreads, 0, ctx.stream(), "softmax_xent_totals_kernel", totals, lse,
+         row_max, row_sum, target_logit, targets, T);
+  double host[3];
+  check(cudaMemcpyAsync(host, totals, sizeof(host), cudaMemcpyDeviceToHost, ctx.stream()), "softmax_xent_forward");
   ctx.sync();
-  std::vector<float> host_sum = to_host(row_sum, T), host_target = to_host(target_logit, T);
-  mesh.allreduce_sum_model(host_sum.data(), T);
-  mesh.allreduce_sum_model(host_target.data(), T);
-  std::vector<int32_t> host_targets(T);
-  check(cudaMemcpy(host_targets.data(), targets, T * sizeof(int32_t), cudaMemcpyDeviceToHost), "targets");
-  std::vector<float> host_lse(T);
-  const cpu::LossSums sums = cpu::loss_sums(host_lse.data(), host_max.data(), host_sum.data(),
-                                            host_target.data(), host_targets.data(), T);
-  check(cudaMemcpy(lse, host_lse.data(), T * sizeof(float), cudaMemcpyHostToDevice), "lse");
-  return sums;
+  return cpu::LossSums{host[0], host[1], static_cast<int64_t>(host[2])};
 }
 
 void softmax_xent_backward(const Context& ctx, float* dlogits, const float* logits, const float* lse,

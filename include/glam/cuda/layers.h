@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <utility>
@@ -45,7 +46,7 @@ struct BucketTables;  // src/cuda/buckets.cuh
 
 // What the layers keep from call to call in a Context's scratch (one slot each).
 enum ScratchSlot : int { kScratchDelta, kScratchDrb, kScratchLossMax, kScratchLossSum, kScratchLossTarget,
-                         kScratchSquares, kScratchSlots };
+                         kScratchLossTotals, kScratchSquares, kScratchSlots };
 
 // The stream and cuBLAS handle every layer runs on, and what the layers reuse:
 // after the first call with a shape, the attention layers, the loss and
@@ -180,11 +181,13 @@ void attention_flash_backward(const Context& ctx, float* dq, float* dk, float* d
                               int64_t dh);
 
 // ---- loss.cu: softmax cross-entropy with z-loss over a vocabulary shard ----------
-// As cpu::softmax_xent_forward: the row max and sum are reduced over the model
-// axis of the mesh (staged through the host).
+// As cpu::softmax_xent_forward, on the device. reduce_model(rows, n, max) reduces
+// n floats on the device over the model axis (max or sum); empty on one model rank.
+// The host waits once, for the three sums.
+using ReduceModelRows = std::function<void(float* rows, int64_t n, bool max)>;
 cpu::LossSums softmax_xent_forward(const Context& ctx, float* lse, const float* logits,
                                    const int32_t* targets, int64_t T, int64_t Vl, int64_t v0,
-                                   const Mesh& mesh);
+                                   const ReduceModelRows& reduce_model);
 void softmax_xent_backward(const Context& ctx, float* dlogits, const float* logits, const float* lse,
                            const int32_t* targets, int64_t T, int64_t Vl, int64_t v0,
                            float ce_scale, float z_scale);
