@@ -16,6 +16,9 @@ PACKAGES=(
   nlohmann-json3-dev
   python3-h5py python3-numpy
   zlib1g-dev
+  # tests/rundir/slurm_test.sh: a one-node SLURM on localhost (slurmctld, slurmd,
+  # sbatch/scancel; munge comes with slurmd, the test uses auth/none)
+  slurm-wlm
   # tools/plot
   python3-matplotlib
   # text for the demo corpus

@@ -14,10 +14,10 @@ umount "$dir/mnt" 2> /dev/null || true
 rm -rf "$dir" && mkdir -p "$dir"
 cd "$dir"
 
-TINY=(--config "$src/input/glam-tiny.cfg" --data.corpus "$data/tiny.h5" --data.tokenizer "$data/tiny.model"
-      --model.vocab_size 200 --model.d_model 32 --model.n_layers 2 --model.n_heads 2 --model.d_head 16
-      --model.d_ff 64 --model.n_experts 4 --model.seq_len 16 --model.group_size 32 --train.batch_rows 4
-      --train.log_every 1 --train.val_every 0)
+BASE=(--config "$src/input/glam-tiny.cfg" --data.corpus "$data/tiny.h5" --data.tokenizer "$data/tiny.model"
+      --model.vocab_size 200 --model.n_heads 2 --model.n_experts 4 --model.seq_len 16 --model.group_size 32
+      --train.batch_rows 4 --train.log_every 1 --train.val_every 0)
+TINY=("${BASE[@]}" --model.d_model 32 --model.n_layers 2 --model.d_head 16 --model.d_ff 64)
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
 
 fail() { echo "FAIL ($case_name): $*" >&2; exit 1; }
@@ -200,13 +200,13 @@ sigterm_wrapper | sigterm_mpirun | sigterm_ranks)
   # A loaded 2x2: 4 ranks oversubscribed on this machine's cores, and 2 busy loops.
   for _ in 1 2; do (while :; do :; done) & hogs+=($!); done
   trap 'kill "${hogs[@]}" 2> /dev/null || true' EXIT
-  BIG=(--model.d_model 64 --model.d_head 32 --model.d_ff 256 --model.n_layers 4)
+  TINY=("${BASE[@]}" --model.d_model 64 --model.d_head 32 --model.d_ff 256 --model.n_layers 4)
   case $case_name in
     sigterm_wrapper) launch=("$src/jobs/mpirun.sh" "${MPIRUN[@]:1}") ;;
     sigterm_mpirun) launch=("${MPIRUN[@]}" --mca odls_base_sigkill_timeout 10) ;;
     sigterm_ranks) launch=("${MPIRUN[@]}") ;;
   esac
-  env MPIRUN="${MPIRUN[0]}" "${launch[@]}" -np 4 "$glam" train "${TINY[@]}" "${BIG[@]}" --mesh 2x2 --run-dir stopped \
+  env MPIRUN="${MPIRUN[0]}" "${launch[@]}" -np 4 "$glam" train "${TINY[@]}" --mesh 2x2 --run-dir stopped \
     --train.steps 100000 > stopped.log 2>&1 &
   pid=$!
   wait_lines stopped/metrics.jsonl 3 "$pid"
@@ -230,11 +230,11 @@ sigterm_wrapper | sigterm_mpirun | sigterm_ranks)
   [[ ! -e stopped/glam.lock ]] || fail "the lock was not released"
   kill "${hogs[@]}" 2> /dev/null || true
   note "resuming continues exactly as a run that was never stopped (step $step + 2)"
-  "${MPIRUN[@]}" -np 4 "$glam" train "${TINY[@]}" "${BIG[@]}" --mesh 2x2 --run-dir stopped \
+  "${MPIRUN[@]}" -np 4 "$glam" train "${TINY[@]}" --mesh 2x2 --run-dir stopped \
     --train.steps $((step + 2)) > resume.log
   expect_in resume.log "resumed from .* at step $step"
   if [[ $step -le 40 ]]; then
-    "${MPIRUN[@]}" -np 4 "$glam" train "${TINY[@]}" "${BIG[@]}" --mesh 2x2 --run-dir straight \
+    "${MPIRUN[@]}" -np 4 "$glam" train "${TINY[@]}" --mesh 2x2 --run-dir straight \
       --train.steps $((step + 2)) > straight.log
     diff <(losses straight) <(losses stopped) > /dev/null || fail "losses differ after the signal"
   fi
