@@ -256,6 +256,8 @@ void Model::sync_to_host(Adafactor* opt) { be_->params_to_host(params_, opt); }
 
 void Model::sync_to_device(const Adafactor* opt) { be_->params_to_device(params_, opt); }
 
+void Model::grads_to_host() { be_->grads_to_host(params_); }
+
 // ---- KV cache -------------------------------------------------------------------
 
 void KVCache::reset(int64_t B, int64_t cap, int64_t L, int64_t w) {

@@ -63,10 +63,13 @@ class Backend : public Allocator {
   virtual Tensor grad(size_t i) = 0;         // fp32 gradient
   virtual void refresh_gemm_weights() = 0;   // after an update: remake the GEMM copies
   virtual void zero_grads() = 0;
-  // cuda: copy weights, gradients (and opt's statistics) to the table (and opt) and
-  // back; no-ops on the cpu, where they are the same memory.
+  // cuda: copy weights (and opt's statistics) to the table (and opt) and back;
+  // no-ops on the cpu, where they are the same memory. The gradients stay on the
+  // device (cuda frees the table's host copies in bind_params); grads_to_host
+  // fills them, for tests and tools that read them.
   virtual void params_to_host(ParamTable& table, Adafactor* opt) = 0;
   virtual void params_to_device(const ParamTable& table, const Adafactor* opt) = 0;
+  virtual void grads_to_host(ParamTable& table) = 0;
   // Sums gradients of parameters replicated over data (experts: over their replicas).
   virtual void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) = 0;
   virtual double grad_norm(const ParamTable& table) = 0;

@@ -144,6 +144,8 @@ class Model {
   // on the CPU.
   void sync_to_host(Adafactor* opt = nullptr);
   void sync_to_device(const Adafactor* opt = nullptr);
+  // The gradients into params()[i].g (CUDA keeps them on the device only).
+  void grads_to_host();
   // The training step, for decisions that vary per step (GShard's random second-expert policy).
   void set_step(int64_t step) { step_ = step; }
   // Logits [T, Vl] of the last forward (this rank's vocabulary shard), on the host.

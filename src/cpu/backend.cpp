@@ -69,6 +69,7 @@ class CpuBackend final : public Backend {
   void zero_grads() override { table_->zero_grad(); }
   void params_to_host(ParamTable&, Adafactor*) override {}
   void params_to_device(const ParamTable&, const Adafactor*) override {}
+  void grads_to_host(ParamTable&) override {}
   void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) override {
     for (const Param& p : table.params) {
       float* g = const_cast<float*>(p.g.data());

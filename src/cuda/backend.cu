@@ -99,6 +99,7 @@ class CudaBackend final : public Backend {
     }
     params_to_device(table, nullptr);
     zero_grads();
+    for (Param& p : table.params) std::vector<float>().swap(p.g);  // the gradients live here
   }
   Tensor weight(size_t i) override { return w_.at(i); }
   Tensor gemm_weight(size_t i) override { return w16_.at(i); }
@@ -110,9 +111,14 @@ class CudaBackend final : public Backend {
   void params_to_host(ParamTable& table, Adafactor* opt) override {
     for (size_t i = 0; i < table.params.size(); i++) {
       download(table.params[i].w.data(), w_[i]);
-      if (table.params[i].g.size() == static_cast<size_t>(table.params[i].size())) download(table.params[i].g.data(), g_[i]);
     }
     if (opt && adafactor_) adafactor_->store(*opt);
+  }
+  void grads_to_host(ParamTable& table) override {
+    for (size_t i = 0; i < table.params.size(); i++) {
+      table.params[i].g.resize(table.params[i].size());
+      download(table.params[i].g.data(), g_[i]);
+    }
   }
   void params_to_device(const ParamTable& table, const Adafactor* opt) override {
     for (size_t i = 0; i < table.params.size(); i++) upload(w_[i], table.params[i].w.data());

@@ -98,6 +98,8 @@ TEST_CASE("the GPU model on a mesh of ranks equals the GPU model on one rank") {
     model.backward();
     ref.sync_to_host();
     model.sync_to_host();
+    ref.grads_to_host();
+    model.grads_to_host();
     CHECK(model.grad_norm() == Approx(ref.grad_norm()).epsilon(1e-3));
     for (size_t i = 0; i < ref.params().params.size(); i++) {
       const Param& r = ref.params().params[i];
