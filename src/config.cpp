@@ -47,6 +47,7 @@ void add_config_options(po::options_description& desc, Config& c) {
     ("model.z_loss_weight", po::value(&m.z_loss_weight)->default_value(m.z_loss_weight), "weight of the output z-loss")
     ("train.steps", po::value(&t.steps)->default_value(t.steps), "optimizer steps")
     ("train.batch_rows", po::value(&t.batch_rows)->default_value(t.batch_rows), "rows of seq_len tokens per step (global)")
+    ("train.micro_rows", po::value(&t.micro_rows)->default_value(t.micro_rows), "rows per data rank per micro-step, gradients accumulating over the step's micro-steps (0: one micro-step)")
     ("train.lr", po::value(&t.lr)->default_value(t.lr), "learning rate for the first warmup_steps")
     ("train.warmup_steps", po::value(&t.warmup_steps)->default_value(t.warmup_steps), "steps at constant lr before lr*sqrt(warmup/t)")
     ("train.decay_pow", po::value(&t.decay_pow)->default_value(t.decay_pow), "Adafactor second-moment decay exponent")
@@ -107,6 +108,12 @@ void Config::validate() const {
     GLAM_REQUIRE(tokens % m.group_size == 0, "model.group_size ", m.group_size,
                  " must divide the tokens of a batch (train.batch_rows * model.seq_len = ", tokens, ")");
   }
+  GLAM_REQUIRE(train.micro_rows >= 0 && train.micro_rows <= train.batch_rows, "train.micro_rows must be in [0, ",
+               "train.batch_rows = ", train.batch_rows, "], got ", train.micro_rows);
+  if (m.n_experts > 0 && train.micro_rows > 0)
+    GLAM_REQUIRE(train.micro_rows * m.seq_len % m.group_size == 0, "model.group_size ", m.group_size,
+                 " must divide the tokens of a micro-step (train.micro_rows * model.seq_len = ",
+                 train.micro_rows * m.seq_len, ")");
   GLAM_REQUIRE(train.steps >= 0, "train.steps must be >= 0, got ", train.steps);
   GLAM_REQUIRE(train.lr > 0, "train.lr must be positive, got ", train.lr);
   GLAM_REQUIRE(train.warmup_steps >= 0, "train.warmup_steps must be >= 0, got ", train.warmup_steps);
