@@ -15,16 +15,17 @@
 namespace glam {
 
 cpu::RouterOptions router_options(const ModelConfig& cfg, const Mesh& mesh, uint64_t seed, int64_t step,
-                                  int64_t layer, int64_t T, bool no_drop) {
+                                  int64_t layer, int64_t T, bool no_drop, int64_t step_T, int64_t first_t) {
+  if (step_T == 0) step_T = T;
   cpu::RouterOptions opt;
   opt.n_experts = cfg.n_experts;
   opt.group_size = cfg.group_size;
   opt.capacity_factor = cfg.capacity_factor;
   opt.second = cfg.second_policy == "random" ? cpu::SecondPolicy::random : cpu::SecondPolicy::all;
   opt.no_drop = no_drop;
-  opt.n_groups_global = no_drop ? 0 : T * mesh.data_size / cfg.group_size;
+  opt.n_groups_global = no_drop ? 0 : step_T * mesh.data_size / cfg.group_size;
   opt.seed = seed ^ (0x51ed270b27f0a5c3ULL * static_cast<uint64_t>(step * 1024 + layer + 1));
-  opt.token_offset = T * mesh.data_rank;
+  opt.token_offset = step_T * mesh.data_rank + first_t;
   return opt;
 }
 
@@ -134,7 +135,8 @@ void Model::moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen) {
   {  // route
     BackendPhase phase(*be_, "router");
     be_->matmul_fp32_forward(a.router_logits, a.xn2_f32, w32(pid(l, "moe/router")), T_, M, E);
-    const cpu::RouterOptions opt = router_options(cfg_, mesh_, seed_, step_, l, T_, no_drop);
+    const cpu::RouterOptions opt =
+        router_options(cfg_, mesh_, seed_, step_, l, T_, no_drop, micro_.step_rows * S_, micro_.first_row * S_);
     if (frozen) {
       const Routing previous = a.route;
       be_->route(a.route, a.router_logits, T_, opt, &previous);
@@ -260,7 +262,7 @@ void Model::backward() {
     attention_backward(l);
   }
   be_->embedding_backward(g(p_emb_), d.dx, ids_, T_, M, v0_, V_);
-  {
+  if (micro_.last(B_)) {
     BackendPhase phase(*be_, "grad_reduce");
     be_->reduce_gradients(params_, place_);
   }
@@ -271,7 +273,7 @@ void Model::backward() {
 void Model::output_backward() {
   const int64_t M = cfg_.d_model;
   GradActs& d = grads_;
-  const double n = std::max<int64_t>(1, parts_.n_targets);
+  const double n = std::max<int64_t>(1, micro_.step_rows > 0 ? micro_.n_targets : parts_.n_targets);
   be_->softmax_xent_backward(d.dlogits, logits_, lse_, targets_, T_, V_, v0_, static_cast<float>(1.0 / n),
                              static_cast<float>(cfg_.z_loss_weight / n));
   be_->zero(d.dxn);

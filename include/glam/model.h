@@ -77,10 +77,23 @@ struct GradActs {
   Tensor dscratch;           // [recv_max, H] f32
 };
 
+// A step whose rows are split into micro-steps (train.micro_rows): this forward
+// holds rows [first_row, first_row + batch.rows) of the step_rows this rank has in
+// the step, whose targets over the whole mesh number n_targets. Routing groups
+// stay the same groups of tokens and the losses divide by the step's targets and
+// groups, so the accumulated gradients are those of the one-shot step. The
+// default (step_rows 0): this forward is the whole step.
+struct MicroStep {
+  int64_t first_row = 0, step_rows = 0, n_targets = 0;
+  bool last(int64_t rows) const { return step_rows == 0 || first_row + rows == step_rows; }
+};
+
 // The router's options for MoE layer `layer` at training step `step`, T tokens on
-// this rank (no_drop: inference). Every backend routes with these.
+// this rank (no_drop: inference), of a step with step_T tokens on this rank of
+// which these start at first_t (micro-steps; 0: T and 0). Every backend routes
+// with these.
 cpu::RouterOptions router_options(const ModelConfig& cfg, const Mesh& mesh, uint64_t seed, int64_t step,
-                                  int64_t layer, int64_t T, bool no_drop);
+                                  int64_t layer, int64_t T, bool no_drop, int64_t step_T = 0, int64_t first_t = 0);
 // Adds one MoE layer's share of the global batch's aux loss, loads and drops to
 // parts (collective over the data axis).
 void add_routing_statistics(LossParts& parts, const cpu::RoutingPlan& plan, int64_t T, const Mesh& mesh);
@@ -134,7 +147,10 @@ class Model {
   // Accumulates dLoss/dparam into the gradients for the batch of the last forward
   // and sums them over the data axis (replicas of experts over their replica
   // group): afterwards every shard holds the gradient of the global batch's loss.
+  // In a micro-step (set_micro_step) the sum over the data axis waits for the last.
   void backward();
+  // The next forwards are micro-steps of one step (MicroStep); MicroStep{} ends that.
+  void set_micro_step(const MicroStep& m) { micro_ = m; }
   // The global gradient norm and the optimizer step, where the weights live.
   double grad_norm();
   void optimizer_step(Adafactor& opt, double lr, int64_t t);
@@ -192,6 +208,7 @@ class Model {
   const Mesh& mesh_;
   uint64_t seed_;
   int64_t step_ = 0;
+  MicroStep micro_;
   Device device_ = Device::cpu;
   ParamTable params_;
   std::unique_ptr<Backend> be_;
