@@ -19,6 +19,7 @@
 #include "glam/corpus.h"
 #include "glam/gemm.h"
 #include "glam/loader.h"
+#include "glam/micro_steps.h"
 #include "glam/mixture.h"
 #include "glam/model.h"
 #include "glam/run_dir.h"
@@ -341,6 +342,10 @@ int train_main(const std::vector<std::string>& args) {
   GLAM_REQUIRE(cfg.model.n_experts == 0 || local_tokens % cfg.model.group_size == 0, "model.group_size ",
                cfg.model.group_size, " must divide the tokens of each data rank (", local_tokens,
                " = train.batch_rows / ", mesh.data_size, " * model.seq_len): routing groups may not span ranks");
+  const int64_t micro_rows = cfg.train.micro_rows, rank_rows = cfg.train.batch_rows / mesh.data_size;
+  GLAM_REQUIRE(micro_rows == 0 || rank_rows % micro_rows == 0, "train.micro_rows ", micro_rows,
+               " must divide the rows each data rank has in a step (", rank_rows, " = train.batch_rows / ",
+               mesh.data_size, " data ranks)");
 
   const Mixture corpus = Mixture::open(cfg.data.corpus, cfg.model.vocab_size);
   Tokenizer tokenizer(cfg.data.tokenizer);
@@ -405,9 +410,7 @@ int train_main(const std::vector<std::string>& args) {
     r.data_wait_s = loader.last_wait_s();
     r.epochs = epochs_after(corpus, loaded, cfg.model.seq_len);
     model.set_step(step);
-    model.zero_grad();
-    r.parts = model.forward(batch);
-    model.backward();
+    r.parts = forward_backward(model, batch, micro_rows, mesh);  // zeroes, accumulates, sums over data
     r.step = step + 1;
     {  // the model times its optimizer phase on the backend's clock
       r.grad_norm = model.grad_norm();
