@@ -219,8 +219,8 @@ int eval_main(const std::vector<std::string>& args) {
   Model model(cfg, mesh, select_device(r.device, mesh));
   load_weights((r.run_dir / "weights.h5").string(), model.params(), mesh);
   model.sync_to_device();
-  // as many rows per forward as a training step holds on this rank: memory the run is known to fit
-  r.opt.rows = std::max<int64_t>(1, cfg.train.batch_rows / mesh.data_size);
+  // as many rows per forward as a training micro-step holds on this rank: memory the run is known to fit
+  r.opt.rows = std::max<int64_t>(1, cfg.train.micro_rows > 0 ? cfg.train.micro_rows : cfg.train.batch_rows / mesh.data_size);
 
   json report = {{"run_dir", r.run_dir.string()}, {"shots", r.opt.shots}, {"seed", r.opt.seed},
                  {"unnormalized", r.opt.unnormalized}, {"beam", r.opt.beam}, {"max_tokens", r.opt.max_tokens},

@@ -1,17 +1,20 @@
 // Held-out loss per source (include/glam/validation.h). Chunk c of source s
 // holds held-out rows [c*B, (c+1)*B) of its packed stream (val_rows rounded up
 // to whole chunks, so that every forward has the training shape); data rank d takes
-// rows [d*B/D, (d+1)*B/D) of each chunk. The loss of a source is the mean
-// cross-entropy over every target of its chunks.
+// rows [d*B/D, (d+1)*B/D) of each chunk, in forwards of train.micro_rows rows as
+// training takes them. The loss of a source is the mean cross-entropy over every
+// target of its chunks.
 #include "glam/validation.h"
 
 #include <sstream>
 
 #include "glam/check.h"
+#include "glam/micro_steps.h"
 
 namespace glam {
 
-Validator::Validator(const Mixture& mixture, const Config& cfg, const Mesh& mesh) {
+Validator::Validator(const Mixture& mixture, const Config& cfg, const Mesh& mesh)
+    : micro_rows_(cfg.train.micro_rows) {
   const int64_t B = cfg.train.batch_rows, rows = B / mesh.data_size, S = cfg.model.seq_len;
   for (size_t s = 0; s < mixture.size(); ++s) {
     const MixtureSource& src = mixture.source(s);
@@ -36,10 +39,17 @@ ValResult Validator::run(Model& model) const {
   for (size_t s = 0; s < batches_.size(); ++s) {
     double ce_sum = 0.0;
     int64_t targets = 0;
+    Batch micro;
     for (const Batch& b : batches_[s]) {
-      const LossParts parts = model.forward(b);
-      ce_sum += parts.ce * static_cast<double>(parts.n_targets);
-      targets += parts.n_targets;
+      const int64_t step = micro_rows_ > 0 ? micro_rows_ : b.rows;
+      for (int64_t first = 0; first < b.rows; first += step) {
+        model.set_micro_step(MicroStep{first, b.rows, 0});  // the chunk's groups and token positions
+        slice_rows(micro, b, first, step);
+        const LossParts parts = model.forward(micro);
+        ce_sum += parts.ce * static_cast<double>(parts.n_targets);
+        targets += parts.n_targets;
+      }
+      model.set_micro_step(MicroStep{});
     }
     r.by_source.push_back(targets > 0 ? ce_sum / static_cast<double>(targets) : 0.0);
     r.loss += weights_[s] * r.by_source.back();

@@ -37,6 +37,7 @@ class Validator {
   std::vector<std::string> names_, skipped_;
   std::vector<double> weights_;
   std::vector<std::vector<Batch>> batches_;   // [sources][chunks] this rank's rows
+  int64_t micro_rows_ = 0;                    // forwards of train.micro_rows rows (0: a chunk's)
 };
 
 // {"step": N, "val_loss": X, "val_loss_by_source": {"name": X, ...}}
