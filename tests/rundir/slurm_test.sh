@@ -91,7 +91,7 @@ note "slurmctld and slurmd up ($(sinfo --version), MpiDefault=$mpi)"
 job_state() { scontrol show job "$job" 2> /dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
 restarts() { scontrol show job "$job" 2> /dev/null | sed -n 's/.*Restarts=\([0-9]*\).*/\1/p'; }
 run=$work/run
-steps=1500   # a few seconds: the signal comes after step 3
+steps=600   # a few seconds unloaded; the signal comes after step 3
 tiny=(--data.corpus "$data/tiny.h5" --data.tokenizer "$data/tiny.model"
       --model.vocab_size 200 --model.d_model 64 --model.n_layers 4 --model.n_heads 2 --model.d_head 32
       --model.d_ff 256 --model.n_experts 4 --model.seq_len 16 --model.group_size 32 --train.batch_rows 4
@@ -111,12 +111,15 @@ note "scancel --signal=USR1 --batch $job (to the batch shell only, as --signal=B
 scancel --signal=USR1 --batch "$job" || fail "scancel failed"
 
 released=0
-for _ in $(seq 900); do
+for _ in $(seq 1500); do
   st=$(job_state)
-  if [[ $st == PENDING && $(restarts) -ge 1 && $released -eq 0 ]]; then
+  if [[ $st == PENDING && $(restarts) -ge 1 && $released -eq 0 &&
+        $(sinfo -h -n "$node" -o %T) == idle* ]]; then
     # slurmctld holds a requeued batch job back (Reason=BeginTime, about 2 minutes) so that
-    # its node can be cleaned up; an administrator may let it start at once
+    # its node can be cleaned up; once the node is idle again it may start at once (started
+    # earlier, slurmd may still be ending the old batch step: "Job already killed")
     scontrol show job "$job" | grep -oE "Reason=[A-Za-z]+" || true
+    sleep 2
     scontrol update JobId="$job" StartTime=now || fail "scontrol update StartTime=now failed"
     released=1
   fi
@@ -125,7 +128,7 @@ for _ in $(seq 900); do
   [[ $st == COMPLETED ]] && fail "job $job completed without a requeue (the signal came too late?)"
   sleep 0.1
 done
-[[ $(job_state) == COMPLETED ]] || fail "job $job is $(job_state) after 90 s"
+[[ $(job_state) == COMPLETED ]] || fail "job $job is $(job_state) after 150 s"
 log=$work/job-$job.out
 grep -q "SIGUSR1; passing it to glam" "$log" || fail "the batch shell did not forward SIGUSR1"
 grep -q "checkpoint written; requeueing job $job" "$log" || fail "no requeue in the job log"
