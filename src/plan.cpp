@@ -103,6 +103,12 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   GLAM_REQUIRE(c.n_experts == 0 || T % c.group_size == 0, "model.group_size ", c.group_size,
                " must divide the tokens of each data rank (", T, " on mesh ", D, "x", Mm, ")");
   p.tokens_per_rank = T;
+  const int64_t micro_rows = cfg.train.micro_rows, rank_rows = T / c.seq_len;
+  GLAM_REQUIRE(micro_rows == 0 || rank_rows % micro_rows == 0, "train.micro_rows ", micro_rows,
+               " must divide the rows each data rank has in a step (", rank_rows, " on mesh ", D, "x", Mm, ")");
+  p.micro_steps = micro_rows > 0 ? rank_rows / micro_rows : 1;
+  const int64_t Tm = T / p.micro_steps;  // tokens per micro-step
+  p.tokens_per_micro = Tm;
 
   Mesh mesh;  // sizes only: describe_params reads nothing else
   mesh.data_size = opt.data;
@@ -116,6 +122,7 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   // Choices of this rank's tokens; with balanced routing a rank's experts receive as many.
   const int64_t routed = c.n_experts > 0 ? static_cast<int64_t>(std::llround(2.0 * T * opt.kept_fraction)) : 0;
   p.rows_per_rank = routed;
+  const int64_t routed_micro = routed / p.micro_steps;  // held at once
 
   p.forward_flops_per_token = forward_flops(c, static_cast<double>(c.seq_len), 2.0 * c.seq_len,
                                             static_cast<double>(c.n_heads * c.d_head),
@@ -136,15 +143,15 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   p.memory.weights = 4 * p.local_params;
   p.memory.gradients = 4 * p.local_params;
   p.memory.optimizer = 4 * state;
-  p.memory.activations = opt.act_bytes * activation_elements(c, T, routed, A, nh, H, V);
-  p.memory.dispatch = opt.act_bytes * n_moe * 4 * routed * M;  // ein, eout, xin, xout [rows, M]
+  p.memory.activations = opt.act_bytes * activation_elements(c, Tm, routed_micro, A, nh, H, V);
+  p.memory.dispatch = opt.act_bytes * n_moe * 4 * routed_micro * M;  // ein, eout, xin, xout [rows, M]
 
   // communication (bytes as CommStats counts them; float collectives only)
   const int64_t f = 4;
   if (D > 1) {
     const double remote = c.n_experts > 0 ? 1.0 - 1.0 / static_cast<double>(std::min<int64_t>(c.n_experts, D)) : 0.0;
     p.comm.alltoall = static_cast<int64_t>(std::llround(4.0 * n_moe * routed * remote * M * f));
-    p.comm.alltoall_calls = 4 * n_moe;
+    p.comm.alltoall_calls = 4 * n_moe * p.micro_steps;
     p.comm.allreduce_data = f * repl_data;
     p.comm.allreduce_replicas = f * repl_experts;
   }
@@ -158,7 +165,10 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   // layer forward and 2 backward, 3 softmax statistics), then per tensor the
   // gradient reduction over data (replicated tensors) and the sums of squares of
   // the gradient norm and of Adafactor over the axes the tensor is split on.
-  int64_t model_calls = 2 + 4 * c.n_layers + 3, data_calls = n_moe + 1;  // data: MoE statistics, loss
+  // Micro-steps repeat the activation reductions and the MoE statistics; the
+  // gradients cross the mesh once per step.
+  int64_t model_calls = (2 + 4 * c.n_layers + 3) * p.micro_steps;
+  int64_t data_calls = (n_moe + 1) * p.micro_steps + (p.micro_steps > 1);  // + the step's target count
   for (const Param& q : table.params) {
     if (q.model_axis >= 0) model_calls += 2;
     data_calls += q.data_axis < 0 ? 1 : 2;
@@ -168,7 +178,9 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   return p;
 }
 
-int64_t largest_fitting_batch(const Config& cfg, PlanOptions opt, int64_t device_memory) {
+int64_t largest_fitting_batch(const Config& config, PlanOptions opt, int64_t device_memory) {
+  Config cfg = config;
+  cfg.train.micro_rows = 0;  // with micro-steps any batch fits: this is the largest micro-step
   const ModelConfig& c = cfg.model;
   const int64_t unit = c.n_experts > 0 ? std::lcm(c.seq_len, c.group_size) : c.seq_len;  // tokens per data rank
   auto total = [&](int64_t per_rank) {

@@ -80,6 +80,9 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
   std::printf("per rank         %lld tokens, %lld routed choices, %s parameter elements, %.3g FLOPs per step\n",
               static_cast<long long>(p.tokens_per_rank), static_cast<long long>(p.rows_per_rank),
               count(double(p.local_params)).c_str(), p.train_flops_per_rank);
+  if (p.micro_steps > 1)
+    std::printf("micro-steps      %lld of %lld tokens per rank (train.micro_rows), gradients accumulating\n",
+                static_cast<long long>(p.micro_steps), static_cast<long long>(p.tokens_per_micro));
   std::printf("\nmemory per rank (fp32 weights, gradients, Adafactor state; %s activations)\n",
               r.opt.act_bytes == 4 ? "fp32" : "bf16");
   const std::pair<const char*, int64_t> rows[] = {{"weights", m.weights},         {"gradients", m.gradients},
@@ -90,7 +93,8 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
   std::printf("  %-12s %12s of %s: %s\n", "total", format_bytes(double(m.total())).c_str(),
               format_bytes(double(r.device_memory)).c_str(), fits ? "fits" : "DOES NOT FIT");
   if (max_batch > 0)
-    std::printf("  %-12s %lld tokens per step (--batch-tokens)\n", "largest fit", static_cast<long long>(max_batch));
+    std::printf("  %-12s %lld tokens per %s (--batch-tokens)\n", "largest fit", static_cast<long long>(max_batch),
+                p.micro_steps > 1 ? "micro-step of the mesh" : "step");
   else
     std::printf("  %-12s none: not even one row per data rank fits; widen the mesh\n", "largest fit");
   std::printf("\ncommunication per rank per step (as glam train counts it)\n");
@@ -119,6 +123,7 @@ void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r, in
   os << "{\"config\": " << json_string(p.config) << ", \"mesh\": \"" << p.data << "x" << p.model << "\", \"ranks\": "
      << p.data * p.model << ", \"n_params\": " << p.n_params << ", \"n_act_params\": " << p.n_act_params
      << ", \"tokens_per_step\": " << p.tokens_per_step << ", \"tokens_per_rank\": " << p.tokens_per_rank
+     << ", \"micro_steps\": " << p.micro_steps << ", \"tokens_per_micro\": " << p.tokens_per_micro
      << ", \"routed_per_rank\": " << p.rows_per_rank << ", \"local_params\": " << p.local_params
      << ", \"forward_flops_per_token\": " << p.forward_flops_per_token
      << ", \"train_flops_per_token\": " << p.train_flops_per_token

@@ -248,3 +248,23 @@ TEST_CASE("the largest batch that fits", "[plan]") {
   o.batch_tokens = unit;
   CHECK(largest_fitting_batch(c, on(2, 2), make_plan(c, o).memory.total() - 1) == 0);
 }
+
+TEST_CASE("micro-steps divide activations and dispatch buffers, not the bytes a step moves", "[plan][micro]") {
+  Config c = tiny(4);
+  const Plan one = make_plan(c, on(2, 2));  // 4 rows per data rank
+  c.train.micro_rows = 1;
+  const Plan four = make_plan(c, on(2, 2));
+  CHECK(four.micro_steps == 4);
+  CHECK(four.tokens_per_micro * 4 == one.tokens_per_rank);
+  CHECK(four.memory.weights == one.memory.weights);
+  CHECK(four.memory.gradients == one.memory.gradients);
+  CHECK(four.memory.dispatch * 4 == one.memory.dispatch);
+  CHECK(four.memory.activations < one.memory.activations / 3);
+  CHECK(four.train_flops_per_rank == one.train_flops_per_rank);
+  CHECK(four.comm.alltoall == one.comm.alltoall);
+  CHECK(four.comm.allreduce_model == one.comm.allreduce_model);
+  CHECK(four.comm.allreduce_data == one.comm.allreduce_data);  // the gradients cross the mesh once
+  CHECK(four.comm.alltoall_calls == 4 * one.comm.alltoall_calls);
+  c.train.micro_rows = 3;  // does not divide 4 rows per rank
+  CHECK_THROWS_WITH(make_plan(c, on(2, 2)), Catch::Contains("train.micro_rows 3"));
+}

@@ -48,6 +48,8 @@ struct Plan {
   int64_t n_params = 0, n_act_params = 0;   // paper's counting (reference section 5)
   int64_t tokens_per_step = 0;     // global batch
   int64_t tokens_per_rank = 0;     // T
+  int64_t micro_steps = 1;         // train.micro_rows: forwards per step on a rank
+  int64_t tokens_per_micro = 0;    // T / micro_steps: what activations and dispatch buffers hold
   int64_t rows_per_rank = 0;       // routed choices per rank (2T * kept)
   int64_t local_params = 0;        // elements of this rank's shards
   double forward_flops_per_token = 0.0;  // model FLOPs (matmuls + attention), no duplication

@@ -6,7 +6,9 @@ libraries: MPI, HDF5, OpenBLAS, CUDA's when built; the corpus and the loader's
 queue) is measured by the same run of a model 1000 times smaller and taken off
 both sides. The remainder must lie within 0.85 and 1.25 times the plan (the plan adds
 some buffers that are never resident at the same peak): the plan
-must not count buffers the run never holds, nor miss a large one.
+must not count buffers the run never holds, nor miss a large one. CTest runs it
+once more with train.micro_rows 2 (4 micro-steps of 2 rows): the plan's smaller
+activations and dispatch buffers must describe that run too.
 usage: memory_vs_run.py GLAM RUN_DIR <glam train config args...>
 """
 import json, os, subprocess, sys
@@ -15,6 +17,19 @@ import json, os, subprocess, sys
 SMALL = ["--model.d_model", "8", "--model.n_heads", "1", "--model.d_head", "8", "--model.d_ff", "8",
          "--model.n_layers", "2", "--model.n_experts", "2", "--model.seq_len", "16", "--model.group_size", "16",
          "--train.batch_rows", "1"]
+
+
+def without(args, flag):
+    """args without flag and its value (the small model takes no micro-steps)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        else:
+            out.append(a)
+    return out
 
 
 def run_and_measure(cmd, env):
@@ -40,8 +55,9 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     train = [glam, "train", "--device", "cpu", "--overwrite", "--train.steps", "2", "--train.val_every", "0"]
     rss = run_and_measure(train + ["--run-dir", run_dir] + cfg, env)
-    base = run_and_measure(train + ["--run-dir", run_dir + "_small"] + cfg + SMALL, env)
-    mem, mem_base = planned(glam, cfg, env), planned(glam, cfg + SMALL, env)
+    small = without(cfg, "--train.micro_rows") + SMALL
+    base = run_and_measure(train + ["--run-dir", run_dir + "_small"] + small, env)
+    mem, mem_base = planned(glam, cfg, env), planned(glam, small, env)
     mib = 1 << 20
     print("planned: " + ", ".join(f"{k} {v / mib:.1f} MiB" for k, v in mem.items() if k not in ("device", "fits")))
     want = mem["total"] - mem_base["total"]
