@@ -170,7 +170,7 @@ not_writable)
   no_abort ro.log
   ;;
 disk_full)
-  mount_tmpfs mnt 2m
+  mount_tmpfs mnt 8m   # room for checkpoints: glam checks the free space before writing one
   train --run-dir mnt/run --train.steps 2 > first.log || fail "training on the tmpfs failed"
   note "the disk fills up while metrics.jsonl grows: exit 3 naming the file and ENOSPC"
   avail=$(df --output=avail -B1 mnt | tail -n 1)
