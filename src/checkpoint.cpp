@@ -9,11 +9,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <cerrno>
+#include <sstream>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
+#include "glam/bounded_read.h"
 #include "glam/check.h"
 
 namespace fs = std::filesystem;
@@ -68,16 +73,26 @@ void write_string_attr(hid_t obj, const char* name, const std::string& value) {
   write_attr(obj, name, type.id, value.c_str());
 }
 
+// One value of an attribute (an array attribute read into one would overrun it).
+bool single_value(hid_t attr) {
+  H5 space{H5Aget_space(attr), H5Sclose};
+  return space.id >= 0 && H5Sget_simple_extent_npoints(space.id) == 1;
+}
+
 bool read_attr(hid_t obj, const char* name, hid_t type, void* value) {
   if (H5Aexists(obj, name) <= 0) return false;
   H5 attr{H5Aopen(obj, name, H5P_DEFAULT), H5Aclose};
-  return attr.id >= 0 && H5Aread(attr.id, type, value) >= 0;
+  return attr.id >= 0 && single_value(attr.id) && H5Aread(attr.id, type, value) >= 0;
 }
+
+constexpr size_t kMaxConfigBytes = 1 << 20;  // the INI text of a config is a few KB
 
 std::string read_string_attr(hid_t obj, const char* name) {
   if (H5Aexists(obj, name) <= 0) return "";
   H5 attr{H5Aopen(obj, name, H5P_DEFAULT), H5Aclose};
+  if (attr.id < 0 || !single_value(attr.id)) return "";
   H5 type{H5Aget_type(attr.id), H5Tclose};
+  if (type.id < 0 || H5Tget_class(type.id) != H5T_STRING) return "";
   if (H5Tis_variable_str(type.id) > 0) {
     char* s = nullptr;
     H5 mem{H5Tcopy(H5T_C_S1), H5Tclose};
@@ -87,6 +102,7 @@ std::string read_string_attr(hid_t obj, const char* name) {
     H5free_memory(s);
     return out;
   }
+  if (H5Tget_size(type.id) > kMaxConfigBytes) return "";
   std::string out(H5Tget_size(type.id), '\0');
   if (H5Aread(attr.id, type.id, out.data()) < 0) return "";
   return out.c_str();
@@ -133,12 +149,41 @@ void fsync_path(const fs::path& p) {
 }
 
 // Writes text to path atomically (temporary file, fsync, rename, fsync of the dir).
+// A failed write names the file and the cause (errno: ENOSPC, EROFS, ...) and ends the job.
+[[noreturn]] void write_failed(const std::string& file, const std::string& what, int err) {
+  fatal(msg("cannot write '", file, "' (", what, "): ", io_error_reason(err)), __FILE__, __LINE__);
+}
+
+template <typename T>
+T check_write(T rc, const std::string& file, const char* what) {
+  if (rc < 0) write_failed(file, what, errno);
+  return rc;
+}
+
+// Writes text to path atomically (temporary file, fsync, rename, fsync of the dir);
+// every step is checked, so a full disk never leaves an empty `latest`.
 void write_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  { std::ofstream(tmp) << text; }
-  fsync_path(tmp);
-  fs::rename(tmp, path);
+  const std::string tmp = path.string() + ".tmp";
+  errno = 0;
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) write_failed(tmp, "open", errno);
+  const ssize_t n = ::write(fd, text.data(), text.size());
+  const int err = errno;
+  if (n != static_cast<ssize_t>(text.size()) || ::fsync(fd) != 0) {
+    ::close(fd);
+    std::remove(tmp.c_str());
+    write_failed(tmp, "write", n < 0 ? err : errno);
+  }
+  if (::close(fd) != 0) write_failed(tmp, "close", errno);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) write_failed(path.string(), "rename", errno);
   fsync_path(path.parent_path());
+}
+
+// Before a collective write: every rank throws the same UserError when rank 0
+// finds the directory missing, read-only or without room for `bytes`.
+void require_room(const fs::path& dir, const std::string& file, int64_t bytes, const Mesh& mesh) {
+  const std::string problem = mesh.is_root() ? write_room_problem(dir.string(), file, bytes) : "";
+  GLAM_REQUIRE(!mesh.any(!problem.empty()), problem.empty() ? msg("rank 0 cannot write '", file, "'") : problem);
 }
 
 int64_t step_of(const std::string& name) {
@@ -197,6 +242,39 @@ uint64_t checksum_shard(const Param& desc, const float* data, const Mesh& mesh) 
   return sum;
 }
 
+std::string train_state_problem(const TrainState& st, int64_t train_steps, int64_t batch_rows) {
+  if (st.step < 0 || st.step > train_steps)
+    return msg("step ", st.step, " is outside [0, train.steps = ", train_steps, "]");
+  if (st.updates < 0 || st.skipped_total < 0 || st.updates > st.step || st.skipped_total != st.step - st.updates)
+    return msg("updates ", st.updates, " + skipped_total ", st.skipped_total, " is not step ", st.step);
+  if (batch_rows <= 0 || checked_mul(st.step, batch_rows) != st.data_next_row)
+    return msg("data_next_row ", st.data_next_row, " is not step ", st.step, " * train.batch_rows ", batch_rows);
+  return "";
+}
+
+bool ini_int(const std::string& ini, const std::string& section, const std::string& key, int64_t* value) {
+  std::istringstream in(ini);
+  std::string line, current;
+  while (std::getline(in, line)) {
+    const size_t a = line.find_first_not_of(" \t\r"), b = line.find_last_not_of(" \t\r");
+    if (a == std::string::npos) continue;
+    const std::string text = line.substr(a, b - a + 1);
+    if (text.front() == '[' && text.back() == ']') { current = text.substr(1, text.size() - 2); continue; }
+    const size_t eq = text.find('=');
+    if (current != section || eq == std::string::npos) continue;
+    const std::string name = text.substr(0, text.find_last_not_of(" \t", eq - 1) + 1);
+    if (eq == 0 || name != key) continue;
+    const std::string v = text.substr(std::min(text.size(), text.find_first_not_of(" \t", eq + 1)));
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || errno != 0 || *end != '\0') return false;
+    *value = n;
+    return true;
+  }
+  return false;
+}
+
 std::string checkpoint_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step_%08lld.h5", static_cast<long long>(step));
@@ -217,14 +295,19 @@ std::string latest_checkpoint(const std::string& run_dir) {
 std::string save_checkpoint(const std::string& run_dir, ParamTable& table, Adafactor& opt, const TrainState& state,
                             const Config& cfg, const Mesh& mesh, int64_t keep) {
   const fs::path dir = fs::path(run_dir) / "checkpoints";
-  if (mesh.is_root()) fs::create_directories(dir);
-  MPI_Barrier(mesh.world);
   const std::string name = checkpoint_name(state.step);
   const fs::path final_path = dir / name, tmp = dir / (name + ".tmp");
+  const std::vector<CheckpointTensor> tensors = checkpoint_tensors(table, opt);
+  int64_t bytes = 1 << 20;  // attributes and HDF5's own structures
+  for (const CheckpointTensor& t : tensors) bytes += t.desc.global_size() * 4 + 4096;
+  require_room(dir, tmp.string(), bytes, mesh);
+  QuietHdf5 quiet;  // failures are reported below, naming the file and the cause
 
   H5 fapl{mpio_fapl(mesh), H5Pclose};
+  errno = 0;
   H5 file{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id), H5Fclose};
-  if (file.id < 0) fatal("cannot create checkpoint '" + tmp.string() + "'", __FILE__, __LINE__);
+  const int create_errno = errno;
+  GLAM_REQUIRE(!mesh.any(file.id < 0), "cannot create checkpoint '", tmp.string(), "': ", io_error_reason(create_errno));
   write_string_attr(file.id, "format", kCheckpointFormat);
   write_attr(file.id, "version", H5T_NATIVE_INT64, &kCheckpointVersion);
   write_attr(file.id, "step", H5T_NATIVE_INT64, &state.step);
@@ -239,28 +322,30 @@ std::string save_checkpoint(const std::string& run_dir, ParamTable& table, Adafa
   GLAM_CHECK_H5(H5Pset_create_intermediate_group(lcpl.id, 1));
   H5 dxpl{GLAM_CHECK_H5(H5Pcreate(H5P_DATASET_XFER)), H5Pclose};
   GLAM_CHECK_H5(H5Pset_dxpl_mpio(dxpl.id, H5FD_MPIO_COLLECTIVE));
-  const std::vector<CheckpointTensor> tensors = checkpoint_tensors(table, opt);
   for (size_t i = 0; i < tensors.size(); i++) {
     const CheckpointTensor& t = tensors[i];
     debug_kill_point("checkpoint", state.step, static_cast<int64_t>(i));
     const std::vector<hsize_t> dims(t.desc.global_shape.begin(), t.desc.global_shape.end());
     H5 filespace{GLAM_CHECK_H5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose};
-    H5 ds{GLAM_CHECK_H5(H5Dcreate2(file.id, t.path.c_str(), H5T_IEEE_F32LE, filespace.id, lcpl.id, H5P_DEFAULT,
-                                   H5P_DEFAULT)), H5Dclose};
+    H5 ds{check_write(H5Dcreate2(file.id, t.path.c_str(), H5T_IEEE_F32LE, filespace.id, lcpl.id, H5P_DEFAULT,
+                                 H5P_DEFAULT), tmp.string(), t.path.c_str()), H5Dclose};
     hid_t mem = -1;
     select_shard(t.desc, mesh, false, filespace.id, &mem);
     H5 memspace{mem, H5Sclose};
-    GLAM_CHECK_H5(H5Dwrite(ds.id, H5T_NATIVE_FLOAT, memspace.id, filespace.id, dxpl.id, t.data));
+    errno = 0;
+    check_write(H5Dwrite(ds.id, H5T_NATIVE_FLOAT, memspace.id, filespace.id, dxpl.id, t.data), tmp.string(),
+                t.path.c_str());
     const uint64_t sum = global_checksum(t, mesh);
     write_attr(ds.id, "checksum", H5T_NATIVE_UINT64, &sum);
   }
-  GLAM_CHECK_H5(H5Fflush(file.id, H5F_SCOPE_GLOBAL));
-  H5Fclose(file.id);
+  errno = 0;
+  check_write(H5Fflush(file.id, H5F_SCOPE_GLOBAL), tmp.string(), "flush");
+  check_write(H5Fclose(file.id), tmp.string(), "close");
   file.id = -1;
   debug_kill_point("checkpoint", state.step, static_cast<int64_t>(tensors.size()));
   if (mesh.is_root()) {
     fsync_path(tmp);
-    fs::rename(tmp, final_path);
+    if (std::rename(tmp.c_str(), final_path.c_str()) != 0) write_failed(final_path.string(), "rename", errno);
     fsync_path(dir);
     debug_kill_point("checkpoint", state.step, static_cast<int64_t>(tensors.size()) + 1);
     write_atomic(dir / "latest", name + "\n");
@@ -296,6 +381,15 @@ TrainState load_checkpoint(const std::string& path, ParamTable& table, Adafactor
             read_attr(file.id, "data_next_row", H5T_NATIVE_INT64, &st.data_next_row) &&
             read_attr(file.id, "seed", H5T_NATIVE_UINT64, &st.seed);
   GLAM_REQUIRE(ok, "checkpoint '", path, "' lacks a training-state attribute (step, updates, ...)");
+  // Checked against the config that wrote it before anything replays `step` rows.
+  const std::string ini = read_string_attr(file.id, "config");
+  int64_t steps = -1, rows = -1;
+  GLAM_REQUIRE(ini_int(ini, "train", "steps", &steps) && ini_int(ini, "train", "batch_rows", &rows),
+               "checkpoint '", path, "': its config attribute lacks [train] steps and batch_rows");
+  const std::string problem = train_state_problem(st, steps, rows);
+  GLAM_REQUIRE(problem.empty(), "checkpoint '", path, "': ", problem,
+               " (damaged training state; resume from an older checkpoint)");
+  const int64_t file_size = file_bytes(path, "checkpoint");
 
   H5 dxpl{GLAM_CHECK_H5(H5Pcreate(H5P_DATASET_XFER)), H5Pclose};
   GLAM_CHECK_H5(H5Pset_dxpl_mpio(dxpl.id, H5FD_MPIO_COLLECTIVE));
@@ -303,14 +397,14 @@ TrainState load_checkpoint(const std::string& path, ParamTable& table, Adafactor
     H5 ds{H5Dopen2(file.id, t.path.c_str(), H5P_DEFAULT), H5Dclose};
     GLAM_REQUIRE(ds.id >= 0, "checkpoint '", path, "' has no dataset ", t.path,
                  " (written for another model config or n_experts?)");
+    const std::vector<int64_t> dims =
+        checked_dataset_shape(ds.id, msg("checkpoint '", path, "'"), t.path, sizeof(float), file_size);
     H5 filespace{H5Dget_space(ds.id), H5Sclose};
-    std::vector<hsize_t> dims(std::max(0, H5Sget_simple_extent_ndims(filespace.id)));
-    H5Sget_simple_extent_dims(filespace.id, dims.data(), nullptr);
-    const std::vector<hsize_t> want(t.desc.global_shape.begin(), t.desc.global_shape.end());
+    const std::vector<int64_t>& want = t.desc.global_shape;
     if (dims != want) {
       std::string got, expected;
-      for (hsize_t d : dims) got += (got.empty() ? "" : "x") + std::to_string(d);
-      for (hsize_t d : want) expected += (expected.empty() ? "" : "x") + std::to_string(d);
+      for (int64_t d : dims) got += (got.empty() ? "" : "x") + std::to_string(d);
+      for (int64_t d : want) expected += (expected.empty() ? "" : "x") + std::to_string(d);
       throw UserError(msg("checkpoint '", path, "': dataset ", t.path, " has shape [", got, "] but the config implies [",
                           expected, "]"));
     }

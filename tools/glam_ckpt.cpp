@@ -24,18 +24,21 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <new>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <unistd.h>
 #include <vector>
 
+#include "glam/bounded_read.h"
 #include "glam/checkpoint.h"
 #include "glam/check.h"
 #include "glam/config.h"
 #include "glam/gemm.h"
 #include "glam/mesh.h"
 #include "glam/params.h"
+#include "glam/weights.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "glam-ckpt writes safetensors and bfloat16 from memory and assumes a little-endian host"
@@ -131,6 +134,7 @@ std::optional<std::string> read_string_attr(hid_t obj, const char* name) {
     return out;
   }
   const size_t n = H5Tget_size(ftype.get());
+  if (n > (16u << 20)) return std::nullopt;  // a config is a few KB; a damaged size is no string
   std::vector<char> buf(n + 1, '\0');
   H5Tset_size(mtype.get(), n + 1);
   H5Tset_strpad(mtype.get(), H5T_STR_NULLTERM);
@@ -211,6 +215,8 @@ void copy_attrs(hid_t from, hid_t to, const std::vector<std::string>& skip) {
     H5 mtype(h5(H5Tget_native_type(ftype.get(), H5T_DIR_DEFAULT), what));
     H5 space(h5(H5Aget_space(attr.get()), what));
     const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+    // Attributes live in object headers (64 KB each, dense storage aside): a larger one is damaged.
+    if (n < 0 || static_cast<uint64_t>(n) * H5Tget_size(mtype.get()) > (64u << 20)) throw UserError(what + ": too large");
     std::vector<unsigned char> buf(static_cast<size_t>(std::max<hssize_t>(n, 1)) * H5Tget_size(mtype.get()));
     h5(H5Aread(attr.get(), mtype.get(), buf.data()), what);
     H5 out(h5(H5Acreate2(to, name.c_str(), ftype.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), what));
@@ -355,11 +361,9 @@ Param drop_dim(const Param& p, int dim) {
 // Every dataset of a checkpoint of cfg, sharded for `mesh` (a plain struct: only its
 // sizes and ranks are used), in table order: all /params, then all /optimizer.
 std::vector<Tensor> expected_tensors(const glam::Config& cfg, const glam::Mesh& mesh) {
-  glam::ParamTable table = glam::build_params(cfg.model, mesh);
+  glam::ParamTable table = glam::describe_params(cfg.model, mesh);  // shapes only: nothing allocated
   std::vector<Tensor> params, opt;
   for (Param& p : table.params) {
-    p.w = {};
-    p.g = {};
     Param d = p;
     params.push_back({"/params/" + p.name, true, d});
     const size_t nd = p.global_shape.size();
@@ -415,11 +419,41 @@ struct Checkpoint {
   int64_t version = 0;
   std::string config_ini;
   glam::Config cfg;
+  bool weights = false;  // a glam weights file (weights.h): parameters only
+  int64_t file_size = 0;
 };
+
+// The bytes of the parameters a config implies, from its sizes alone (no table is
+// built: n_layers 2^40 would take hours), or -1 beyond int64.
+int64_t param_bytes(const glam::ModelConfig& m) {
+  using glam::checked_mul;
+  auto add = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a > INT64_MAX - b ? -1 : a + b; };
+  const int64_t M = m.d_model, A = checked_mul(m.n_heads, m.d_head), H = m.d_ff, E = m.n_experts;
+  const int64_t moe_layers = m.n_moe_layers(), dense_layers = m.n_layers - moe_layers;
+  int64_t layer = add(checked_mul(4, checked_mul(M, A)), add(checked_mul(2, M), checked_mul(m.n_heads, 32)));
+  int64_t n = add(checked_mul(m.vocab_size, M), add(checked_mul(m.n_layers, layer), M));
+  n = add(n, checked_mul(moe_layers, add(checked_mul(M, E), checked_mul(2, checked_mul(E, checked_mul(M, H))))));
+  n = add(n, checked_mul(dense_layers, checked_mul(3, checked_mul(M, H))));
+  return checked_mul(n, 4);
+}
+
+// The stored config must describe tensors the file can hold before any table of
+// them is built: a config saying vocab_size 2^40 in a 1 MB file is refused here.
+void require_config_fits(const Checkpoint& c) {
+  const int64_t bytes = param_bytes(c.cfg.model);
+  GLAM_REQUIRE(bytes >= 0 && bytes <= c.file_size, "checkpoint file '", c.path, "': its config attribute implies ",
+               bytes < 0 ? std::string("more than 2^63") : std::to_string(bytes),
+               " bytes of parameters (model.vocab_size ", c.cfg.model.vocab_size, ", d_model ", c.cfg.model.d_model,
+               ", n_layers ", c.cfg.model.n_layers, ", d_ff ", c.cfg.model.d_ff, ", n_experts ", c.cfg.model.n_experts,
+               ") but the file has ", c.file_size, " bytes: the config is damaged");
+}
 
 H5 open_hdf5(const std::string& path, const char* what) {
   GLAM_REQUIRE(fs::exists(path), what, " '", path, "' does not exist");
   GLAM_REQUIRE(!fs::is_directory(path), what, " '", path, "' is a directory");
+  static std::optional<glam::ReadingFile> reading;  // for the out-of-memory message in main()
+  reading.reset();
+  reading.emplace(path);
   const htri_t is = H5Fis_hdf5(path.c_str());
   GLAM_REQUIRE(is >= 0, what, " '", path, "' cannot be read");
   GLAM_REQUIRE(is > 0, what, " '", path, "' is not an HDF5 file");
@@ -428,26 +462,34 @@ H5 open_hdf5(const std::string& path, const char* what) {
   return file;
 }
 
-// Opens a checkpoint and checks its format and version; with parse, also its config.
-Checkpoint open_checkpoint(const std::string& path, bool parse = true) {
+// Opens a checkpoint (or, with allow_weights, a glam weights file) and checks its
+// format and version; with parse, also its config against the file's size.
+Checkpoint open_checkpoint(const std::string& path, bool parse = true, bool allow_weights = false) {
   Checkpoint c;
   c.path = path;
   c.file = open_hdf5(path, "checkpoint file");
+  c.file_size = static_cast<int64_t>(fs::file_size(path));
   const hid_t f = c.file.get();
   auto format = read_string_attr(f, "format");
   GLAM_REQUIRE(format, "checkpoint file '", path, "' has no format attribute: not a glam checkpoint");
-  GLAM_REQUIRE(*format == glam::kCheckpointFormat, "checkpoint file '", path, "' is not a glam checkpoint (format '",
-               *format, "', expected '", glam::kCheckpointFormat, "')");
+  c.weights = allow_weights && *format == "glam-weights";
+  GLAM_REQUIRE(*format == glam::kCheckpointFormat || c.weights, "checkpoint file '", path,
+               "' is not a glam checkpoint (format '", *format, "', expected '", glam::kCheckpointFormat, "'",
+               allow_weights ? " or 'glam-weights'" : "", ")");
   auto version = read_int_attr(f, "version");
   GLAM_REQUIRE(version, "checkpoint file '", path, "' has no integer version attribute");
-  GLAM_REQUIRE(*version == glam::kCheckpointVersion, "checkpoint file '", path, "' has format version ", *version,
-               ", this glam-ckpt reads version ", glam::kCheckpointVersion);
+  const int64_t newest = c.weights ? glam::kWeightsVersion : glam::kCheckpointVersion;
+  GLAM_REQUIRE(*version == newest || (c.weights && *version == 1), "checkpoint file '", path, "' has format version ",
+               *version, ", this glam-ckpt reads version ", newest);
   auto ini = read_string_attr(f, "config");
   GLAM_REQUIRE(ini, "checkpoint file '", path, "' has no config attribute");
   c.format = *format;
   c.version = *version;
   c.config_ini = *ini;
-  if (parse) c.cfg = parse_config(*ini, path);
+  if (parse) {
+    c.cfg = parse_config(*ini, path);
+    require_config_fits(c);
+  }
   return c;
 }
 
@@ -459,7 +501,7 @@ struct DatasetInfo {
   int64_t bytes = 0;
 };
 
-std::vector<DatasetInfo> list_datasets(hid_t file) {
+std::vector<DatasetInfo> list_datasets(hid_t file, const std::string& path) {
   std::vector<DatasetInfo> out;
   auto visit = [](hid_t obj, const char* name, const H5O_info_t* info, void* data) -> herr_t {
     if (info->type != H5O_TYPE_DATASET) return 0;
@@ -476,7 +518,8 @@ std::vector<DatasetInfo> list_datasets(hid_t file) {
     list->push_back(d);
     return 0;
   };
-  h5(H5Ovisit(file, H5_INDEX_NAME, H5_ITER_INC, visit, &out), "cannot list the datasets");
+  h5(H5Ovisit(file, H5_INDEX_NAME, H5_ITER_INC, visit, &out),
+     msg("checkpoint file '", path, "': cannot list its datasets (damaged HDF5 structure)"));
   auto group = [](const std::string& p) { return p.rfind("/params/", 0) == 0 ? 0 : p.rfind("/optimizer/", 0) == 0 ? 1 : 2; };
   std::stable_sort(out.begin(), out.end(),
                    [&](const DatasetInfo& a, const DatasetInfo& b) { return group(a.path) < group(b.path); });
@@ -571,7 +614,7 @@ int inspect(const std::vector<std::string>& args) {
   std::istringstream ini(c.config_ini);
   for (std::string line; std::getline(ini, line);) std::printf("%s%s\n", line.empty() ? "" : "  ", line.c_str());
 
-  const auto list = list_datasets(f);
+  const auto list = list_datasets(f, path);
   size_t width = 4;
   for (const auto& d : list) width = std::max(width, d.path.size());
   std::printf("\ndatasets:\n  %-*s  %-16s  %-8s  %10s\n", static_cast<int>(width), "path", "shape", "dtype", "MB");
@@ -591,6 +634,25 @@ int inspect(const std::vector<std::string>& args) {
 
 // ---- verify ---------------------------------------------------------------------
 
+// The root attributes of the training state, present and consistent with the
+// stored config (glam::train_state_problem): a step of 2^62 or -1 is a problem.
+std::vector<std::string> train_state_problems(const Checkpoint& c) {
+  const hid_t f = c.file.get();
+  std::vector<std::string> problems;
+  for (const char* name : {"step", "updates", "skipped_total", "data_next_row", "seed"})
+    if (!read_u64_attr(f, name)) problems.push_back(msg("MISSING: root attribute ", name, " (integer)"));
+  if (!read_string_attr(f, "mesh")) problems.push_back("MISSING: root attribute mesh (string)");
+  if (!problems.empty()) return problems;
+  glam::TrainState st;
+  st.step = *read_int_attr(f, "step");
+  st.updates = *read_int_attr(f, "updates");
+  st.skipped_total = *read_int_attr(f, "skipped_total");
+  st.data_next_row = *read_int_attr(f, "data_next_row");
+  const std::string p = glam::train_state_problem(st, c.cfg.train.steps, c.cfg.train.batch_rows);
+  if (!p.empty()) problems.push_back("STATE: " + p);
+  return problems;
+}
+
 int verify(const std::vector<std::string>& args) {
   po::options_description opt("verify options");
   opt.add_options()("help,h", "show this help")("checkpoint", po::value<std::string>()->required(),
@@ -602,15 +664,14 @@ int verify(const std::vector<std::string>& args) {
   if (!parse_options(args, "verify", "CKPT [--chunk-bytes N]", opt, pos, vm)) return 0;
   const std::string path = vm["checkpoint"].as<std::string>();
   const int64_t chunk = chunk_bytes(vm);
-  Checkpoint c = open_checkpoint(path);
+  Checkpoint c = open_checkpoint(path, true, true);
   const hid_t f = c.file.get();
-  std::vector<std::string> problems;
-
-  for (const char* name : {"step", "updates", "skipped_total", "data_next_row", "seed"})
-    if (!read_u64_attr(f, name)) problems.push_back(msg("MISSING: root attribute ", name, " (integer)"));
-  if (!read_string_attr(f, "mesh")) problems.push_back("MISSING: root attribute mesh (string)");
-
-  const auto tensors = expected_tensors(c.cfg, glam::Mesh{});
+  std::vector<std::string> problems = c.weights ? std::vector<std::string>{} : train_state_problems(c);
+  auto tensors = expected_tensors(c.cfg, glam::Mesh{});
+  if (c.weights) tensors.erase(std::remove_if(tensors.begin(), tensors.end(), [](const Tensor& t) { return !t.param; }),
+                               tensors.end());
+  const bool checksums = !c.weights || c.version >= 2;
+  if (!checksums) std::printf("note: weights file version %" PRId64 " has no checksums: shapes checked only\n", c.version);
   int64_t ok = 0;
   for (const Tensor& t : tensors) {
     if (H5Lexists(f, t.path.c_str(), H5P_DEFAULT) <= 0 ||
@@ -635,9 +696,19 @@ int verify(const std::vector<std::string>& args) {
                              ", expected float32 little endian"));
       continue;
     }
+    try {
+      glam::checked_dataset_shape(ds.get(), msg("'", path, "'"), t.path, 4, c.file_size);
+    } catch (const UserError& e) {
+      problems.push_back(msg("CORRUPT: ", t.path, " (", e.what(), ")"));
+      continue;
+    }
     auto stored = read_u64_attr(ds.get(), "checksum");
-    if (!stored) {
+    if (!stored && checksums) {
       problems.push_back(msg("CORRUPT: ", t.path, " (no checksum attribute)"));
+      continue;
+    }
+    if (!checksums) {
+      ok++;
       continue;
     }
     uint64_t sum = 0;
@@ -657,16 +728,16 @@ int verify(const std::vector<std::string>& args) {
     ok++;
   }
   // Datasets the config does not imply: a version-1 checkpoint has none.
-  for (const auto& d : list_datasets(f)) {
+  for (const auto& d : list_datasets(f, path)) {
     const bool known = std::any_of(tensors.begin(), tensors.end(), [&](const Tensor& t) { return t.path == d.path; });
     if (!known) problems.push_back(msg("EXTRA: ", d.path, " (not implied by the stored config)"));
   }
   for (const auto& p : problems) std::printf("%s\n", p.c_str());
   if (!problems.empty()) {
     std::fflush(stdout);
-    std::fprintf(stderr, "glam-ckpt: error: checkpoint '%s' failed verification: %zu problem%s, %" PRId64
-                 " of %zu datasets verified\n", path.c_str(), problems.size(), problems.size() == 1 ? "" : "s", ok,
-                 tensors.size());
+    std::fprintf(stderr, "glam-ckpt: error: %s '%s' failed verification: %zu problem%s, %" PRId64
+                 " of %zu datasets verified\n", c.weights ? "weights file" : "checkpoint", path.c_str(),
+                 problems.size(), problems.size() == 1 ? "" : "s", ok, tensors.size());
     return 2;
   }
   std::printf("OK: %" PRId64 " datasets verified\n", ok);
@@ -826,7 +897,7 @@ int export_weights(const std::vector<std::string>& args) {
     H5 file(H5Fcreate(tmp.path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
     GLAM_REQUIRE(file.valid(), "cannot create '", tmp.path, "'");
     write_string_attr(file.get(), "format", "glam-weights");
-    write_int_attr(file.get(), "version", 1);
+    write_int_attr(file.get(), "version", glam::kWeightsVersion);
     write_string_attr(file.get(), "config", c.config_ini);
     write_int_attr(file.get(), "step", step);
     H5 lcpl(h5(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
@@ -856,6 +927,8 @@ int export_weights(const std::vector<std::string>& args) {
           h5(H5Dwrite(dst.get(), H5T_NATIVE_FLOAT, mem.get(), space.get(), H5P_DEFAULT, data), what);
         }
       });
+      // The same sum over the same float32 values: a checksummed weights file (bf16: other tools only).
+      if (!bf16) write_u64_attr(dst.get(), "checksum", *read_u64_attr(src.get(), "checksum"));
       bytes += product(shape) * (bf16 ? 2 : 4);
     }
     lcpl.close();
@@ -927,10 +1000,34 @@ int export_weights(const std::vector<std::string>& args) {
 
 // ---- reshard --------------------------------------------------------------------
 
+// At most this many rank files: far more ranks than a checkpoint's tensors split
+// over is a typo, not a mesh (100000x1 would write for minutes).
+constexpr int kMaxReshardRanks = 4096;
+
 void parse_mesh(const std::string& s, int* d, int* m) {
-  char x = 0, extra = 0;
-  GLAM_REQUIRE(std::sscanf(s.c_str(), "%d%c%d%c", d, &x, m, &extra) == 3 && x == 'x' && *d > 0 && *m > 0,
-               "--mesh must be DxM with positive D and M (e.g. 2x2), not '", s, "'");
+  const size_t x = s.find('x');
+  auto number = [&](const std::string& t) {
+    GLAM_REQUIRE(!t.empty() && t.size() <= 9 && t.find_first_not_of("0123456789") == std::string::npos,
+                 "--mesh must be DxM with positive D and M (e.g. 2x2), not '", s, "'");
+    return std::stoi(t);
+  };
+  GLAM_REQUIRE(x != std::string::npos, "--mesh must be DxM with positive D and M (e.g. 2x2), not '", s, "'");
+  *d = number(s.substr(0, x));
+  *m = number(s.substr(x + 1));
+  GLAM_REQUIRE(*d > 0 && *m > 0, "--mesh must be DxM with positive D and M (e.g. 2x2), not '", s, "'");
+  GLAM_REQUIRE(static_cast<int64_t>(*d) * *m <= kMaxReshardRanks, "--mesh ", s, " has ",
+               static_cast<int64_t>(*d) * *m, " ranks; glam-ckpt reshard writes at most ", kMaxReshardRanks,
+               " rank files");
+}
+
+// The mesh must split the model as training would (params.cpp: the model-split
+// dims over M, experts over D): checked on one rank's shards before any other work.
+void require_mesh_fits(const Checkpoint& c, int D, int M, const std::string& mesh_name) {
+  try {
+    expected_tensors(c.cfg, fake_mesh(D, M, 0));
+  } catch (const UserError& e) {
+    throw UserError(msg("cannot reshard '", c.path, "' to mesh ", mesh_name, ": ", e.what()));
+  }
 }
 
 int reshard(const std::vector<std::string>& args) {
@@ -958,6 +1055,7 @@ int reshard(const std::vector<std::string>& args) {
   Checkpoint c = open_checkpoint(path);
   const hid_t f = c.file.get();
   const std::string mesh_name = msg(D, "x", M);
+  require_mesh_fits(c, D, M, mesh_name);
 
   // Every rank's shards first: a mesh the model cannot be split on fails before any write.
   std::vector<std::vector<Tensor>> ranks;
@@ -995,7 +1093,11 @@ int reshard(const std::vector<std::string>& args) {
     H5 file(H5Fcreate(tpath.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
     GLAM_REQUIRE(file.valid(), "cannot create '", tpath, "'");
     H5 root(h5(H5Gopen2(f, "/", H5P_DEFAULT), "H5Gopen2"));
-    copy_attrs(root.get(), file.get(), {"mesh", "rank"});
+    try {
+      copy_attrs(root.get(), file.get(), {"mesh", "rank"});
+    } catch (const UserError& e) {
+      throw UserError(msg("checkpoint '", path, "': ", e.what()));
+    }
     write_string_attr(file.get(), "mesh", mesh_name);
     write_int_attr(file.get(), "rank", r);
     H5 lcpl(h5(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
@@ -1121,6 +1223,12 @@ int main(int argc, char** argv) {
     } catch (const fs::filesystem_error& e) {
       std::fflush(stdout);
       std::fprintf(stderr, "glam-ckpt: error: %s\n", e.what());
+      rc = 2;
+    } catch (const std::bad_alloc&) {
+      std::fflush(stdout);
+      const std::string file = glam::ReadingFile::current();
+      std::fprintf(stderr, "glam-ckpt: error: out of memory while reading '%s' (a damaged size in the file?)\n",
+                   file.empty() ? "the input" : file.c_str());
       rc = 2;
     }
   }

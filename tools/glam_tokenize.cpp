@@ -8,6 +8,7 @@
 // Every subcommand takes --help. Bad input is a glam::UserError: main prints
 // "glam-tokenize: error: <message>" on stderr and exits with status 2.
 // Errors that every rank sees the same way (bad input) are printed by rank 0 only.
+#include <hdf5.h>
 #include <mpi.h>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
@@ -23,6 +24,7 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <new>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -30,6 +32,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "glam/bounded_read.h"
 #include "glam/check.h"
 #include "glam/corpus.h"
 #include "glam/encode.h"
@@ -457,6 +460,7 @@ int main(int argc, char** argv) {
   MPI_Init(nullptr, nullptr);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // failures become messages naming the file
   int rc = 0;
   try {
     rc = run(argc, argv);
@@ -467,6 +471,14 @@ int main(int argc, char** argv) {
     if (rank == 0)
       std::fprintf(stderr, "glam-tokenize: error: %s (see 'glam-tokenize %s --help')\n", e.what(),
                    argc > 1 ? argv[1] : "");
+    rc = 2;
+  } catch (const std::bad_alloc&) {
+    const std::string file = glam::ReadingFile::current();
+    std::fprintf(stderr, "glam-tokenize: error: out of memory while reading '%s' (a damaged size in the file?)\n",
+                 file.empty() ? "the input" : file.c_str());
+    rc = 2;
+  } catch (const fs::filesystem_error& e) {
+    if (rank == 0) std::fprintf(stderr, "glam-tokenize: error: %s\n", e.what());
     rc = 2;
   }
   MPI_Finalize();

@@ -44,6 +44,15 @@ uint64_t checksum_element(uint64_t global_index, float value);
 // This rank's contribution for a shard (zero unless it is the shard's primary copy).
 uint64_t checksum_shard(const Param& desc, const float* data, const Mesh& mesh);
 
+// What is wrong with a training state read from a file, for the config that wrote
+// it ("" when nothing): step in [0, train_steps], updates + skipped_total = step
+// (both >= 0), data_next_row = step * batch_rows without overflow. Checked before
+// a resume replays `step` steps of row choices, and by glam-ckpt verify.
+std::string train_state_problem(const TrainState& st, int64_t train_steps, int64_t batch_rows);
+// The integer `key` of `[section]` in INI text (a config as stored in a file):
+// false when it is absent or not an integer.
+bool ini_int(const std::string& ini, const std::string& section, const std::string& key, int64_t* value);
+
 // File name of a step's checkpoint: "step_00000100.h5".
 std::string checkpoint_name(int64_t step);
 // Path of the newest complete checkpoint in RUN_DIR/checkpoints, "" if none.

@@ -2,8 +2,11 @@
 // global shape, named by the parameter table ("/params/layer_00/attn/wq"), with
 // the effective config as an attribute. Written under a temporary name and
 // renamed, so a crash never leaves a half-written file under the final name.
-// (Full checkpoints with optimizer state, resume and resharding: checkpoint issue.)
+// Version 2: every dataset carries the checkpoint's `checksum` attribute
+// (docs/CHECKPOINT.md), checked on read; version 1 files (no checksums) are read
+// with a warning. `glam-ckpt verify` checks weights files too.
 #pragma once
+#include <cstdint>
 #include <string>
 
 #include "glam/config.h"
@@ -12,10 +15,13 @@
 
 namespace glam {
 
+constexpr int64_t kWeightsVersion = 2;
+
 // Collective over the mesh; rank 0 writes the file.
 void save_weights(const std::string& path, const ParamTable& table, const Config& cfg, const Mesh& mesh);
-// Reads every parameter of table from path; throws UserError naming the file and
-// the dataset when one is missing or has another shape.
+// Collective: reads every parameter of table from path; throws UserError naming
+// the file and the dataset when it is not a glam weights file, a dataset is
+// missing, has another shape or type, cannot be read or fails its checksum.
 void load_weights(const std::string& path, ParamTable& table, const Mesh& mesh);
 
 }  // namespace glam

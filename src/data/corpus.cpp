@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "glam/bounded_read.h"
 #include "glam/check.h"
 
 namespace glam {
@@ -27,6 +28,7 @@ namespace {
 
 constexpr const char* kFormat = "glam-corpus";
 constexpr int64_t kVersion = 1;
+constexpr size_t kMaxStringBytes = 1 << 16;  // source names and hashes are short
 
 // Owns one HDF5 identifier and releases it with the matching H5*close.
 class H5Id {
@@ -49,22 +51,6 @@ class H5Id {
  private:
   hid_t id_;
   herr_t (*close_)(hid_t);
-};
-
-// Turns off HDF5's automatic error-stack printing for its lifetime.
-class QuietH5 {
- public:
-  QuietH5() {
-    H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietH5() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
-  QuietH5(const QuietH5&) = delete;
-  QuietH5& operator=(const QuietH5&) = delete;
-
- private:
-  H5E_auto2_t func_ = nullptr;
-  void* data_ = nullptr;
 };
 
 // ---- writing ------------------------------------------------------------
@@ -118,7 +104,7 @@ void write_file(const std::string& file_path, const std::vector<uint32_t>& token
                 const std::vector<uint64_t>& offsets, const CorpusInfo& info) {
   hid_t raw = -1;
   {
-    QuietH5 quiet;
+    QuietHdf5 quiet;
     H5Id fcpl(GLAM_CHECK_H5(H5Pcreate(H5P_FILE_CREATE)), H5Pclose);
     GLAM_CHECK_H5(H5Pset_obj_track_times(fcpl.get(), false));
     raw = H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT);
@@ -145,7 +131,8 @@ void write_file(const std::string& file_path, const std::vector<uint32_t>& token
 // Reads the pieces of one open corpus file; every failure names the file.
 class Reader {
  public:
-  Reader(const std::string& path, hid_t file) : path_(path), file_(file) {}
+  Reader(const std::string& path, hid_t file, int64_t file_size)
+      : path_(path), file_(file), file_size_(file_size) {}
 
   std::string string_attr(const char* name) const {
     H5Id attr(open_attr(name), H5Aclose);
@@ -176,11 +163,11 @@ class Reader {
     H5Id type(H5Dget_type(dset.get()), H5Tclose);
     require(type.valid() && H5Tget_class(type.get()) == H5T_INTEGER, "dataset /", name,
             " does not hold integers");
-    H5Id space(H5Dget_space(dset.get()), H5Sclose);
-    require(space.valid() && H5Sget_simple_extent_ndims(space.get()) == 1, "dataset /", name,
-            " is not one-dimensional");
-    hsize_t n = 0;
-    H5Sget_simple_extent_dims(space.get(), &n, nullptr);
+    // The shape is checked against the bytes the file holds before allocating.
+    const std::vector<int64_t> shape = checked_dataset_shape(
+        dset.get(), msg("corpus file '", path_, "'"), msg("/", name), sizeof(T), file_size_);
+    require(shape.size() == 1, "dataset /", name, " is not one-dimensional");
+    const size_t n = static_cast<size_t>(shape[0]);
     std::vector<T> data(n);
     if (n > 0)
       require(H5Dread(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()) >= 0,
@@ -198,6 +185,12 @@ class Reader {
     require(H5Aexists(file_, name) > 0, "attribute '", name, "' is missing");
     hid_t attr = H5Aopen(file_, name, H5P_DEFAULT);
     require(attr >= 0, "cannot open attribute '", name, "'");
+    // One value: reading an array attribute into one would overrun the buffer.
+    const hid_t space = H5Aget_space(attr);
+    const hssize_t points = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    if (space >= 0) H5Sclose(space);
+    if (points != 1) H5Aclose(attr);
+    require(points == 1, "attribute '", name, "' holds ", points, " values, expected one");
     return attr;
   }
 
@@ -211,6 +204,8 @@ class Reader {
 
   std::string read_fixed_string(hid_t attr, hid_t file_type, const char* name) const {
     const size_t size = H5Tget_size(file_type);
+    require(size > 0 && size <= kMaxStringBytes, "attribute '", name, "' is a string of ", size,
+            " bytes (at most ", kMaxStringBytes, " expected)");
     std::vector<char> buf(size + 1, '\0');
     require(H5Aread(attr, file_type, buf.data()) >= 0, "cannot read attribute '", name, "'");
     return std::string(buf.data(), strnlen(buf.data(), size));
@@ -218,6 +213,7 @@ class Reader {
 
   const std::string& path_;
   hid_t file_;
+  int64_t file_size_;
 };
 
 hid_t open_corpus_file(const std::string& path) {
@@ -345,9 +341,11 @@ Corpus::Corpus(const std::vector<std::string>& shard_paths, int64_t expected_voc
 }
 
 void Corpus::append_shard(const std::string& path, int64_t expected_vocab) {
-  QuietH5 quiet;
+  ReadingFile reading(path);
+  QuietHdf5 quiet;
+  const int64_t size = file_bytes(path, "corpus file");
   H5Id file(open_corpus_file(path), H5Fclose);
-  Reader in(path, file.get());
+  Reader in(path, file.get(), size);
   CorpusInfo info = read_info(in);
   const auto tokens = in.dataset<uint32_t>("tokens", H5T_NATIVE_UINT32);
   const auto offsets = in.dataset<uint64_t>("doc_offsets", H5T_NATIVE_UINT64);

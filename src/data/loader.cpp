@@ -8,6 +8,10 @@
 
 namespace glam {
 
+namespace {
+constexpr int64_t kMaxReplayRows = int64_t{1} << 40;
+}  // namespace
+
 RowPlan::RowPlan(const Mixture& mixture, uint64_t seed, int64_t batch_rows)
     : mixture_(mixture), seed_(seed), batch_rows_(batch_rows), drawn_(mixture.size(), 0) {
   GLAM_REQUIRE(batch_rows > 0, "RowPlan: batch_rows must be positive, got ", batch_rows);
@@ -15,6 +19,10 @@ RowPlan::RowPlan(const Mixture& mixture, uint64_t seed, int64_t batch_rows)
 
 void RowPlan::skip_to(int64_t step) {
   GLAM_REQUIRE(step >= step_, "RowPlan: cannot go back from step ", step_, " to ", step);
+  // A resume replays the rows before `step` (~30 ns each): bounded, so that a
+  // damaged step count is an error, not hours at full CPU (2^40 rows: ~9 h).
+  GLAM_REQUIRE(step <= kMaxReplayRows / batch_rows_, "cannot start at step ", step, " with ", batch_rows_,
+               " rows per step: more than ", kMaxReplayRows, " rows of the stream (a damaged checkpoint step?)");
   if (mixture_.size() == 1) {  // every row from the one source: no need to replay
     drawn_[0] += (step - step_) * batch_rows_;
     step_ = step;
@@ -69,6 +77,9 @@ DataLoader::DataLoader(const Mixture& mixture, const LoaderOptions& opt)
                " of ", opt.data_size);
   GLAM_REQUIRE(opt.seq_len > 0 && opt.depth > 0 && opt.first_step >= 0,
                "DataLoader: bad seq_len, depth or first step");
+  GLAM_REQUIRE(opt.batch_rows > 0 && opt.first_step <= kMaxReplayRows / opt.batch_rows, "cannot start at step ",
+               opt.first_step, " with ", opt.batch_rows, " rows per step: more than ", kMaxReplayRows,
+               " rows of the stream (a damaged checkpoint step?)");
   thread_ = std::thread([this] { run(); });
 }
 

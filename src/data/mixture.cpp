@@ -3,11 +3,13 @@
 #include "glam/mixture.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 
+#include "glam/bounded_read.h"
 #include "glam/check.h"
 #include "glam/shards.h"
 
@@ -16,6 +18,10 @@ namespace glam {
 namespace {
 
 namespace fs = std::filesystem;
+
+// Weights are relative; bounded so that their sum stays finite. Sources each load a corpus.
+constexpr double kMaxWeight = 1e12;
+constexpr size_t kMaxSources = 4096;
 
 bool has_extension(const std::string& path, const char* ext) {
   return fs::path(path).extension() == ext;
@@ -48,6 +54,7 @@ std::string trim_comment(const std::string& line) {
 std::vector<MixtureSource> read_mixture_file(const std::string& path, int64_t expected_vocab) {
   GLAM_REQUIRE(fs::exists(path), "corpus file '", path, "' does not exist");
   GLAM_REQUIRE(!fs::is_directory(path), "corpus file '", path, "' is a directory");
+  ReadingFile reading(path);
   std::ifstream in(path);
   GLAM_REQUIRE(in, "cannot read mixture file '", path, "'");
   const fs::path dir = fs::path(path).parent_path();
@@ -63,8 +70,11 @@ std::vector<MixtureSource> read_mixture_file(const std::string& path, int64_t ex
                  ": expected 'name weight path', got '", line, "'");
     double weight = 0;
     std::istringstream w(weight_text);
-    GLAM_REQUIRE((w >> weight) && w.eof() && weight > 0, "mixture file '", path, "' line ", line_no,
-                 ": weight '", weight_text, "' of source '", name, "' must be a positive number");
+    GLAM_REQUIRE((w >> weight) && w.eof() && weight > 0 && weight <= kMaxWeight, "mixture file '", path,
+                 "' line ", line_no, ": weight '", weight_text, "' of source '", name,
+                 "' must be a positive number up to ", kMaxWeight);
+    GLAM_REQUIRE(sources.size() < kMaxSources, "mixture file '", path, "' line ", line_no, ": more than ",
+                 kMaxSources, " sources");
     GLAM_REQUIRE(names.insert(name).second, "mixture file '", path, "' line ", line_no,
                  ": source '", name, "' is listed twice");
     const std::string resolved = fs::path(file).is_absolute() ? file : (dir / file).string();
@@ -108,7 +118,7 @@ Mixture::Mixture(std::vector<MixtureSource> sources) : sources_(std::move(source
                                                              "0123456789_-.") == std::string::npos,
                  "source name '", s.name, "' (", s.path,
                  ") may hold only letters, digits, '_', '-' and '.'");
-    GLAM_REQUIRE(s.weight > 0 && s.train, "source '", s.name, "' needs a positive weight and rows");
+    GLAM_REQUIRE(s.weight > 0 && std::isfinite(s.weight) && s.train, "source '", s.name, "' needs a positive weight and rows");
     total += s.weight;
   }
   info_ = sources_.front().train->info();

@@ -8,8 +8,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
+#include "glam/bounded_read.h"
 #include "glam/check.h"
 
 namespace glam {
@@ -18,6 +21,9 @@ namespace {
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
+
+constexpr int64_t kMaxShardTokens = int64_t{1} << 40;
+constexpr size_t kMaxShards = 1 << 20;  // with kMaxShardTokens: totals stay within int64
 
 std::string hex16(uint64_t v) {
   char out[17];
@@ -30,6 +36,9 @@ template <typename T>
 T field(const json& obj, const char* key, const std::string& path, const std::string& where) {
   GLAM_REQUIRE(obj.is_object() && obj.contains(key), "shard manifest '", path, "': ", where,
                "field \"", key, "\" is missing");
+  // A float in an integer field would be cast (undefined beyond int64): refused.
+  GLAM_REQUIRE(!std::is_integral<T>::value || obj.at(key).is_number_integer(), "shard manifest '", path, "': ", where,
+               "field \"", key, "\" must be an integer");
   try {
     return obj.at(key).get<T>();
   } catch (const json::exception&) {
@@ -57,6 +66,11 @@ ShardEntry read_entry(const json& j, size_t i, const std::string& path) {
                "split is '", e.split, "', expected train or val");
   GLAM_REQUIRE(!e.file.empty() && fs::path(e.file).is_relative(), "shard manifest '", path, "': ",
                where, "file '", e.file, "' must be a path relative to the manifest");
+  // Counts bounded by what a shard can hold: a damaged count cannot overflow the totals.
+  GLAM_REQUIRE(e.n_tokens > 0 && e.n_tokens <= kMaxShardTokens, "shard manifest '", path, "': ", where,
+               "n_tokens ", e.n_tokens, " is outside [1, ", kMaxShardTokens, "]");
+  GLAM_REQUIRE(e.n_docs > 0 && e.n_docs <= e.n_tokens, "shard manifest '", path, "': ", where, "n_docs ",
+               e.n_docs, " is outside [1, n_tokens = ", e.n_tokens, "]");
   return e;
 }
 
@@ -94,8 +108,10 @@ void write_manifest(const std::string& path, const ShardManifest& m) {
 
 ShardManifest read_manifest(const std::string& path) {
   GLAM_REQUIRE(fs::exists(path), "shard manifest '", path, "' does not exist");
+  GLAM_REQUIRE(!fs::is_directory(path), "shard manifest '", path, "' is a directory");
+  ReadingFile reading(path);
   std::ifstream in(path);
-  GLAM_REQUIRE(in && !fs::is_directory(path), "cannot read shard manifest '", path, "'");
+  GLAM_REQUIRE(in, "cannot read shard manifest '", path, "'");
   json j;
   try {
     j = json::parse(in);
@@ -116,8 +132,14 @@ ShardManifest read_manifest(const std::string& path) {
   m.input_bytes = field<int64_t>(j, "input_bytes", path, "");
   m.unk_pieces = field<int64_t>(j, "unk_pieces", path, "");
   m.unk_bytes = field<int64_t>(j, "unk_bytes", path, "");
+  GLAM_REQUIRE(m.vocab_size > 0 && m.vocab_size <= std::numeric_limits<int32_t>::max(), "shard manifest '", path,
+               "': vocab_size ", m.vocab_size, " is out of range");
+  GLAM_REQUIRE(m.eod_id >= 0 && m.eod_id < m.vocab_size, "shard manifest '", path, "': eod_id ", m.eod_id,
+               " is outside the vocabulary [0, ", m.vocab_size, ")");
   const json shards = field<json>(j, "shards", path, "");
   GLAM_REQUIRE(shards.is_array(), "shard manifest '", path, "': field \"shards\" is not a list");
+  GLAM_REQUIRE(shards.size() <= kMaxShards, "shard manifest '", path, "' lists ", shards.size(),
+               " shards, more than ", kMaxShards);
   for (size_t i = 0; i < shards.size(); ++i) m.shards.push_back(read_entry(shards[i], i, path));
   GLAM_REQUIRE(m.n_tokens("train") > 0, "shard manifest '", path, "' lists no training shard");
   return m;

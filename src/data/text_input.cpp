@@ -5,11 +5,13 @@
 
 #include <zlib.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
+#include "glam/bounded_read.h"
 #include "glam/check.h"
 
 namespace glam {
@@ -26,7 +28,30 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// Refuses decompressed output past the limits as it grows: a small gzip file
+// can expand to far more than memory (a "gzip bomb").
+class OutputLimits {
+ public:
+  explicit OutputLimits(const std::string& path)
+      : path_(path), max_bytes_(max_input_bytes()), max_line_(max_line_bytes()) {}
+  void check(const std::string& out, size_t appended) {
+    GLAM_REQUIRE(static_cast<int64_t>(out.size()) <= max_bytes_, "input file '", path_, "' decompresses to more than ",
+                 max_bytes_, " bytes (GLAM_MAX_INPUT_BYTES raises the limit)");
+    const char* begin = out.data() + out.size() - appended;
+    const void* nl = appended ? memrchr(begin, '\n', appended) : nullptr;
+    run_ = nl ? static_cast<int64_t>(out.data() + out.size() - static_cast<const char*>(nl) - 1)
+              : run_ + static_cast<int64_t>(appended);
+    GLAM_REQUIRE(run_ <= max_line_, "input file '", path_, "' has a line longer than ", max_line_,
+                 " bytes after decompression (GLAM_MAX_LINE_BYTES raises the limit)");
+  }
+
+ private:
+  const std::string& path_;
+  int64_t max_bytes_, max_line_, run_ = 0;
+};
+
 std::string gunzip(const std::string& path, const std::string& packed) {
+  OutputLimits limits(path);
   z_stream z{};
   GLAM_REQUIRE(inflateInit2(&z, 15 + 32) == Z_OK, "zlib cannot start to read '", path, "'");
   std::string out;
@@ -44,6 +69,12 @@ std::string gunzip(const std::string& path, const std::string& packed) {
                           rc == Z_BUF_ERROR ? "truncated" : "corrupt", ")"));
     }
     out.append(buf, sizeof buf - z.avail_out);
+    try {
+      limits.check(out, sizeof buf - z.avail_out);
+    } catch (...) {
+      inflateEnd(&z);
+      throw;
+    }
     // Several gzip members one after the other (as `cat a.gz b.gz`) make one file.
     if (rc == Z_STREAM_END && z.avail_in > 0) {
       GLAM_REQUIRE(inflateReset(&z) == Z_OK, "zlib cannot read '", path, "'");
@@ -58,6 +89,7 @@ std::string gunzip(const std::string& path, const std::string& packed) {
 // after checking its UTF-8.
 template <typename F>
 void for_each_line(const std::string& path, const std::string& text, F f) {
+  const int64_t max_line = max_line_bytes();
   size_t start = 0;
   for (int64_t line_no = 1; start < text.size(); ++line_no) {
     size_t end = text.find('\n', start);
@@ -65,6 +97,8 @@ void for_each_line(const std::string& path, const std::string& text, F f) {
     std::string_view line(text.data() + start, end - start);
     start = end + 1;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    GLAM_REQUIRE(static_cast<int64_t>(line.size()) <= max_line, "input file '", path, "' line ", line_no, " is ",
+                 line.size(), " bytes long, more than ", max_line, " (GLAM_MAX_LINE_BYTES raises the limit)");
     const size_t bad = find_invalid_utf8(line);
     GLAM_REQUIRE(bad == std::string_view::npos, "input file '", path, "' line ", line_no,
                  ": invalid UTF-8 at byte ", bad + 1, " of the line (convert it with iconv first)");
@@ -145,6 +179,10 @@ size_t find_invalid_utf8(std::string_view s) {
 std::string read_input_file(const std::string& path) {
   GLAM_REQUIRE(fs::exists(path), "input file '", path, "' does not exist");
   GLAM_REQUIRE(fs::is_regular_file(path), "input '", path, "' is not a regular file");
+  ReadingFile reading(path);
+  const int64_t size = file_bytes(path, "input file");
+  GLAM_REQUIRE(size <= max_input_bytes(), "input file '", path, "' has ", size, " bytes, more than ",
+               max_input_bytes(), " (GLAM_MAX_INPUT_BYTES raises the limit)");
   std::ifstream in(path, std::ios::binary);
   GLAM_REQUIRE(in, "cannot read input file '", path, "'");
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -12,6 +12,7 @@
 #include <iterator>
 #include <sstream>
 
+#include "glam/bounded_read.h"
 #include "glam/check.h"
 
 namespace glam {
@@ -19,6 +20,8 @@ namespace glam {
 namespace {
 
 std::string read_model_bytes(const std::string& path) {
+  // A directory opens as an ifstream but fails on the first read (basic_filebuf::underflow).
+  file_bytes(path, "tokenizer model");
   std::ifstream in(path, std::ios::binary);
   GLAM_REQUIRE(in, "cannot read tokenizer model '", path, "' (missing or unreadable)");
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -42,6 +45,7 @@ std::string fnv1a64_hex(const std::string& bytes) {
 
 Tokenizer::Tokenizer(const std::string& model_path)
     : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+  ReadingFile reading(model_path);
   const std::string bytes = read_model_bytes(model_path);
   const auto status = sp_->LoadFromSerializedProto(bytes);
   GLAM_REQUIRE(status.ok(), "'", model_path,
