@@ -76,20 +76,11 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
 
   be_->embedding_forward(acts_[0].x, ids_, w32(p_emb_), T_, M, v0_, V_);
   be_->allreduce_sum_model(acts_[0].x);
+  GLAM_REQUIRE(!frozen || !shared_acts_, "frozen routing (finite-difference tests) needs train.remat false");
   for (int64_t l = 0; l < L; l++) {
     LayerActs& a = acts_[l];
-    {
-      BackendPhase phase(*be_, "attention");
-      attention_forward(l, a.x);
-    }
-    be_->rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w32(pid(l, "ffn/norm_scale")), T_, M, a.xn2_f32);
     Tensor ffn_out = grads_.dffn;  // [T, M] scratch until the backward
-    if (cfg_.is_moe_layer(l)) {
-      moe_forward(l, ffn_out, no_drop, frozen);
-    } else {
-      BackendPhase phase(*be_, "dense_ffn");
-      dense_forward(l, ffn_out);
-    }
+    layer_forward(l, ffn_out, no_drop, frozen, /*recompute=*/false);
     Tensor next = l + 1 < L ? acts_[l + 1].x : x_final;
     be_->copy(next, a.x_mid);
     be_->add_into(next, ffn_out);
@@ -102,6 +93,24 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   }
   be_->collect_phases(timers, false);
   return parts_;
+}
+
+// Layer l from its input acts_[l].x: x_mid, then the FFN (dense or MoE) of
+// RMSNorm(x_mid) into ffn_out. recompute (train.remat, in the backward): the same
+// again, the routing statistics not counted twice.
+void Model::layer_forward(int64_t l, Tensor ffn_out, bool no_drop, bool frozen, bool recompute) {
+  LayerActs& a = acts_[l];
+  {
+    BackendPhase phase(*be_, "attention");
+    attention_forward(l, a.x);
+  }
+  be_->rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w32(pid(l, "ffn/norm_scale")), T_, cfg_.d_model, a.xn2_f32);
+  if (cfg_.is_moe_layer(l)) {
+    moe_forward(l, ffn_out, no_drop, frozen, recompute);
+  } else {
+    BackendPhase phase(*be_, "dense_ffn");
+    dense_forward(l, ffn_out);
+  }
 }
 
 // x_mid = x + Wo attention(Wq xn1, Wk xn1, Wv xn1), xn1 = RMSNorm(x).
@@ -129,7 +138,7 @@ void Model::dense_forward(int64_t l, Tensor out) {
   be_->allreduce_sum_model(out);
 }
 
-void Model::moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen) {
+void Model::moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen, bool recompute) {
   const int64_t M = cfg_.d_model, E = cfg_.n_experts;
   LayerActs& a = acts_[l];
   {  // route
@@ -165,7 +174,7 @@ void Model::moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen) {
     be_->return_from_experts(a.eout.rows(0, rows), a.xout.rows(0, n), a.xplan, M);
     be_->combine_forward(out, a.eout.rows(0, rows), a.route, M);
   }
-  add_routing_statistics(parts_, a.route.plan, T_, mesh_);
+  if (!recompute) add_routing_statistics(parts_, a.route.plan, T_, mesh_);
 }
 
 // logits [T, Vl] = (RMSNorm(x) * M^-1/2) @ Emb^T (the tied embedding).
@@ -193,7 +202,7 @@ void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int6
     decode_attention(l, a.x, cache, n);
     be_->rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w32(pid(l, "ffn/norm_scale")), T_, M, a.xn2_f32);
     Tensor ffn_out = grads_.dffn;
-    if (cfg_.is_moe_layer(l)) moe_forward(l, ffn_out, /*no_drop=*/true, false);
+    if (cfg_.is_moe_layer(l)) moe_forward(l, ffn_out, /*no_drop=*/true, false, false);
     else dense_forward(l, ffn_out);
     Tensor next = l + 1 < L ? acts_[l + 1].x : x_final;
     be_->copy(next, a.x_mid);
@@ -249,6 +258,8 @@ void Model::backward() {
   }
   for (int64_t l = L - 1; l >= 0; l--) {
     LayerActs& a = acts_[l];
+    // train.remat: the shared activations hold the last layer's; recompute the others'
+    if (shared_acts_ && l < L - 1) layer_forward(l, grads_.dffn, planned_no_drop_, false, /*recompute=*/true);
     be_->zero(d.dxn);
     if (cfg_.is_moe_layer(l)) {
       moe_backward(l, d.dx);

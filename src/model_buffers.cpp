@@ -32,6 +32,7 @@ Model::Model(const Config& cfg, const Mesh& mesh, std::unique_ptr<Backend> backe
   init_params(params_, seed_, mesh);
   device_ = be_->device();
   gemm_ = cpu::parse_precision(cfg.train.cpu_precision, "train.cpu_precision");
+  remat_ = cfg.train.remat;
   nh_ = cfg_.n_heads / mesh.model_size;
   H_ = cfg_.d_ff / mesh.model_size;
   if (cfg_.n_experts > 0) place_ = mesh.place_experts(cfg_.n_experts);
@@ -94,6 +95,12 @@ void Model::plan_buffers(int64_t B, int64_t S, bool no_drop, bool decode) {
     rows_max_ = std::min(2 * T, E * std::min(T, C * G));
     recv_max_ = std::min(2 * T * mesh_.data_size, place_.local * senders * std::min(T, C * G));
   }
+  // train.remat: the layers keep their inputs x; the rest is one set that each
+  // layer's forward (and its recompute in the backward) writes: layer 0's for
+  // what every layer has, the first layer's of a kind for what only MoE or dense
+  // layers have (share_layer_views).
+  shared_acts_ = remat_ && !decode;
+  const int64_t first_dense = cfg_.n_experts > 0 ? 1 : 0;
   Arena& ar = *acts_arena_;
   ar.clear();
   ar.add(ids_, "ids", DType::i32, {T});
@@ -103,17 +110,21 @@ void Model::plan_buffers(int64_t B, int64_t S, bool no_drop, bool decode) {
     LayerActs& a = acts_[l];
     const bool moe = cfg_.is_moe_layer(l);
     ar.add(a.x, lname(l, "x"), f32, {T, M});
-    ar.add(a.xn1, lname(l, "xn1"), gd, {T, M});
-    ar.add(a.rstd1, lname(l, "rstd1"), f32, {T});
-    ar.add(a.q, lname(l, "q"), f32, {T, A});
-    ar.add(a.k, lname(l, "k"), f32, {T, A});
-    ar.add(a.v, lname(l, "v"), f32, {T, A});
-    if (!decode) ar.add(a.att_state, lname(l, "att_state"), f32, be_->attention_state_shape(B, S, nh_));
-    ar.add(a.att, lname(l, "att"), f32, {T, A});
-    ar.add(a.x_mid, lname(l, "x_mid"), f32, {T, M});
-    ar.add(a.xn2, lname(l, "xn2"), gd, {T, M});
+    if (shared_acts_ && l > first_dense) continue;
+    if (!shared_acts_ || l == 0) {
+      ar.add(a.xn1, lname(l, "xn1"), gd, {T, M});
+      ar.add(a.rstd1, lname(l, "rstd1"), f32, {T});
+      ar.add(a.q, lname(l, "q"), f32, {T, A});
+      ar.add(a.k, lname(l, "k"), f32, {T, A});
+      ar.add(a.v, lname(l, "v"), f32, {T, A});
+      if (!decode) ar.add(a.att_state, lname(l, "att_state"), f32, be_->attention_state_shape(B, S, nh_));
+      ar.add(a.att, lname(l, "att"), f32, {T, A});
+      ar.add(a.x_mid, lname(l, "x_mid"), f32, {T, M});
+      ar.add(a.xn2, lname(l, "xn2"), gd, {T, M});
+      ar.add(a.rstd2, lname(l, "rstd2"), f32, {T});
+    }
+    if (shared_acts_ && l != (moe ? 0 : first_dense)) continue;
     if (moe && gd != f32) ar.add(a.xn2_f32, lname(l, "xn2_f32"), f32, {T, M});
-    ar.add(a.rstd2, lname(l, "rstd2"), f32, {T});
     if (moe) {
       const int64_t G = no_drop ? 1 : std::max<int64_t>(1, T / cfg_.group_size);
       ar.add(a.router_logits, lname(l, "router_logits"), f32, {T, E});
@@ -160,6 +171,7 @@ void Model::plan_buffers(int64_t B, int64_t S, bool no_drop, bool decode) {
     }
   }
   ar.commit();
+  if (shared_acts_) share_layer_views();
   for (int64_t l = 0; l < cfg_.n_layers; l++) {
     if (gd == f32) acts_[l].xn2_f32 = acts_[l].xn2;            // the router reads xn2 itself
     else if (!cfg_.is_moe_layer(l)) acts_[l].xn2_f32 = Tensor{};  // no router
@@ -168,15 +180,37 @@ void Model::plan_buffers(int64_t B, int64_t S, bool no_drop, bool decode) {
   if (E > 0 && !decode) size_expert_grads(recv_max_);
 }
 
+// train.remat: every layer's views but x become those of layer 0 (what all layers
+// have) and of the first layer of its kind (MoE or dense).
+void Model::share_layer_views() {
+  const LayerActs& common = acts_[0];
+  for (int64_t l = 1; l < cfg_.n_layers; l++) {
+    LayerActs& a = acts_[l];
+    const LayerActs& kind = acts_[cfg_.is_moe_layer(l) ? 0 : (cfg_.n_experts > 0 ? 1 : 0)];
+    a.xn1 = common.xn1; a.rstd1 = common.rstd1;
+    a.q = common.q; a.k = common.k; a.v = common.v;
+    a.att_state = common.att_state; a.att = common.att;
+    a.x_mid = common.x_mid; a.xn2 = common.xn2; a.rstd2 = common.rstd2;
+    if (&kind == &a) continue;  // the first dense layer: its own a0, a1, h
+    a.xn2_f32 = kind.xn2_f32;
+    a.router_logits = kind.router_logits; a.route = kind.route; a.ein = kind.ein; a.eout = kind.eout;
+    a.a0 = kind.a0; a.a1 = kind.a1; a.h = kind.h;
+  }
+}
+
 // The rows a rank receives for its experts depend on the other ranks' batches
 // (their sizes may differ, e.g. in evaluation): the expert buffers of a layer have
 // their own arena, sized for the bound above and grown when an exchange plan
 // asks for more, before anything is written to them.
-void Model::size_expert_rows(int64_t l, int64_t n) {
+void Model::size_expert_rows(int64_t layer, int64_t n) {
+  const int64_t l = shared_acts_ ? 0 : layer;  // remat: one set of expert rows for every MoE layer
   LayerActs& a = acts_[l];
   if (expert_arenas_.size() != acts_.size()) expert_arenas_.resize(acts_.size());
   std::unique_ptr<Arena>& ar = expert_arenas_[l];
-  if (ar && a.xin.ndim > 0 && a.xin.shape[0] >= n) return;
+  if (ar && a.xin.ndim > 0 && a.xin.shape[0] >= n) {
+    if (shared_acts_) acts_[layer].xin = a.xin, acts_[layer].pre = a.pre, acts_[layer].eh = a.eh, acts_[layer].xout = a.xout;
+    return;
+  }
   if (!ar) ar = std::make_unique<Arena>(*be_);
   const int64_t M = cfg_.d_model, H = H_;
   ar->clear();
@@ -185,6 +219,11 @@ void Model::size_expert_rows(int64_t l, int64_t n) {
   ar->add(a.eh, lname(l, "eh"), be_->gemm_dtype(), {n, H});
   ar->add(a.xout, lname(l, "xout"), DType::f32, {n, M});
   ar->commit();
+  if (!shared_acts_) return;
+  for (int64_t k = 1; k < cfg_.n_layers; k++)
+    if (cfg_.is_moe_layer(k)) {
+      acts_[k].xin = a.xin; acts_[k].pre = a.pre; acts_[k].eh = a.eh; acts_[k].xout = a.xout;
+    }
 }
 
 void Model::size_expert_grads(int64_t n) {

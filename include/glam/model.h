@@ -191,7 +191,9 @@ class Model {
   void attention_backward(int64_t l);
   void dense_forward(int64_t l, Tensor out);
   void dense_backward(int64_t l, const Tensor& dout);
-  void moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen);
+  void layer_forward(int64_t l, Tensor ffn_out, bool no_drop, bool frozen, bool recompute);
+  void moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen, bool recompute);
+  void share_layer_views();
   void moe_backward(int64_t l, const Tensor& dout);
   void output_forward(const Tensor& x);
   void output_backward();
@@ -209,6 +211,8 @@ class Model {
   uint64_t seed_;
   int64_t step_ = 0;
   MicroStep micro_;
+  bool remat_ = false;        // train.remat
+  bool shared_acts_ = false;  // remat in a training shape: layers share one set of activations but x
   Device device_ = Device::cpu;
   ParamTable params_;
   std::unique_ptr<Backend> be_;

@@ -1,8 +1,11 @@
-// Micro-steps (train.micro_rows) equal the one-shot step on a D x M mesh
-// (GLAM_TEST_MESH; tests/mpi/CMakeLists.txt runs 1x1, 2x1, 1x2, 2x2, 3x2).
+// Micro-steps (train.micro_rows) and rematerialisation (train.remat) equal the
+// plain step on a D x M mesh (GLAM_TEST_MESH; tests/mpi/CMakeLists.txt runs 1x1,
+// 2x1, 1x2, 2x2, 3x2).
 //
 // Two models with the same weights on the same mesh: one takes each step's rows
-// at once, the other in micro-steps of 1 and of 2 rows (forward_backward). Over 3
+// at once, the other in micro-steps of 1 and of 2 rows (forward_backward), with
+// remat, and with both. Remat alone recomputes the same operations on the same
+// inputs, so its losses and gradients must be bit for bit the plain ones. Over 3
 // Adafactor steps: the loss terms (relative 1e-6; targets, choices, drops and
 // loads exactly: the same groups are routed, capacity drops and the random second
 // expert included), every gradient shard (1e-5 of its largest), the gradient norm
@@ -99,12 +102,15 @@ void compare_parts(const LossParts& m, const LossParts& r) {
 
 }  // namespace
 
-TEST_CASE("micro-steps accumulate the one-shot step's gradients and losses", "[micro]") {
+TEST_CASE("micro-steps and remat give the plain step's gradients and losses", "[micro]") {
   const Mesh& mesh = test_mesh();
   const Config cfg = micro_config();
-  for (int64_t micro : {1, 2}) {
-    INFO("mesh " << mesh.data_size << "x" << mesh.model_size << ", micro_rows " << micro);
-    Model ref(cfg, mesh), model(cfg, mesh);
+  const std::pair<int64_t, bool> modes[] = {{1, false}, {2, false}, {0, true}, {2, true}};
+  for (const auto& [micro, remat] : modes) {
+    INFO("mesh " << mesh.data_size << "x" << mesh.model_size << ", micro_rows " << micro << ", remat " << remat);
+    Config with = cfg;
+    with.train.remat = remat;
+    Model ref(cfg, mesh), model(with, mesh);
     Adafactor ref_opt(ref.params(), AdafactorOptions::from(cfg.train));
     Adafactor opt(model.params(), AdafactorOptions::from(cfg.train));
     for (int64_t step = 0; step < 3; step++) {
@@ -115,11 +121,14 @@ TEST_CASE("micro-steps accumulate the one-shot step's gradients and losses", "[m
       const LossParts rp = forward_backward(ref, batch, 0, mesh);
       const LossParts mp = forward_backward(model, batch, micro, mesh);
       CHECK(mp.dropped > 0);  // capacity drops happen, in the same places
+      if (remat) CHECK(model.activation_bytes() < ref.activation_bytes() * 3 / 4);  // 3 layers: 0.62
       compare_parts(mp, rp);
       for (size_t i = 0; i < ref.params().params.size(); i++) {
         INFO(ref.params().params[i].name);
         CHECK(close(model.params().params[i].g, ref.params().params[i].g, 1e-5));
+        if (micro == 0) CHECK(model.params().params[i].g == ref.params().params[i].g);  // remat alone: bitwise
       }
+      if (micro == 0) CHECK(mp.loss == rp.loss);
       CHECK(model.grad_norm() == Approx(ref.grad_norm()).epsilon(1e-6));
       const double lr = learning_rate(cfg.train, step + 1);
       ref.optimizer_step(ref_opt, lr, step);
