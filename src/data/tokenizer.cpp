@@ -20,10 +20,10 @@ namespace glam {
 namespace {
 
 std::string read_model_bytes(const std::string& path) {
-  // A directory opens as an ifstream but fails on the first read (basic_filebuf::underflow).
-  file_bytes(path, "tokenizer model");
   std::ifstream in(path, std::ios::binary);
   GLAM_REQUIRE(in, "cannot read tokenizer model '", path, "' (missing or unreadable)");
+  // A directory opens as an ifstream but fails on the first read (basic_filebuf::underflow).
+  file_bytes(path, "tokenizer model");
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   GLAM_REQUIRE(!in.bad(), "error while reading tokenizer model '", path, "'");
   GLAM_REQUIRE(!bytes.empty(), "tokenizer model '", path, "' is empty");

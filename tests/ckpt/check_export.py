@@ -68,7 +68,7 @@ def main():
     if a.format == "hdf5":
         with h5py.File(a.out, "r") as w:
             check(ckpt_doc.attr_str(w.attrs["format"]) == "glam-weights", "format attribute")
-            check(int(w.attrs["version"]) == 1, "version attribute")
+            check(int(w.attrs["version"]) == 2, "version attribute (2: checksummed)")
             check(ckpt_doc.attr_str(w.attrs["config"]) == ini, "config attribute differs from the checkpoint's")
             present = set()
             w.visititems(lambda n, o: present.add(n) if isinstance(o, h5py.Dataset) else None)
@@ -78,6 +78,10 @@ def main():
                 check(ds.shape == f32.shape, f"{name}: shape {ds.shape}")
                 if bf16:
                     check(ckpt_doc.attr_str(ds.attrs.get("dtype", "")) == "bfloat16", f"{name}: dtype attribute")
+                else:
+                    with h5py.File(a.checkpoint, "r") as ck:
+                        want = int(ck["/params/" + name].attrs["checksum"])
+                    check(int(ds.attrs.get("checksum", -1)) == want, f"{name}: checksum attribute (the checkpoint's)")
                 check_values(name, f32, ds[...], bf16)
     else:
         with open(a.out, "rb") as fh:

@@ -31,6 +31,9 @@ std::string mutate_gzip(std::string& packed, Rng& rng);
 // did, or "" when the file could not be opened (the caller then mutates bytes).
 std::string mutate_hdf5(const std::string& path, Rng& rng);
 
+// `glam_fuzz edit FILE OP ARGS`: one hostile edit on purpose (h5_edit.cpp).
+int edit_main(int argc, char** argv);
+
 // Hostile integers and their decimal text.
 int64_t hostile_int(Rng& rng);
 std::string hostile_number(Rng& rng);

@@ -12,6 +12,7 @@
 // It fails on a signal, a timeout, any other status, or HDF5's own error stack
 // on stderr. Failing mutants are kept with a README of the mutation; the rest are
 // removed. Exit status: 0 when every run passed, 1 otherwise.
+// `glam_fuzz edit ...` makes one hostile HDF5 file on purpose (h5_edit.cpp).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -152,6 +153,7 @@ bool finish(const Options& o, Run& r, int status, bool timed_out, std::map<std::
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "edit") return fuzz::edit_main(argc, argv);
   const Options o = parse(argc, argv);
   const std::string seed_bytes = fuzz::read_file(o.seed_file);
   fs::remove_all(o.work);
