@@ -268,3 +268,17 @@ TEST_CASE("micro-steps divide activations and dispatch buffers, not the bytes a 
   c.train.micro_rows = 3;  // does not divide 4 rows per rank
   CHECK_THROWS_WITH(make_plan(c, on(2, 2)), Catch::Contains("train.micro_rows 3"));
 }
+
+TEST_CASE("remat keeps one layer's activations and each layer's input, and recomputes the forward",
+          "[plan][remat]") {
+  Config c = tiny(4);
+  const Plan plain = make_plan(c, on(2, 2));
+  c.train.remat = true;
+  const Plan remat = make_plan(c, on(2, 2));
+  CHECK(remat.memory.activations < plain.memory.activations);
+  CHECK(remat.memory.dispatch * 2 == plain.memory.dispatch);  // 2 MoE layers of 4: one set held
+  CHECK(remat.train_flops_per_rank == plain.train_flops_per_rank);  // model FLOPs
+  CHECK(remat.recompute_flops_per_rank > 0.5 * plain.train_flops_per_rank / 3);  // 3 of 4 layers again
+  CHECK(remat.comm.alltoall > plain.comm.alltoall);  // the recomputed MoE layer exchanges again
+  CHECK(remat.comm.allreduce_data == plain.comm.allreduce_data);
+}

@@ -55,6 +55,7 @@ struct Plan {
   double forward_flops_per_token = 0.0;  // model FLOPs (matmuls + attention), no duplication
   double train_flops_per_token = 0.0;    // forward + backward = 3 x forward
   double train_flops_per_rank = 0.0;     // what one rank computes per step (router replicated over model)
+  double recompute_flops_per_rank = 0.0; // train.remat: the forwards recomputed in the backward (not model FLOPs)
   MemoryPlan memory;
   CommPlan comm;
 };
