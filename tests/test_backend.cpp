@@ -152,3 +152,17 @@ TEST_CASE("backward accumulates weight gradients: two backwards give twice the g
   for (const Param& p : model.params().params)
     for (float g : p.g) REQUIRE(g == 0.0f);
 }
+
+TEST_CASE("the CPU attention saves O(S) per query for its backward, not the [S, S] probabilities") {
+  Mesh mesh = Mesh::single();
+  const int64_t B = 4, S = 1024, nh = 8;
+  for (bool reference : {true, false}) {
+    INFO((reference ? "reference kernels" : "fast kernels"));
+    const auto backend = make_cpu_backend(mesh, reference, cpu::Precision::fp32);
+    const std::vector<int64_t> shape = backend->attention_state_shape(B, S, nh);
+    int64_t numel = 1;
+    for (int64_t n : shape) numel *= n;
+    CHECK(shape == std::vector<int64_t>{B, nh, S, 2});  // (row max, 1/denominator) per query
+    CHECK(numel == B * nh * S * 2);
+  }
+}

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -140,23 +141,62 @@ TEST_CASE("fast attention equals the reference, with documents packed in rows") 
   auto q = random_vec(B * S * A, 7), k = random_vec(B * S * A, 8), v = random_vec(B * S * A, 9);
   auto rb = random_vec(nh * cpu::kRelposBuckets, 10), dout = random_vec(B * S * A, 11);
   const std::vector<int32_t> seg = random_segments(B, S, 12);
-  std::vector<float> out_ref(B * S * A), out_fast(B * S * A), p_ref(B * nh * S * S), p_fast(B * nh * S * S, 7.0f);
-  cpu::attention_forward(out_ref.data(), p_ref.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh, dh);
-  cpu::fast::attention_forward(out_fast.data(), p_fast.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(),
+  // stats [B, nh, S, 2]: (row max, 1/denominator); the fast one starts from garbage
+  std::vector<float> out_ref(B * S * A), out_fast(B * S * A), st_ref(B * nh * S * 2), st_fast(B * nh * S * 2, 7.0f);
+  cpu::attention_forward(out_ref.data(), st_ref.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh,
+                         dh);
+  cpu::fast::attention_forward(out_fast.data(), st_fast.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(),
                                B, S, nh, dh);
-  compare("attention probs", p_fast, p_ref, 1e-5);
+  compare("attention stats", st_fast, st_ref, 1e-5);
   compare("attention out", out_fast, out_ref, 1e-5);
   std::vector<float> dq_ref = random_vec(B * S * A, 13), dk_ref = random_vec(B * S * A, 14);
   std::vector<float> dv_ref = random_vec(B * S * A, 15), drb_ref = random_vec(nh * cpu::kRelposBuckets, 16);
   auto dq_fast = dq_ref, dk_fast = dk_ref, dv_fast = dv_ref, drb_fast = drb_ref;
-  cpu::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), drb_ref.data(), dout.data(), p_ref.data(),
-                          q.data(), k.data(), v.data(), seg.data(), B, S, nh, dh);
+  cpu::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), drb_ref.data(), dout.data(), st_ref.data(),
+                          q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh, dh);
   cpu::fast::attention_backward(dq_fast.data(), dk_fast.data(), dv_fast.data(), drb_fast.data(), dout.data(),
-                                p_ref.data(), q.data(), k.data(), v.data(), seg.data(), B, S, nh, dh);
+                                st_fast.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh, dh);
   compare("attention dq", dq_fast, dq_ref, 1e-4);
   compare("attention dk", dk_fast, dk_ref, 1e-4);
   compare("attention dv", dv_fast, dv_ref, 1e-4);
   compare("attention drb", drb_fast, drb_ref, 1e-4);
+}
+
+// The backward rebuilds the probabilities from the saved stats; they must be the
+// forward's bit for bit. Both are seen exactly with d_head = S, v = I and dout = I:
+// the forward's out is P and the backward's dv (from 0) is P^T.
+TEST_CASE("attention backward rebuilds the forward's probabilities bit for bit, both kernel sets") {
+  const int64_t B = 2, S = 40, nh = 2, dh = S, A = nh * dh;
+  auto q = random_vec(B * S * A, 40, 0.3f), k = random_vec(B * S * A, 41, 0.3f);
+  auto rb = random_vec(nh * cpu::kRelposBuckets, 42);
+  const std::vector<int32_t> seg = random_segments(B, S, 43);
+  std::vector<float> eye(B * S * A, 0.0f);  // per (b, h) the [S, S] identity
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < nh; h++)
+      for (int64_t i = 0; i < S; i++) eye[(b * S + i) * A + h * dh + i] = 1.0f;
+  for (const cpu::Kernels& kern : {cpu::Kernels::reference(), cpu::Kernels::fast()}) {
+    const bool fast = kern.attention_forward == cpu::fast::attention_forward;
+    INFO((fast ? "fast" : "reference") << " kernels");
+    std::vector<float> P(B * S * A), stats(B * nh * S * 2);
+    kern.attention_forward(P.data(), stats.data(), q.data(), k.data(), eye.data(), rb.data(), seg.data(), B, S, nh, dh);
+    std::vector<float> dq(B * S * A, 0.0f), dk(B * S * A, 0.0f), PT(B * S * A, 0.0f), drb(rb.size(), 0.0f);
+    kern.attention_backward(dq.data(), dk.data(), PT.data(), drb.data(), eye.data(), stats.data(), q.data(), k.data(),
+                            eye.data(), rb.data(), seg.data(), B, S, nh, dh);
+    int64_t differ = 0, nonzero = 0;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < nh; h++)
+        for (int64_t i = 0; i < S; i++)
+          for (int64_t j = 0; j < S; j++) {
+            const float fwd = P[(b * S + i) * A + h * dh + j], bwd = PT[(b * S + j) * A + h * dh + i];
+            differ += std::memcmp(&fwd, &bwd, sizeof fwd) != 0;
+            nonzero += fwd != 0.0f;
+          }
+    std::printf("  %-30s %lld of %lld probabilities differ in any bit (tolerance 0)\n",
+                fast ? "fast rebuild" : "reference rebuild", static_cast<long long>(differ),
+                static_cast<long long>(nonzero));
+    CHECK(differ == 0);
+    CHECK(nonzero > B * nh * S);  // more than the diagonal: some documents are longer than one token
+  }
 }
 
 TEST_CASE("fast experts equal the reference, an expert without rows included") {

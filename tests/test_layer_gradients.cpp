@@ -3,6 +3,8 @@
 // backward is called with dout = R; tolerances and worst errors are printed.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <cstdio>
 #include <numeric>
 
 #include "glam/layers.h"
@@ -63,35 +65,68 @@ TEST_CASE("attention backward matches finite differences, with segments and rela
   auto rb = random_vec(nh * cpu::kRelposBuckets, 14, 0.5f), R = random_vec(T * A, 15);
   std::vector<int32_t> seg(T);
   for (int64_t t = 0; t < T; t++) seg[t] = (t % S) < 7 ? 0 : ((t % S) < 15 ? 1 : 2);  // 3 documents per row
-  std::vector<float> out(T * A), probs(B * nh * S * S);
+  std::vector<float> out(T * A), stats(B * nh * S * 2);
   std::vector<float> dq(T * A, 0.0f), dk(T * A, 0.0f), dv(T * A, 0.0f), drb(rb.size(), 0.0f);
   auto f = [&] {
-    cpu::attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh, dh);
+    cpu::attention_forward(out.data(), stats.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh, dh);
     return weighted_sum(out, R);
   };
   f();
-  cpu::attention_backward(dq.data(), dk.data(), dv.data(), drb.data(), R.data(), probs.data(), q.data(), k.data(),
-                          v.data(), seg.data(), B, S, nh, dh);
+  cpu::attention_backward(dq.data(), dk.data(), dv.data(), drb.data(), R.data(), stats.data(), q.data(), k.data(),
+                          v.data(), rb.data(), seg.data(), B, S, nh, dh);
   check("attention/q", q, dq, f, 1e-3);
   check("attention/k", k, dk, f, 1e-3);
   check("attention/v", v, dv, f, 1e-3);
   check("attention/rel_bias", rb, drb, f, 1e-3);
 }
 
+// Without the probabilities, the mask is seen through the output: moving a key or
+// value query i may not see leaves out_i as it was, bit for bit; moving one it sees
+// changes it. With v = 1 everywhere out_i is the mass the real keys receive, which
+// the zero logit keeps below 1.
 TEST_CASE("attention never looks across documents or into the future") {
   const int64_t B = 1, S = 12, nh = 1, dh = 4, T = B * S;
   auto q = random_vec(T * dh, 16), k = random_vec(T * dh, 17), v = random_vec(T * dh, 18);
-  std::vector<float> rb(cpu::kRelposBuckets, 0.0f), out(T * dh), probs(S * S);
+  std::vector<float> rb(cpu::kRelposBuckets, 0.0f), base(T * dh), out(T * dh), stats(S * 2);
   std::vector<int32_t> seg = {0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1};
-  cpu::attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh, dh);
-  for (int64_t i = 0; i < S; i++) {
-    double row = 0.0;
-    for (int64_t j = 0; j < S; j++) {
-      if (j > i || seg[j] != seg[i]) CHECK(probs[i * S + j] == 0.0f);
-      row += probs[i * S + j];
+  auto forward = [&](std::vector<float>& o, const std::vector<float>& kk, const std::vector<float>& vv) {
+    cpu::attention_forward(o.data(), stats.data(), q.data(), kk.data(), vv.data(), rb.data(), seg.data(), B, S, nh,
+                           dh);
+  };
+  forward(base, k, v);
+  int64_t unchanged = 0, changed = 0;
+  for (int64_t j = 0; j < S; j++) {
+    auto k2 = k, v2 = v;
+    for (int64_t d = 0; d < dh; d++) {
+      k2[j * dh + d] += 0.75f;
+      v2[j * dh + d] -= 1.25f;
     }
-    CHECK(row < 1.0);  // the extra zero logit always keeps some mass
-    CHECK(row > 0.0);
+    for (int moved = 0; moved < 2; moved++) {  // the key, then the value
+      forward(out, moved == 0 ? k2 : k, moved == 0 ? v : v2);
+      for (int64_t i = 0; i < S; i++) {
+        bool same = true;
+        for (int64_t d = 0; d < dh; d++) same = same && out[i * dh + d] == base[i * dh + d];
+        INFO("query " << i << ", key " << j << (moved == 0 ? " (key moved)" : " (value moved)"));
+        if (j > i || seg[j] != seg[i]) {
+          CHECK(same);
+          unchanged++;
+        } else {
+          CHECK(!same);
+          changed++;
+        }
+      }
+    }
+  }
+  std::printf("  attention mask: %lld outputs unchanged by keys they may not see, %lld changed by keys they see\n",
+              static_cast<long long>(unchanged), static_cast<long long>(changed));
+  const std::vector<float> ones(T * dh, 1.0f);
+  forward(out, k, ones);
+  for (int64_t i = 0; i < S; i++) {
+    INFO("query " << i);
+    CHECK(out[i * dh] < 1.0f);  // the extra zero logit always keeps some mass
+    CHECK(out[i * dh] > 0.0f);
+    // and the zero logit takes the rest: exp(0 - m) / denominator, from the saved stats
+    CHECK(out[i * dh] + std::exp(-stats[2 * i]) * stats[2 * i + 1] == Approx(1.0).epsilon(1e-5));
   }
 }
 

@@ -113,8 +113,9 @@ class Backend : public Allocator {
                               float scale) = 0;
   virtual void logits_backward(Tensor dh, Tensor demb, const Tensor& dlogits, const Tensor& h, const Tensor& emb,
                                int64_t T, int64_t M, int64_t Vl, float scale) = 0;
-  // What attention_forward saves for its backward: cpu probabilities [B, nh, S, S],
-  // cuda (flash) the log-sum-exp [B, nh, S].
+  // What attention_forward saves for its backward: cpu the softmax statistics
+  // [B, nh, S, 2] (row max, 1/denominator), cuda (flash) the log-sum-exp [B, nh, S],
+  // cuda without flash the probabilities [B, nh, S, S].
   virtual std::vector<int64_t> attention_state_shape(int64_t B, int64_t S, int64_t nh) const = 0;
   virtual void attention_forward(Tensor out, Tensor state, const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Tensor& rb, const Tensor& segments, int64_t B, int64_t S, int64_t nh,

@@ -55,10 +55,12 @@ int relpos_bucket(int64_t i_minus_j);
 
 // ---- attention.cpp: causal attention over packed rows ------------------------
 // q, k, v, out: [B, S, nh, dh] (= [T, nh*dh]); rb: [nh, 32] relative bias;
-// segments: [B, S]; probs: [B, nh, S, S] saved for backward.
+// segments: [B, S]; stats: [B, nh, S, 2] saved for backward, per query the row max
+// m (zero logit included) and 1/denominator, p_ij = exp(a_ij - m) * (1/denominator).
 // a[h,i,j] = q_i . k_j + rb[h, bucket(i-j)] (no 1/sqrt(dh)), j <= i, same segment;
-// p = softmax with one extra logit fixed at 0 in the denominator.
-void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
+// p = softmax with one extra logit fixed at 0 in the denominator. The backward
+// recomputes a from q, k, rb and rebuilds p bit for bit from stats.
+void attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                        const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
                        int64_t dh);
 // Incremental (KV-cache) attention of n new queries per row at positions
@@ -67,8 +69,9 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
 void attention_decode(float* out, const float* q, const float* kc, const float* vc, const float* rb,
                       int64_t B, int64_t n, int64_t len, int64_t cap, int64_t nh, int64_t dh);
 void attention_backward(float* dq, float* dk, float* dv, float* drb, const float* dout,
-                        const float* probs, const float* q, const float* k, const float* v,
-                        const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh);
+                        const float* stats, const float* q, const float* k, const float* v,
+                        const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
+                        int64_t dh);
 
 }  // namespace glam::cpu
 

@@ -27,12 +27,13 @@ void softmax_xent_backward(float* dlogits, const float* logits, const float* lse
                            float ce_scale, float z_scale);
 
 // ---- fast_attention.cpp -------------------------------------------------------------
-void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
+void attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                        const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
                        int64_t dh);
 void attention_backward(float* dq, float* dk, float* dv, float* drb, const float* dout,
-                        const float* probs, const float* q, const float* k, const float* v,
-                        const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh);
+                        const float* stats, const float* q, const float* k, const float* v,
+                        const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
+                        int64_t dh);
 
 // ---- fast_experts.cpp ---------------------------------------------------------------
 void experts_forward(float* y, float* pre, float* h, const float* x, const float* wi,

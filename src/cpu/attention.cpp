@@ -4,7 +4,10 @@
 // extra logit fixed at 0 in the softmax denominator (a query may attend "nowhere").
 // Layout: q, k, v, out are [B, S, nh, dh]; per (b, h) the [S, dh] slices are
 // strided with leading dimension nh*dh, which BLAS takes directly.
-// probs [B, nh, S, S] (zeros where masked) is saved for the backward.
+// Only the softmax statistics stats [B, nh, S, 2] = (row max m, 1/denominator) are
+// saved for the backward, which recomputes the scores of one (b, h) at a time and
+// rebuilds the probabilities with the forward's own row functions, so that they are
+// the forward's bit for bit. Each call holds [S, S] scratch for one (b, h) only.
 #include <cblas.h>
 
 #include <algorithm>
@@ -23,76 +26,111 @@ std::vector<int> bucket_table(int64_t S) {  // [S]: bucket of distance d = i - j
   return table;
 }
 
-// Turns raw scores q.k in row i of P (length S) into probabilities in place.
-void masked_softmax_row(float* p, const float* rb_h, const int* bucket, const int32_t* seg,
-                        int64_t i, int64_t S) {
+// The rows of P are turned from raw scores q.k into probabilities in three steps,
+// which the forward and the backward's rebuild share.
+struct Row {
+  float* p;  // row i of P [S]
+  const float* rb_h;
+  const int* bucket;
+  const int32_t* seg;
+  int64_t i, S;
+};
+
+// Scores to logits (bias added on the visible keys); returns their max with the zero logit.
+float add_bias(const Row& r) {
   float m = 0.0f;  // the extra zero logit takes part in the max
-  for (int64_t j = 0; j <= i; j++) {
-    if (seg[j] != seg[i]) continue;
-    p[j] += rb_h[bucket[i - j]];
-    m = std::max(m, p[j]);
+  for (int64_t j = 0; j <= r.i; j++) {
+    if (r.seg[j] != r.seg[r.i]) continue;
+    r.p[j] += r.rb_h[r.bucket[r.i - j]];
+    m = std::max(m, r.p[j]);
   }
+  return m;
+}
+
+// exp(a - m) on the visible keys, zeros elsewhere; returns the denominator, zero logit included.
+float exponentiate(const Row& r, float m) {
   float denom = std::exp(-m);
-  for (int64_t j = 0; j <= i; j++) {
-    if (seg[j] != seg[i]) { p[j] = 0.0f; continue; }
-    p[j] = std::exp(p[j] - m);
-    denom += p[j];
+  for (int64_t j = 0; j <= r.i; j++) {
+    if (r.seg[j] != r.seg[r.i]) { r.p[j] = 0.0f; continue; }
+    r.p[j] = std::exp(r.p[j] - m);
+    denom += r.p[j];
   }
-  float inv = 1.0f / denom;
-  for (int64_t j = 0; j <= i; j++) p[j] *= inv;
-  for (int64_t j = i + 1; j < S; j++) p[j] = 0.0f;
+  for (int64_t j = r.i + 1; j < r.S; j++) r.p[j] = 0.0f;
+  return denom;
+}
+
+void normalise(const Row& r, float inv) {
+  for (int64_t j = 0; j <= r.i; j++) r.p[j] *= inv;
+}
+
+// Forward: probabilities and stat = (m, 1/denominator).
+void softmax_row(const Row& r, float* stat) {
+  const float m = add_bias(r);
+  const float inv = 1.0f / exponentiate(r, m);
+  normalise(r, inv);
+  stat[0] = m;
+  stat[1] = inv;
+}
+
+// Backward: the forward's probabilities again from the same scores and its stat.
+void rebuild_row(const Row& r, const float* stat) {
+  add_bias(r);
+  exponentiate(r, stat[0]);
+  normalise(r, stat[1]);
+}
+
+// P [S, S] = the probabilities of (b, h): scores Q K^T, then row by row.
+template <class RowFn>
+void probabilities(float* P, const float* q, const float* k, const float* rb_h, const int* bucket,
+                   const int32_t* seg, int64_t S, int64_t ld, int64_t dh, RowFn row_fn) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, q, ld, k, ld, 0.0f, P, S);
+#pragma omp parallel for
+  for (int64_t i = 0; i < S; i++) row_fn(Row{P + i * S, rb_h, bucket, seg, i, S}, i);
 }
 
 }  // namespace
 
-void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
+void attention_forward(float* out, float* stats, const float* q, const float* k, const float* v,
                        const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
                        int64_t dh) {
   const int64_t ld = nh * dh;
   const std::vector<int> bucket = bucket_table(S);
+  std::vector<float> P(S * S);  // [S, S] probabilities of one (b, h)
   for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < nh; h++) {  // scores P = Q K^T  [S, S]
-      const float* Q = q + b * S * ld + h * dh;
-      const float* K = k + b * S * ld + h * dh;
-      float* P = probs + (b * nh + h) * S * S;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, Q, ld, K, ld, 0.0f, P, S);
-    }
-#pragma omp parallel for collapse(2)
-  for (int64_t bh = 0; bh < B * nh; bh++)
-    for (int64_t i = 0; i < S; i++) {
-      int64_t b = bh / nh, h = bh % nh;
-      masked_softmax_row(probs + (bh * S + i) * S, rb + h * kRelposBuckets, bucket.data(),
-                         segments + b * S, i, S);
-    }
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < nh; h++) {  // out = P V  [S, dh]
-      const float* P = probs + (b * nh + h) * S * S;
-      const float* V = v + b * S * ld + h * dh;
-      float* O = out + b * S * ld + h * dh;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, dh, S, 1.0f, P, S, V, ld, 0.0f, O, ld);
+    for (int64_t h = 0; h < nh; h++) {
+      const int64_t off = b * S * ld + h * dh;
+      float* stat = stats + (b * nh + h) * S * 2;
+      probabilities(P.data(), q + off, k + off, rb + h * kRelposBuckets, bucket.data(), segments + b * S, S, ld, dh,
+                    [&](const Row& r, int64_t i) { softmax_row(r, stat + 2 * i); });
+      // out = P V  [S, dh]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, dh, S, 1.0f, P.data(), S, v + off, ld, 0.0f,
+                  out + off, ld);
     }
 }
 
 // Softmax backward with the fixed zero logit: dA_ij = p_ij (dP_ij - sum_k p_ik dP_ik);
 // the zero logit has no gradient, so the sum runs over real keys only.
 void attention_backward(float* dq, float* dk, float* dv, float* drb, const float* dout,
-                        const float* probs, const float* q, const float* k, const float* v,
-                        const int32_t* segments, int64_t B, int64_t S, int64_t nh, int64_t dh) {
+                        const float* stats, const float* q, const float* k, const float* v,
+                        const float* rb, const int32_t* segments, int64_t B, int64_t S, int64_t nh,
+                        int64_t dh) {
   const int64_t ld = nh * dh;
   const std::vector<int> bucket = bucket_table(S);
-  std::vector<float> dA(S * S);  // [S, S] scratch, reused per (b, h)
+  std::vector<float> P(S * S), dA(S * S);  // [S, S] scratch, reused per (b, h)
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < nh; h++) {
       const int64_t off = b * S * ld + h * dh;
-      const float* P = probs + (b * nh + h) * S * S;
+      const float* stat = stats + (b * nh + h) * S * 2;
+      probabilities(P.data(), q + off, k + off, rb + h * kRelposBuckets, bucket.data(), segments + b * S, S, ld, dh,
+                    [&](const Row& r, int64_t i) { rebuild_row(r, stat + 2 * i); });
       // dP = dO V^T ; dV += P^T dO
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, dh, 1.0f, dout + off, ld, v + off, ld,
                   0.0f, dA.data(), S);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, P, S, dout + off, ld, 1.0f,
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, dh, S, 1.0f, P.data(), S, dout + off, ld, 1.0f,
                   dv + off, ld);
       float* drb_h = drb + h * kRelposBuckets;
       for (int64_t i = 0; i < S; i++) {
-        const float* p = P + i * S;
+        const float* p = P.data() + i * S;
         float* d = dA.data() + i * S;
         float dot = 0.0f;
         for (int64_t j = 0; j <= i; j++) dot += p[j] * d[j];

@@ -150,7 +150,7 @@ class CpuBackend final : public Backend {
     cpu::logits_backward(dh.f32(), demb.f32(), dlogits.f32(), h.f32(), emb.f32(), T, M, Vl, scale, p_);
   }
   std::vector<int64_t> attention_state_shape(int64_t B, int64_t S, int64_t nh) const override {
-    return {B, nh, S, S};
+    return {B, nh, S, 2};  // (row max, 1/denominator) per query
   }
   void attention_forward(Tensor out, Tensor state, const Tensor& q, const Tensor& k, const Tensor& v,
                          const Tensor& rb, const Tensor& segments, int64_t B, int64_t S, int64_t nh,
@@ -159,10 +159,10 @@ class CpuBackend final : public Backend {
                             dh);
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor drb, const Tensor& dout, const Tensor& state,
-                          const Tensor&, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
+                          const Tensor&, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rb,
                           const Tensor& segments, int64_t B, int64_t S, int64_t nh, int64_t dh) override {
     kern_.attention_backward(dq.f32(), dk.f32(), dv.f32(), drb.f32(), dout.f32(), state.f32(), q.f32(), k.f32(),
-                             v.f32(), segments.i32(), B, S, nh, dh);
+                             v.f32(), rb.f32(), segments.i32(), B, S, nh, dh);
   }
   void attention_decode(Tensor out, const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& rb,
                         int64_t B, int64_t n, int64_t len, int64_t cap, int64_t nh, int64_t dh) override {

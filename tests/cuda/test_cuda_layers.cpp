@@ -353,6 +353,28 @@ TEST_CASE("geglu and the expert activations, forward and backward", "[norm_act][
   }
 }
 
+// The CPU's probabilities [B, nh, S, S] from its stats [B, nh, S, 2] = (m, 1/denominator):
+// p_ij = exp(a_ij - m_i) / denominator_i on the keys i sees, a_ij = q_i.k_j + rb[h, bucket(i-j)].
+std::vector<float> cpu_probabilities(const std::vector<float>& stats, const std::vector<float>& q,
+                                     const std::vector<float>& k, const std::vector<float>& rb,
+                                     const std::vector<int32_t>& seg, int64_t B, int64_t S, int64_t nh, int64_t dh) {
+  const int64_t ld = nh * dh;
+  std::vector<float> probs(B * nh * S * S, 0.0f);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < nh; h++)
+      for (int64_t i = 0; i < S; i++) {
+        const float* stat = stats.data() + ((b * nh + h) * S + i) * 2;
+        for (int64_t j = 0; j <= i; j++) {
+          if (seg[b * S + j] != seg[b * S + i]) continue;
+          double a = rb[h * cpu::kRelposBuckets + cpu::relpos_bucket(i - j)];
+          const float *qi = q.data() + (b * S + i) * ld + h * dh, *kj = k.data() + (b * S + j) * ld + h * dh;
+          for (int64_t d = 0; d < dh; d++) a += double(qi[d]) * kj[d];
+          probs[((b * nh + h) * S + i) * S + j] = static_cast<float>(std::exp(a - stat[0]) * stat[1]);
+        }
+      }
+  return probs;
+}
+
 // Attention (the reference kernels, or the fused ones) against the CPU on B = 2
 // rows of S tokens: row 0 packs short documents (1 to 9 tokens), row 1 two long
 // ones; S is not a multiple of any tile and > 128, so every bucket is used.
@@ -371,11 +393,12 @@ void check_attention(bool flash, int64_t dh, int64_t S, int64_t nh, bool twice) 
     left--;
   }
   for (int64_t i = 0; i < S; i++) seg[S + i] = i < S - 37 ? 0 : 1;
-  std::vector<float> out(B * S * ld), probs(B * nh * S * S), dq(B * S * ld, 0.1f), dk(B * S * ld, 0.2f),
+  std::vector<float> out(B * S * ld), stats(B * nh * S * 2), dq(B * S * ld, 0.1f), dk(B * S * ld, 0.2f),
       dv(B * S * ld, 0.3f), drb(nh * cpu::kRelposBuckets, 0.4f);
-  cpu::attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh, dh);
-  cpu::attention_backward(dq.data(), dk.data(), dv.data(), drb.data(), dout.data(), probs.data(), q.data(), k.data(),
-                          v.data(), seg.data(), B, S, nh, dh);
+  cpu::attention_forward(out.data(), stats.data(), q.data(), k.data(), v.data(), rb.data(), seg.data(), B, S, nh, dh);
+  cpu::attention_backward(dq.data(), dk.data(), dv.data(), drb.data(), dout.data(), stats.data(), q.data(), k.data(),
+                          v.data(), rb.data(), seg.data(), B, S, nh, dh);
+  const std::vector<float> probs = flash ? std::vector<float>() : cpu_probabilities(stats, q, k, rb, seg, B, S, nh, dh);
 
   auto d_q = device(q), d_k = device(k), d_v = device(v), d_rb = device(rb), d_dout = device(dout);
   auto d_seg = device(seg);
@@ -426,15 +449,10 @@ void check_attention(bool flash, int64_t dh, int64_t S, int64_t nh, bool twice) 
     expect_close(kind + "dv", d_dv.download(), dv, 1e-4);
     expect_close(kind + "drb", first_drb, drb, 1e-4);
   }
-  if (flash) {  // lse = log of the softmax denominator, zero logit included
+  if (flash) {  // lse = m + log(denominator), zero logit included: the CPU's stats are (m, 1/denominator)
     std::vector<float> lse(B * nh * S);
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t h = 0; h < nh; h++)
-        for (int64_t i = 0; i < S; i++) {  // p_ii = exp(a_ii - lse): a_ii = q_i.k_i + rb[h, 0]
-          double a = rb[h * cpu::kRelposBuckets];
-          for (int64_t d = 0; d < dh; d++) a += double(q[(b * S + i) * ld + h * dh + d]) * k[(b * S + i) * ld + h * dh + d];
-          lse[(b * nh + h) * S + i] = static_cast<float>(a - std::log(probs[((b * nh + h) * S + i) * S + i]));
-        }
+    for (int64_t r = 0; r < B * nh * S; r++)
+      lse[r] = static_cast<float>(stats[2 * r] - std::log(double(stats[2 * r + 1])));
     expect_close(kind + "lse", d_lse.download(), lse, 1e-4);
   }
 }
