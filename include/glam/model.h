@@ -41,7 +41,7 @@ struct LayerActs {
   Tensor xn1;            // [T, M] gemm  RMSNorm before attention
   Tensor rstd1;          // [T] f32
   Tensor q, k, v;        // [T, A] f32 this rank's heads
-  Tensor att_state;      // the backend's attention state (cpu: probs [B, nh, S, S]; cuda: lse [B, nh, S])
+  Tensor att_state;      // the backend's attention state (cpu: row max and 1/sum [B, nh, S, 2]; cuda: lse [B, nh, S])
   Tensor att;            // [T, A] f32 attention output before Wo
   Tensor x_mid;          // [T, M] f32 residual after attention
   Tensor xn2;            // [T, M] gemm  RMSNorm before the FFN
