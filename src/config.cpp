@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "glam/check.h"
+#include "glam/cli.h"
 #include "glam/gemm.h"
 
 namespace po = boost::program_options;
@@ -78,55 +79,25 @@ std::string shortest(double d) {
   return std::string(buf, res.ptr);
 }
 
-void require_positive(int64_t v, const char* key) {
-  GLAM_REQUIRE(v > 0, key, " must be positive, got ", v);
+// A command that declares --mesh gets it checked here, before any work: "DxM"
+// strictly (cli.h); that D * M matches the ranks started is the mesh's check.
+void require_mesh_shape(const po::options_description& cli, const po::variables_map& vm) {
+  if (!cli.find_nothrow("mesh", false) || !vm.count("mesh")) return;
+  const std::string shape = vm["mesh"].as<std::string>();
+  int d = 0, m = 0;
+  if (!shape.empty()) parse_mesh(shape, "--mesh", &d, &m);
 }
 
 }  // namespace
 
+// Ranges and sizes first (config_ranges.cpp), then the choices among names.
 void Config::validate() const {
-  const ModelConfig& m = model;
-  require_positive(m.vocab_size, "model.vocab_size");
-  require_positive(m.d_model, "model.d_model");
-  require_positive(m.n_layers, "model.n_layers");
-  require_positive(m.n_heads, "model.n_heads");
-  require_positive(m.d_head, "model.d_head");
-  require_positive(m.d_ff, "model.d_ff");
-  require_positive(m.seq_len, "model.seq_len");
-  require_positive(train.batch_rows, "train.batch_rows");
-  GLAM_REQUIRE(m.n_experts == 0 || m.n_experts >= 2,
-               "model.n_experts must be 0 (dense) or at least 2 (top-2 gating), got ", m.n_experts);
-  GLAM_REQUIRE(m.expert_act == "relu" || m.expert_act == "gelu",
-               "model.expert_act must be relu or gelu, got '", m.expert_act, "'");
-  GLAM_REQUIRE(m.second_policy == "all" || m.second_policy == "random",
-               "model.second_policy must be all or random, got '", m.second_policy, "'");
-  GLAM_REQUIRE(m.capacity_factor > 0, "model.capacity_factor must be positive, got ", m.capacity_factor);
-  GLAM_REQUIRE(m.aux_loss_weight >= 0 && m.z_loss_weight >= 0, "model.aux_loss_weight and model.z_loss_weight must be >= 0");
-  if (m.n_experts > 0) {
-    require_positive(m.group_size, "model.group_size");
-    const int64_t tokens = train.batch_rows * m.seq_len;
-    GLAM_REQUIRE(tokens % m.group_size == 0, "model.group_size ", m.group_size,
-                 " must divide the tokens of a batch (train.batch_rows * model.seq_len = ", tokens, ")");
-  }
-  GLAM_REQUIRE(train.micro_rows >= 0 && train.micro_rows <= train.batch_rows, "train.micro_rows must be in [0, ",
-               "train.batch_rows = ", train.batch_rows, "], got ", train.micro_rows);
-  if (m.n_experts > 0 && train.micro_rows > 0)
-    GLAM_REQUIRE(train.micro_rows * m.seq_len % m.group_size == 0, "model.group_size ", m.group_size,
-                 " must divide the tokens of a micro-step (train.micro_rows * model.seq_len = ",
-                 train.micro_rows * m.seq_len, ")");
-  GLAM_REQUIRE(train.steps >= 0, "train.steps must be >= 0, got ", train.steps);
-  GLAM_REQUIRE(train.lr > 0, "train.lr must be positive, got ", train.lr);
-  GLAM_REQUIRE(train.warmup_steps >= 0, "train.warmup_steps must be >= 0, got ", train.warmup_steps);
-  GLAM_REQUIRE(train.decay_pow > 0 && train.decay_pow <= 1, "train.decay_pow must be in (0, 1], got ", train.decay_pow);
-  GLAM_REQUIRE(train.clip_threshold > 0, "train.clip_threshold must be positive");
-  require_positive(train.log_every, "train.log_every");
-  GLAM_REQUIRE(train.val_every >= 0, "train.val_every must be >= 0, got ", train.val_every);
-  GLAM_REQUIRE(train.val_rows > 0, "train.val_rows must be positive, got ", train.val_rows);
-  require_positive(train.factored_min_dim, "train.factored_min_dim");
+  validate_ranges(*this);
+  GLAM_REQUIRE(model.expert_act == "relu" || model.expert_act == "gelu",
+               "model.expert_act must be relu or gelu, got '", model.expert_act, "'");
+  GLAM_REQUIRE(model.second_policy == "all" || model.second_policy == "random",
+               "model.second_policy must be all or random, got '", model.second_policy, "'");
   cpu::parse_precision(train.cpu_precision, "train.cpu_precision");  // throws for anything but fp32 | bf16
-  GLAM_REQUIRE(checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0, got ", checkpoint.every_steps);
-  GLAM_REQUIRE(checkpoint.every_minutes >= 0, "checkpoint.every_minutes must be >= 0, got ", checkpoint.every_minutes);
-  GLAM_REQUIRE(checkpoint.keep >= 0, "checkpoint.keep must be >= 0, got ", checkpoint.keep);
 }
 
 std::string Config::to_ini() const {
@@ -163,10 +134,11 @@ po::variables_map parse_args(const std::vector<std::string>& args, const po::opt
   all.add(cli).add(keys);
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(all).run(), vm);
+    po::store(parse_command_line(args, all, "command line"), vm);
   } catch (const po::error& e) {
     throw UserError(msg("command line: ", e.what()));
   }
+  require_mesh_shape(cli, vm);
   if (vm.count("help")) return vm;
   if (cli.find_nothrow("config", false) && vm.count("config")) {
     cfg.source = vm["config"].as<std::string>();

@@ -4,6 +4,7 @@
 // fails before any work.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,7 +13,10 @@
 #include <nlohmann/json.hpp>
 
 #include "glam/check.h"
+#include "glam/cli.h"
+#include "glam/generator.h"
 #include "glam/device.h"
+#include "glam/host_memory.h"
 #include "glam/commands.h"
 #include "glam/eval.h"
 #include "glam/weights.h"
@@ -132,6 +136,33 @@ std::string output_path(const po::variables_map& vm, const char* flag) {
   return path;
 }
 
+// Whether two spellings name one file: the same path once symlinks, "." and ".."
+// are resolved, or (both existing) the same inode, a hard link included.
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec1, ec2;  // absolute first: GCC leaves a path of missing parts relative
+  if (fs::weakly_canonical(fs::absolute(a), ec1) == fs::weakly_canonical(fs::absolute(b), ec2) && !ec1 && !ec2)
+    return true;
+  std::error_code ec;
+  return fs::exists(a, ec) && fs::exists(b, ec) && fs::equivalent(a, b, ec) && !ec;
+}
+
+// No output may be an input or the other output: one would overwrite the other.
+void require_distinct_outputs(const po::variables_map& vm) {
+  const char* outputs[] = {"json", "predictions"};
+  const char* inputs[] = {"tasks", "text"};
+  for (const char* out : outputs) {
+    if (!vm.count(out)) continue;
+    const std::string path = vm[out].as<std::string>();
+    for (const char* other : outputs)
+      GLAM_REQUIRE(other == out || !vm.count(other) || !same_file(path, vm[other].as<std::string>()), "--json '",
+                   vm["json"].as<std::string>(), "' and --predictions '", vm["predictions"].as<std::string>(),
+                   "' name the same file; give two different files");
+    for (const char* in : inputs)
+      GLAM_REQUIRE(!vm.count(in) || !same_file(path, vm[in].as<std::string>()), "--", out, " '", path,
+                   "' is the --", in, " input '", vm[in].as<std::string>(), "'; write the output elsewhere");
+  }
+}
+
 // What the command line asks for, checked before the model is loaded.
 struct EvalRequest {
   fs::path run_dir;
@@ -150,10 +181,15 @@ EvalRequest parse_request(const po::variables_map& vm) {
   r.opt.beam = vm["beam"].as<int64_t>();
   r.opt.max_tokens = vm["max-tokens"].as<int64_t>();
   r.opt.limit = vm["limit"].as<int64_t>();
-  GLAM_REQUIRE(r.opt.beam >= 1, "--beam must be >= 1, got ", r.opt.beam);
-  GLAM_REQUIRE(r.opt.max_tokens >= 1, "--max-tokens must be >= 1, got ", r.opt.max_tokens);
+  GLAM_REQUIRE(r.opt.beam >= 1 && r.opt.beam <= kMaxBeam, "--beam must be from 1 to ", kMaxBeam, ", got ", r.opt.beam);
+  GLAM_REQUIRE(r.opt.max_tokens >= 1 && r.opt.max_tokens <= kMaxNewTokens, "--max-tokens must be from 1 to ",
+               kMaxNewTokens, ", got ", r.opt.max_tokens);
+  GLAM_REQUIRE(r.opt.shots >= 0 && r.opt.shots <= 1000, "--shots must be from 0 to 1000, got ", r.opt.shots);
   GLAM_REQUIRE(r.opt.limit >= 0, "--limit must be >= 0, got ", r.opt.limit);
   r.mesh = vm["mesh"].as<std::string>();
+  int mesh_d = 0, mesh_m = 0;
+  if (!r.mesh.empty()) parse_mesh(r.mesh, "--mesh", &mesh_d, &mesh_m);
+  require_distinct_outputs(vm);
   r.device = vm["device"].as<std::string>();
   r.json_path = output_path(vm, "json");
   r.predictions_path = output_path(vm, "predictions");
@@ -190,6 +226,8 @@ json run_tasks(const EvalRequest& r, Model& model, const Tokenizer& tok, const M
 json run_text(const EvalRequest& r, Model& model, const Tokenizer& tok, const Mesh& mesh) {
   const auto t0 = std::chrono::steady_clock::now();
   const TextResult t = evaluate_text(r.text, model, tok, mesh, r.opt.rows);
+  GLAM_REQUIRE(std::isfinite(t.nll), "text '", r.text, "': the negative log-likelihood is not finite (NaN or Inf ",
+               "in the weights of run dir '", r.run_dir.string(), "'; was it trained with a huge train.lr?)");
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (mesh.is_root())
     std::fprintf(stderr, "# %s: %lld tokens scored in %.2fs (%.0f tokens/s)\n", r.text.c_str(),
@@ -205,7 +243,7 @@ int eval_main(const std::vector<std::string>& args) {
   const po::options_description cli = eval_options();
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(cli).run(), vm);
+    po::store(parse_command_line(args, cli, "glam eval"), vm);
     po::notify(vm);
   } catch (const po::error& e) {
     throw UserError(msg("glam eval: ", e.what()));
@@ -214,9 +252,12 @@ int eval_main(const std::vector<std::string>& args) {
   EvalRequest r = parse_request(vm);
 
   Config cfg = load_config_file((r.run_dir / "config.cfg").string());
+  Activity loading(msg("loading the model of run dir '", r.run_dir.string(), "'"));
   Mesh mesh = Mesh::create(r.mesh);
+  const Device device = select_device(r.device, mesh);
+  if (device == Device::cpu) require_fits_host_memory(cfg, mesh, MemoryUse::inference, "glam eval");
   Tokenizer tokenizer((r.run_dir / "tokenizer.model").string());
-  Model model(cfg, mesh, select_device(r.device, mesh));
+  Model model(cfg, mesh, device);
   load_weights((r.run_dir / "weights.h5").string(), model.params(), mesh);
   model.sync_to_device();
   // as many rows per forward as a training micro-step holds on this rank: memory the run is known to fit
@@ -225,6 +266,7 @@ int eval_main(const std::vector<std::string>& args) {
   json report = {{"run_dir", r.run_dir.string()}, {"shots", r.opt.shots}, {"seed", r.opt.seed},
                  {"unnormalized", r.opt.unnormalized}, {"beam", r.opt.beam}, {"max_tokens", r.opt.max_tokens},
                  {"limit", r.opt.limit}};
+  Activity evaluating("evaluating (--beam and --max-tokens set the generative tasks' memory)");
   if (!r.tasks.empty()) report.update(run_tasks(r, model, tokenizer, mesh));
   if (!r.text.empty()) report["text"] = run_text(r, model, tokenizer, mesh);
   if (mesh.is_root() && !r.json_path.empty()) write_file(r.json_path, report.dump(2) + "\n");

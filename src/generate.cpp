@@ -8,7 +8,9 @@
 #include <iostream>
 
 #include "glam/check.h"
+#include "glam/cli.h"
 #include "glam/device.h"
+#include "glam/host_memory.h"
 #include "glam/commands.h"
 #include "glam/generator.h"
 #include "glam/weights.h"
@@ -34,6 +36,20 @@ std::vector<std::string> read_prompts(const po::variables_map& vm) {
   return prompts;
 }
 
+// The sampling flags, checked before anything is loaded.
+SamplingOptions sampling_options(const po::variables_map& vm) {
+  SamplingOptions opt;
+  opt.max_tokens = vm["max-tokens"].as<int64_t>();
+  opt.temperature = vm["temperature"].as<double>();
+  opt.top_k = vm["top-k"].as<int64_t>();
+  opt.top_p = vm["top-p"].as<double>();
+  opt.beam = vm["beam"].as<int64_t>();
+  opt.seed = vm["seed"].as<Seed>();
+  if (vm.count("stop")) opt.stop = vm["stop"].as<std::vector<std::string>>();
+  check_sampling_options(opt);
+  return opt;
+}
+
 }  // namespace
 
 int generate_main(const std::vector<std::string>& args) {
@@ -54,7 +70,7 @@ int generate_main(const std::vector<std::string>& args) {
     ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)");
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(cli).run(), vm);
+    po::store(parse_command_line(args, cli, "glam generate"), vm);
     po::notify(vm);
   } catch (const po::error& e) {
     throw UserError(msg("glam generate: ", e.what()));
@@ -62,30 +78,27 @@ int generate_main(const std::vector<std::string>& args) {
   if (vm.count("help")) { std::cout << cli << "\n"; return 0; }
   GLAM_REQUIRE(vm.count("run-dir"), "glam generate: --run-dir is required");
   const std::vector<std::string> prompts = read_prompts(vm);
+  const SamplingOptions opt = sampling_options(vm);
+  const std::string mesh_shape = vm["mesh"].as<std::string>();
+  int mesh_d = 0, mesh_m = 0;
+  if (!mesh_shape.empty()) parse_mesh(mesh_shape, "--mesh", &mesh_d, &mesh_m);
   const fs::path dir = vm["run-dir"].as<std::string>();
   GLAM_REQUIRE(fs::exists(dir / "config.cfg"), "run dir '", dir.string(), "' has no config.cfg (was it written by glam train?)");
-  SamplingOptions opt;
-  opt.max_tokens = vm["max-tokens"].as<int64_t>();
-  opt.temperature = vm["temperature"].as<double>();
-  opt.top_k = vm["top-k"].as<int64_t>();
-  opt.top_p = vm["top-p"].as<double>();
-  opt.beam = vm["beam"].as<int64_t>();
-  opt.seed = vm["seed"].as<Seed>();
-  if (vm.count("stop")) opt.stop = vm["stop"].as<std::vector<std::string>>();
-  GLAM_REQUIRE(opt.temperature >= 0.0, "--temperature must be >= 0");
-  GLAM_REQUIRE(opt.top_k >= 0, "--top-k must be >= 0");
-  GLAM_REQUIRE(opt.max_tokens >= 0, "--max-tokens must be >= 0");
 
   Config cfg = load_config_file((dir / "config.cfg").string());
-  Mesh mesh = Mesh::create(vm["mesh"].as<std::string>());
+  Activity loading(msg("loading the model of run dir '", dir.string(), "'"));
+  Mesh mesh = Mesh::create(mesh_shape);
+  const Device device = select_device(vm["device"].as<std::string>(), mesh);
+  if (device == Device::cpu) require_fits_host_memory(cfg, mesh, MemoryUse::inference, "glam generate");
   Tokenizer tokenizer((dir / "tokenizer.model").string());
-  Model model(cfg, mesh, select_device(vm["device"].as<std::string>(), mesh));
+  Model model(cfg, mesh, device);
   load_weights((dir / "weights.h5").string(), model.params(), mesh);
   model.sync_to_device();
   Generator generator(model, tokenizer, mesh);
 
   std::vector<std::vector<int32_t>> ids;
   for (const std::string& p : prompts) ids.push_back(tokenizer.encode(p));
+  Activity generating(msg("generating with --beam ", opt.beam, " and --max-tokens ", opt.max_tokens));
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<Generation> out = generator.generate(ids, opt);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

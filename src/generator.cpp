@@ -11,6 +11,7 @@
 #include <random>
 
 #include "glam/check.h"
+#include "glam/cli.h"
 
 namespace glam {
 
@@ -29,6 +30,8 @@ std::vector<std::vector<double>> last_logprobs(const Model& model, const Mesh& m
     for (int64_t m = 0; m < mesh.model_size; m++)
       for (int64_t v = 0; v < Vl; v++) lp[r][m * Vl + v] = all[(m * rows + r) * Vl + v];
     const double mx = *std::max_element(lp[r].begin(), lp[r].end());
+    GLAM_REQUIRE(std::isfinite(mx), "the model's logits are not finite (NaN or Inf in weights.h5; was it trained ",
+                 "with a huge train.lr?)");
     double sum = 0.0;
     for (double x : lp[r]) sum += std::exp(x - mx);
     const double lse = mx + std::log(sum);
@@ -79,18 +82,41 @@ struct Beam {
   double score = 0.0;
 };
 
+// The KV cache (keys and values of every layer for `beam` rows of seq_len
+// tokens, fp32) against the machine's memory.
+void check_cache_fits(const SamplingOptions& opt, const ModelConfig& c, int64_t width) {
+  int64_t bytes = 0;
+  const bool ok = checked_mul(opt.beam, c.seq_len, &bytes) && checked_mul(bytes, c.n_layers, &bytes) &&
+                  checked_mul(bytes, width, &bytes) && checked_mul(bytes, 2 * 4, &bytes);
+  const int64_t have = host_memory_bytes();
+  GLAM_REQUIRE(ok && (have <= 0 || bytes <= have), "--beam ", opt.beam, ": the KV cache (beam * model.seq_len ",
+               c.seq_len, " * model.n_layers ", c.n_layers, " * ", width, " * 8 bytes) needs ",
+               ok ? msg(bytes >> 20, " MiB") : std::string("more than 2^63 bytes"), " but this machine has ",
+               have >> 20, " MiB; lower --beam");
+}
+
 }  // namespace
+
+void check_sampling_options(const SamplingOptions& opt) {
+  GLAM_REQUIRE(opt.beam >= 1 && opt.beam <= kMaxBeam, "--beam must be from 1 to ", kMaxBeam, ", got ", opt.beam);
+  GLAM_REQUIRE(opt.max_tokens >= 0 && opt.max_tokens <= kMaxNewTokens, "--max-tokens must be from 0 to ",
+               kMaxNewTokens, ", got ", opt.max_tokens);
+  GLAM_REQUIRE(std::isfinite(opt.temperature) && opt.temperature >= 0.0 && opt.temperature <= 1e4,
+               "--temperature must be from 0 (greedy) to 10000, got ", opt.temperature);
+  GLAM_REQUIRE(opt.top_k >= 0, "--top-k must be >= 0, got ", opt.top_k);
+  GLAM_REQUIRE(opt.top_p > 0.0 && opt.top_p <= 1.0, "--top-p must be in (0, 1], got ", opt.top_p);
+}
 
 Generator::Generator(Model& model, const Tokenizer& tokenizer, const Mesh& mesh)
     : model_(model), tok_(tokenizer), mesh_(mesh) {}
 
 std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
                                             const SamplingOptions& opt) {
-  GLAM_REQUIRE(opt.beam >= 1, "--beam must be >= 1");
-  GLAM_REQUIRE(opt.top_p > 0.0 && opt.top_p <= 1.0, "--top-p must be in (0, 1]");
   const ModelConfig& c = model_.config();
   const int64_t cap = c.seq_len, W = opt.beam, n_valid = std::min<int64_t>(c.vocab_size, tok_.vocab_size());
   const int64_t width = c.n_heads / mesh_.model_size * c.d_head;
+  check_sampling_options(opt);
+  check_cache_fits(opt, c, width);
   std::vector<Generation> out;
   KVCache cache;
   for (size_t pi = 0; pi < prompts.size(); pi++) {

@@ -3,10 +3,12 @@
 
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "glam/check.h"
+#include "glam/cli.h"
 #include "glam/commands.h"
 
 namespace {
@@ -18,6 +20,22 @@ const char* kUsage =
     "  generate   continue a prompt:  glam generate --run-dir runs/tiny --prompt \"The\"\n"
     "  eval       evaluate tasks or perplexity:  glam eval --run-dir runs/tiny --tasks tasks/\n"
     "Each command takes --help.\n";
+
+// Out of memory: say what was being done and how to make it fit. One rank alone
+// ends cleanly with 3; with several, the others may wait in a collective, so
+// the job is aborted with 3.
+int out_of_memory(int rank, const std::string& command) {
+  const std::string& what = glam::current_activity();
+  std::fprintf(stderr,
+               "glam: error on rank %d: out of memory while %s: the model or its batch does not fit in this "
+               "machine's memory (`glam plan --config C --mesh DxM` shows the memory per rank; lower the model.* "
+               "sizes or train.batch_rows, or use more ranks)\n",
+               rank, what.empty() ? ("running glam " + command).c_str() : what.c_str());
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world > 1) MPI_Abort(MPI_COMM_WORLD, 3);
+  return 3;
+}
 
 int dispatch(const std::string& cmd, const std::vector<std::string>& args) {
   if (cmd == "train") return glam::train_main(args);
@@ -41,6 +59,8 @@ int main(int argc, char** argv) {
   } catch (const glam::UserError& e) {
     if (rank == 0) std::fprintf(stderr, "glam: error: %s\n", e.what());
     rc = 2;
+  } catch (const std::bad_alloc&) {
+    rc = out_of_memory(rank, argc > 1 ? argv[1] : "");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "glam: error on rank %d: %s\n", rank, e.what());
     MPI_Abort(MPI_COMM_WORLD, 3);

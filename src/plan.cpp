@@ -4,24 +4,21 @@
 // expert_exchange.cpp, on a mesh that exists only as its two sizes.
 #include "glam/plan.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <numeric>
 
 #include "glam/adafactor.h"
 #include "glam/check.h"
+#include "glam/cli.h"
 #include "glam/mesh.h"
 #include "glam/params.h"
 
 namespace glam {
 
 void parse_mesh_shape(const std::string& shape, const std::string& flag, int* data, int* model) {
-  int d = 0, m = 0;
-  char x = 0, extra = 0;
-  GLAM_REQUIRE(std::sscanf(shape.c_str(), "%d%c%d%c", &d, &x, &m, &extra) == 3 && x == 'x' && d > 0 && m > 0,
-               flag, ": expected DxM with positive integers (e.g. 2x2), got '", shape, "'");
-  *data = d;
-  *model = m;
+  parse_mesh(shape, flag, data, model);
 }
 
 int64_t parse_bytes(const std::string& text, const std::string& flag) {
@@ -32,11 +29,17 @@ int64_t parse_bytes(const std::string& text, const std::string& flag) {
                                {"TiB", 1099511627776.0}};
   double value = 0.0;
   int used = 0;
-  const bool number = std::sscanf(text.c_str(), "%lf%n", &value, &used) == 1 && std::isfinite(value) && value > 0;
+  const bool number = !text.empty() && (std::isdigit(static_cast<unsigned char>(text[0])) || text[0] == '.') &&
+                      std::sscanf(text.c_str(), "%lf%n", &value, &used) == 1 && std::isfinite(value) && value > 0;
   if (number) {
     const std::string unit = text.substr(used);
-    for (const Unit& u : units)
-      if (unit == u.name) return static_cast<int64_t>(value * u.factor);
+    for (const Unit& u : units) {
+      if (unit != u.name) continue;
+      // 2^60 bytes (1 EiB) keeps the sums of plan.cpp inside int64
+      GLAM_REQUIRE(value * u.factor >= 1 && value * u.factor <= 0x1p60, flag, ": ", text,
+                   " is outside 1 B to 1 EiB (2^60 bytes)");
+      return static_cast<int64_t>(value * u.factor);
+    }
   }
   throw UserError(msg(flag, ": expected a positive size with a unit B, KB, MB, GB, TB, KiB, MiB, GiB or TiB ",
                       "(e.g. 80GiB), got '", text, "'"));
@@ -67,16 +70,25 @@ double forward_flops(const ModelConfig& c, double T, double routed, double A, do
 }
 
 // Elements forward keeps for backward, plus the output's transients (logits, their
-// gradient, the residual gradient): the LayerActs fields of model.h.
+// gradient, the residual gradient): the LayerActs fields of model.h. remat: every
+// layer keeps its input x; the rest is held once (layer 0's set, and one set of
+// the MoE and of the dense layers' own buffers), as Model::share_layer_views.
 int64_t activation_elements(const ModelConfig& c, int64_t T, int64_t routed, int64_t A, int64_t nh,
-                            int64_t H, int64_t V) {
+                            int64_t H, int64_t V, bool remat) {
   const int64_t M = c.d_model, S = c.seq_len;
   int64_t n = 0;
+  bool moe_held = false, dense_held = false;
   for (int64_t l = 0; l < c.n_layers; l++) {
-    n += 4 * T * M + 2 * T;      // x, xn1, x_mid, xn2 [T, M]; rstd1, rstd2 [T]
-    n += 4 * T * A;              // q, k, v, att [T, A]
-    n += (T / S) * nh * S * S;   // probs [B, nh, S, S]
-    if (c.is_moe_layer(l)) n += T * c.n_experts + 2 * routed * H;  // router_logits; pre, eh [n_recv, H]
+    n += T * M;                  // x [T, M]
+    const bool moe = c.is_moe_layer(l);
+    if (!remat || l == 0) {
+      n += 3 * T * M + 2 * T;      // xn1, x_mid, xn2 [T, M]; rstd1, rstd2 [T]
+      n += 4 * T * A;              // q, k, v, att [T, A]
+      n += (T / S) * nh * S * 2;   // softmax stats [B, nh, S, 2] (cpu; the GPU's flash lse is half)
+    }
+    if (remat && (moe ? moe_held : dense_held)) continue;
+    (moe ? moe_held : dense_held) = true;
+    if (moe) n += T * c.n_experts + 2 * routed * H;  // router_logits; pre, eh [n_recv, H]
     else n += 3 * T * H;         // a0, a1, h [T, H]
   }
   n += 2 * T * M + 2 * T;        // x_final, xnf [T, M]; rstdf, lse [T]
@@ -143,15 +155,25 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   p.memory.weights = 4 * p.local_params;
   p.memory.gradients = 4 * p.local_params;
   p.memory.optimizer = 4 * state;
-  p.memory.activations = opt.act_bytes * activation_elements(c, Tm, routed_micro, A, nh, H, V);
-  p.memory.dispatch = opt.act_bytes * n_moe * 4 * routed_micro * M;  // ein, eout, xin, xout [rows, M]
+  const bool remat = cfg.train.remat;
+  p.memory.activations = opt.act_bytes * activation_elements(c, Tm, routed_micro, A, nh, H, V, remat);
+  // ein, eout, xin, xout [rows, M] per MoE layer (remat: one set)
+  p.memory.dispatch = opt.act_bytes * (remat ? std::min<int64_t>(1, n_moe) : n_moe) * 4 * routed_micro * M;
+  // remat recomputes the forward of every layer but the last inside the backward
+  const int64_t re_moe = remat ? n_moe - (c.is_moe_layer(c.n_layers - 1) ? 1 : 0) : 0;
+  const int64_t re_dense = remat ? c.n_layers - 1 - re_moe : 0;
+  if (remat) {
+    ModelConfig layers = c;
+    layers.n_layers = c.n_layers - 1;
+    p.recompute_flops_per_rank = forward_flops(layers, double(T), double(routed), double(A), double(H), 0.0);
+  }
 
   // communication (bytes as CommStats counts them; float collectives only)
   const int64_t f = 4;
   if (D > 1) {
     const double remote = c.n_experts > 0 ? 1.0 - 1.0 / static_cast<double>(std::min<int64_t>(c.n_experts, D)) : 0.0;
-    p.comm.alltoall = static_cast<int64_t>(std::llround(4.0 * n_moe * routed * remote * M * f));
-    p.comm.alltoall_calls = 4 * n_moe * p.micro_steps;
+    p.comm.alltoall = static_cast<int64_t>(std::llround((4.0 * n_moe + 2.0 * re_moe) * routed * remote * M * f));
+    p.comm.alltoall_calls = (4 * n_moe + 2 * re_moe) * p.micro_steps;
     p.comm.allreduce_data = f * repl_data;
     p.comm.allreduce_replicas = f * repl_experts;
   }
@@ -160,6 +182,8 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
     // layer (dense: T rows; MoE: the rows this rank's experts computed); softmax
     // row sums and target logits (the row max is a MAX, which CommStats does not count).
     p.comm.allreduce_model = f * (M * (2 * T + 2 * c.n_layers * T + 2 * n_dense * T + 2 * n_moe * routed) + 2 * T);
+    // remat: the recomputed forwards' attention and FFN outputs again
+    p.comm.allreduce_model += f * M * ((re_moe + re_dense) * T + re_dense * T + re_moe * routed);
   }
   // Calls, for latency: the activation reductions above (embedding, d xnf, 2 per
   // layer forward and 2 backward, 3 softmax statistics), then per tensor the
@@ -167,7 +191,7 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   // the gradient norm and of Adafactor over the axes the tensor is split on.
   // Micro-steps repeat the activation reductions and the MoE statistics; the
   // gradients cross the mesh once per step.
-  int64_t model_calls = (2 + 4 * c.n_layers + 3) * p.micro_steps;
+  int64_t model_calls = (2 + 4 * c.n_layers + 3 + 2 * (re_moe + re_dense)) * p.micro_steps;
   int64_t data_calls = (n_moe + 1) * p.micro_steps + (p.micro_steps > 1);  // + the step's target count
   for (const Param& q : table.params) {
     if (q.model_axis >= 0) model_calls += 2;

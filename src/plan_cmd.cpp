@@ -48,7 +48,9 @@ PlanRequest read_request(const po::variables_map& vm) {
   PlanRequest r;
   parse_mesh_shape(vm["mesh"].as<std::string>(), "--mesh", &r.opt.data, &r.opt.model);
   r.opt.batch_tokens = vm["batch-tokens"].as<int64_t>();
-  GLAM_REQUIRE(r.opt.batch_tokens >= 0, "--batch-tokens must be positive, got ", r.opt.batch_tokens);
+  // 2^36 tokens per step: a thousand times the paper's batch, and the plan's byte sums stay inside int64
+  GLAM_REQUIRE(r.opt.batch_tokens >= 0 && r.opt.batch_tokens <= (int64_t{1} << 36),
+               "--batch-tokens must be from 0 (the config's batch) to 2^36, got ", r.opt.batch_tokens);
   const std::string act = vm["activations"].as<std::string>();
   GLAM_REQUIRE(act == "fp32" || act == "bf16", "--activations must be fp32 or bf16, got '", act, "'");
   r.opt.act_bytes = act == "fp32" ? 4 : 2;
@@ -83,6 +85,9 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
   if (p.micro_steps > 1)
     std::printf("micro-steps      %lld of %lld tokens per rank (train.micro_rows), gradients accumulating\n",
                 static_cast<long long>(p.micro_steps), static_cast<long long>(p.tokens_per_micro));
+  if (p.recompute_flops_per_rank > 0)
+    std::printf("remat            %.3g FLOPs per step per rank recomputed in the backward (not in MFU)\n",
+                p.recompute_flops_per_rank);
   std::printf("\nmemory per rank (fp32 weights, gradients, Adafactor state; %s activations)\n",
               r.opt.act_bytes == 4 ? "fp32" : "bf16");
   const std::pair<const char*, int64_t> rows[] = {{"weights", m.weights},         {"gradients", m.gradients},

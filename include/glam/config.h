@@ -85,6 +85,15 @@ struct Config {
   std::string to_ini() const;
 };
 
+// Elements any one size the config implies may reach (a tensor, a batch buffer,
+// all parameters together): 2^46, 256 TiB of fp32, far above the paper's largest.
+constexpr int64_t kMaxElements = int64_t{1} << 46;
+
+// The range of every key and the products of sizes (config_ranges.cpp): finite
+// reals, integer bounds, products in checked int64 under kMaxElements. Throws
+// UserError naming the key(s) and the range. Part of Config::validate().
+void validate_ranges(const Config& cfg);
+
 // Adds every config key, named "section.key", bound to the fields of cfg.
 void add_config_options(boost::program_options::options_description& desc, Config& cfg);
 

@@ -14,6 +14,10 @@
 
 namespace glam {
 
+// Bounds of the options (checked by generate(); eval and generate name them).
+constexpr int64_t kMaxBeam = 64;                      // GLaM used 4
+constexpr int64_t kMaxNewTokens = int64_t{1} << 20;   // tokens generated per prompt
+
 struct SamplingOptions {
   int64_t max_tokens = 64;
   double temperature = 0.0;        // 0 = greedy (argmax)
@@ -31,11 +35,17 @@ struct Generation {
   std::string finish;              // "eod", "stop", "length"
 };
 
+// The ranges of the options (beam, max_tokens, temperature, top_k, top_p):
+// UserError naming the flag. generate() checks them too.
+void check_sampling_options(const SamplingOptions& opt);
+
 class Generator {
  public:
   Generator(Model& model, const Tokenizer& tokenizer, const Mesh& mesh);
 
   // Continues every prompt. Collective: all ranks pass the same prompts and options.
+  // UserError for options out of range, a KV cache larger than this machine's
+  // memory, or log-probabilities that are not finite (NaN or Inf weights).
   std::vector<Generation> generate(const std::vector<std::vector<int32_t>>& prompts, const SamplingOptions& opt);
 
   // log P(token | previous tokens) for every position of ids after the first:

@@ -26,7 +26,7 @@ struct RouterOptions {
   int64_t token_offset = 0;     // global index of this rank's first token (mesh-independent draws)
 };
 
-// C = int(S * capacity_factor / E) rounded up to a multiple of 4 (at least 4).
+// C = int(S * capacity_factor / E), at most S, rounded up to a multiple of 4 (at least 4).
 int64_t expert_capacity(int64_t group_size, double capacity_factor, int64_t n_experts);
 
 // Everything the router decided for T tokens, and what its backward needs.

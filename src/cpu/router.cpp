@@ -109,9 +109,13 @@ void aux_statistics(RoutingPlan& p, bool no_drop) {
 }  // namespace
 
 int64_t expert_capacity(int64_t group_size, double capacity_factor, int64_t n_experts) {
-  int64_t c = static_cast<int64_t>(group_size * capacity_factor / n_experts);
-  c = std::max<int64_t>(c, 1);
-  return (c + 3) / 4 * 4;
+  // An expert receives at most group_size choices of a group (a token's two go to
+  // two experts), so more slots change nothing: saturate there, before the cast
+  // (a huge or infinite factor would overflow int64; NaN fails the comparison too).
+  const double want = static_cast<double>(group_size) * capacity_factor / static_cast<double>(n_experts);
+  int64_t c = group_size;
+  if (want < static_cast<double>(group_size)) c = want >= 1.0 ? static_cast<int64_t>(want) : 1;
+  return c > INT64_MAX - 3 ? c : (c + 3) / 4 * 4;
 }
 
 void router_forward(RoutingPlan& p, const float* logits, int64_t T, const RouterOptions& opt,
