@@ -40,8 +40,8 @@ void parse_mesh(const std::string& shape, const std::string& flag, int* data, in
   const size_t x = shape.find('x');
   const int d = x == std::string::npos ? 0 : mesh_axis(shape.substr(0, x));
   const int m = x == std::string::npos ? 0 : mesh_axis(shape.substr(x + 1));
-  GLAM_REQUIRE(d > 0 && m > 0, flag, ": expected DxM with D and M integers from 1 to ", kMaxMeshAxis,
-               " (e.g. 2x2), got '", shape, "'");
+  GLAM_REQUIRE(d > 0 && m > 0, flag, ": expected DxM with positive integers (e.g. 2x2), got '", shape,
+               "' (D and M from 1 to ", kMaxMeshAxis, ", digits only)");
   GLAM_REQUIRE(int64_t{d} * m <= kMaxMeshRanks, flag, " ", shape, ": ", int64_t{d} * m,
                " ranks is more than the ", kMaxMeshRanks, " glam supports");
   *data = d;

@@ -120,6 +120,7 @@ std::string Config::to_ini() const {
     else if (auto* u = boost::any_cast<uint64_t>(&value)) os << *u;
     else if (auto* seed = boost::any_cast<Seed>(&value)) os << *seed;
     else if (auto* d = boost::any_cast<double>(&value)) os << shortest(*d);
+    else if (auto* b = boost::any_cast<bool>(&value)) os << (*b ? "true" : "false");
     else if (auto* s = boost::any_cast<std::string>(&value)) os << *s;
     os << "\n";
   }
