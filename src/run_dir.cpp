@@ -86,6 +86,9 @@ std::string this_host() {
 }
 
 // Start time of a process in clock ticks since boot; -1 if there is no such process.
+// The start time (field 22 of /proc/PID/stat) of a process, -1 if unknown; -2 for
+// a zombie: dead, its lock released, waiting to be reaped (in a container whose
+// init does not reap, the ranks of an aborted job stay so).
 long long start_time_of(long long pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
   std::string stat;
@@ -94,8 +97,10 @@ long long start_time_of(long long pid) {
   if (paren == std::string::npos) return -1;
   std::istringstream fields(stat.substr(paren + 2));
   std::string field;
-  for (int i = 3; i <= 22 && fields >> field; i++)
+  for (int i = 3; i <= 22 && fields >> field; i++) {
+    if (i == 3 && (field == "Z" || field == "X")) return -2;
     if (i == 22) return std::atoll(field.c_str());
+  }
   return -1;
 }
 
@@ -120,6 +125,7 @@ std::string describe(const Holder& h) {
 bool alive_here(const Holder& h) {
   if (h.pid <= 0) return false;
   const long long start = start_time_of(h.pid);
+  if (start == -2) return false;  // a zombie
   if (start < 0) return ::kill(static_cast<pid_t>(h.pid), 0) == 0 || errno == EPERM;
   return h.start < 0 || start == h.start;
 }

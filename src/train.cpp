@@ -300,6 +300,10 @@ TrainState resume_or_start(const std::string& run_dir, bool overwrite, Model& mo
   const std::string latest = overwrite ? "" : latest_checkpoint(run_dir);
   if (latest.empty()) return st;  // refuse_finished_run() checked the run dir
   st = load_checkpoint(latest, model.params(), opt, mesh);
+  // the rows replayed on resume follow this run's batch_rows: it must be the checkpoint's
+  const std::string problem = train_state_problem(st, INT64_MAX, cfg.train.batch_rows);
+  GLAM_REQUIRE(problem.empty(), "checkpoint '", latest, "' does not fit this run's config: ", problem,
+               " (train.batch_rows may not change on resume)");
   GLAM_REQUIRE(st.seed == cfg.train.seed, "checkpoint '", latest, "' was written with train.seed ", st.seed,
                " but the config has ", cfg.train.seed, "; resuming needs the same seed");
   if (mesh.is_root()) std::printf("# resumed from %s at step %lld\n", latest.c_str(), static_cast<long long>(st.step));

@@ -29,6 +29,17 @@ train() {  # train MESH RUN_DIR [args...]: mpirun replaces the calling (sub)shel
     "$glam" train "${MODEL[@]}" --mesh "$mesh" --run-dir "$run" "$@"
 }
 exec_mpirun() { mpirun "$@"; }
+# After an aborted job mpirun may return before every rank has died; the run dir's
+# lock stays held until then (src/run_dir.cpp). Wait (at most 30 s) for it.
+wait_unlocked() {  # wait_unlocked RUN_DIR
+  local lock=$1/glam.lock i
+  for i in $(seq 300); do
+    [ -e "$lock" ] || return 0
+    flock -n "$lock" true 2>/dev/null && return 0
+    sleep 0.1
+  done
+  fail "the lock $lock is still held 30 s after the job ended"
+}
 
 # The loss terms of each step in metrics.jsonl, without timings.
 losses() { sed -E 's/"tokens_per_s": [^,]*, //' "$1/metrics.jsonl"; }
@@ -108,6 +119,7 @@ kill_while_writing)
     latest=$(cat "$run/checkpoints/latest")
     if [ "$index" -lt "$n" ]; then want=step_00000002.h5; else want=$latest; fi
     [ "$latest" = "$want" ] || fail "kill point $point: latest is $latest"
+    wait_unlocked "$run"
     train 2x1 "$run" --train.steps 6 --checkpoint.every_steps 2 > "$run.resume.log"
     grep -q "resumed from .*$want at step" "$run.resume.log" || fail "kill point $point: did not resume from $want"
     same_params "$dir/straight/checkpoints/step_00000006.h5" "$run/checkpoints/step_00000006.h5"
