@@ -138,10 +138,21 @@ std::string output_path(const po::variables_map& vm, const char* flag) {
 
 // Whether two spellings name one file: the same path once symlinks, "." and ".."
 // are resolved, or (both existing) the same inode, a hard link included.
+// The path a file would be written to: absolute (GCC's weakly_canonical leaves a
+// path of missing parts relative), symlinks followed even when they dangle.
+fs::path resolved(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::absolute(path, ec);
+  for (int hops = 0; hops < 40 && fs::is_symlink(p, ec); hops++) {
+    const fs::path target = fs::read_symlink(p, ec);
+    if (ec) break;
+    p = target.is_absolute() ? target : p.parent_path() / target;
+  }
+  return fs::weakly_canonical(p, ec).lexically_normal();
+}
+
 bool same_file(const std::string& a, const std::string& b) {
-  std::error_code ec1, ec2;  // absolute first: GCC leaves a path of missing parts relative
-  if (fs::weakly_canonical(fs::absolute(a), ec1) == fs::weakly_canonical(fs::absolute(b), ec2) && !ec1 && !ec2)
-    return true;
+  if (resolved(a) == resolved(b)) return true;
   std::error_code ec;
   return fs::exists(a, ec) && fs::exists(b, ec) && fs::equivalent(a, b, ec) && !ec;
 }
