@@ -49,6 +49,7 @@ void add_config_options(po::options_description& desc, Config& c) {
     ("train.steps", po::value(&t.steps)->default_value(t.steps), "optimizer steps")
     ("train.batch_rows", po::value(&t.batch_rows)->default_value(t.batch_rows), "rows of seq_len tokens per step (global)")
     ("train.micro_rows", po::value(&t.micro_rows)->default_value(t.micro_rows), "rows per data rank per micro-step, gradients accumulating over the step's micro-steps (0: one micro-step)")
+    ("train.remat", po::value(&t.remat)->default_value(t.remat), "rematerialise: keep each layer's input only and recompute its forward inside the backward (true | false)")
     ("train.lr", po::value(&t.lr)->default_value(t.lr), "learning rate for the first warmup_steps")
     ("train.warmup_steps", po::value(&t.warmup_steps)->default_value(t.warmup_steps), "steps at constant lr before lr*sqrt(warmup/t)")
     ("train.decay_pow", po::value(&t.decay_pow)->default_value(t.decay_pow), "Adafactor second-moment decay exponent")
