@@ -15,7 +15,7 @@
 namespace glam {
 
 // Bounds of the options (checked by generate(); eval and generate name them).
-constexpr int64_t kMaxBeam = 64;                      // GLaM used 4
+constexpr int64_t kMaxBeam = 1024;                    // GLaM used 4; tests search a 200-token vocabulary exhaustively
 constexpr int64_t kMaxNewTokens = int64_t{1} << 20;   // tokens generated per prompt
 
 struct SamplingOptions {
