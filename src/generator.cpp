@@ -83,14 +83,17 @@ struct Beam {
 };
 
 // The KV cache (keys and values of every layer for `beam` rows of seq_len
-// tokens, fp32) against the machine's memory.
+// tokens, fp32) and the beam candidates (beam * vocabulary, 16 bytes each)
+// against the machine's memory.
 void check_cache_fits(const SamplingOptions& opt, const ModelConfig& c, int64_t width) {
-  int64_t bytes = 0;
+  int64_t bytes = 0, candidates = 0;
   const bool ok = checked_mul(opt.beam, c.seq_len, &bytes) && checked_mul(bytes, c.n_layers, &bytes) &&
-                  checked_mul(bytes, width, &bytes) && checked_mul(bytes, 2 * 4, &bytes);
+                  checked_mul(bytes, width, &bytes) && checked_mul(bytes, 2 * 4, &bytes) &&
+                  checked_mul(opt.beam, c.vocab_size * 16, &candidates) && checked_add(bytes, candidates, &bytes);
   const int64_t have = host_memory_bytes();
   GLAM_REQUIRE(ok && (have <= 0 || bytes <= have), "--beam ", opt.beam, ": the KV cache (beam * model.seq_len ",
-               c.seq_len, " * model.n_layers ", c.n_layers, " * ", width, " * 8 bytes) needs ",
+               c.seq_len, " * model.n_layers ", c.n_layers, " * ", width, " * 8 bytes) and the candidates (beam * ",
+               "model.vocab_size ", c.vocab_size, " * 16 bytes) need ",
                ok ? msg(bytes >> 20, " MiB") : std::string("more than 2^63 bytes"), " but this machine has ",
                have >> 20, " MiB; lower --beam");
 }
