@@ -451,9 +451,11 @@ void require_config_fits(const Checkpoint& c) {
 H5 open_hdf5(const std::string& path, const char* what) {
   GLAM_REQUIRE(fs::exists(path), what, " '", path, "' does not exist");
   GLAM_REQUIRE(!fs::is_directory(path), what, " '", path, "' is a directory");
-  static std::optional<glam::ReadingFile> reading;  // for the out-of-memory message in main()
-  reading.reset();
-  reading.emplace(path);
+  // For the out-of-memory message in main(): the name stays set after we return.
+  // Never destroyed at exit: the thread-local name it restores is gone by then.
+  static glam::ReadingFile* reading = nullptr;
+  delete reading;
+  reading = new glam::ReadingFile(path);
   const htri_t is = H5Fis_hdf5(path.c_str());
   GLAM_REQUIRE(is >= 0, what, " '", path, "' cannot be read");
   GLAM_REQUIRE(is > 0, what, " '", path, "' is not an HDF5 file");
