@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "glam/check.h"
+#include "glam/cli.h"
 
 namespace glam {
 
@@ -16,9 +17,7 @@ namespace {
 void parse_shape(const std::string& shape, int world, int* D, int* M) {
   if (shape.empty()) { *D = world; *M = 1; return; }
   int d = 0, m = 0;
-  char x = 0, extra = 0;
-  GLAM_REQUIRE(std::sscanf(shape.c_str(), "%d%c%d%c", &d, &x, &m, &extra) == 3 && x == 'x' && d > 0 && m > 0,
-               "--mesh: expected DxM with positive integers (e.g. 2x2), got '", shape, "'");
+  parse_mesh(shape, "--mesh", &d, &m);  // strict DxM (cli.h)
   GLAM_REQUIRE(d * m == world, "--mesh ", shape, " has ", d * m, " cells but ", world,
                " MPI ranks were started; use mpirun -np ", d * m);
   *D = d; *M = m;

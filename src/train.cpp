@@ -18,6 +18,7 @@
 #include "glam/commands.h"
 #include "glam/corpus.h"
 #include "glam/gemm.h"
+#include "glam/host_memory.h"
 #include "glam/loader.h"
 #include "glam/micro_steps.h"
 #include "glam/mixture.h"
@@ -340,6 +341,8 @@ int train_main(const std::vector<std::string>& args) {
   on_root(mesh, [&] { lock = RunDirLock(run_dir); });
   refuse_finished_run(run_dir, overwrite, cfg);
   const Device device = select_device(vm["device"].as<std::string>(), mesh);
+  // within every key's range, a config may still not fit this machine: say which keys to lower
+  if (device == Device::cpu) require_fits_host_memory(cfg, mesh, MemoryUse::training, "glam train");
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
                " must be a multiple of the data axis size ", mesh.data_size);
   const int64_t local_tokens = cfg.train.batch_rows / mesh.data_size * cfg.model.seq_len;
