@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """tools/plot on a real run dir: copies RUN_DIR/metrics.jsonl (written by a short
 glam train run) into OUT, adds two validation records and two skipped steps whose
-loss is null (as glam writes it) and nan (as older runs did), runs the plot tool, and
-checks that each expected file is a whole PNG: the 8-byte signature, an IHDR chunk
-with a non-zero size first, an IEND chunk last, and every chunk's CRC right.
+loss is null (as glam writes it) and nan (as older runs did), then the records of
+a run that resumed from the checkpoint of step 1 (its steps start again at 2), runs
+the plot tool, and checks that it names the run (OUT's base name), counts each step
+once, found the resume, and that each expected file is a whole PNG: the 8-byte
+signature, an IHDR chunk with a non-zero size first, an IEND chunk last, and every
+chunk's CRC right.
 usage: check_plot.py PYTHON TOOL RUN_DIR OUT
 """
 import json, os, shutil, struct, subprocess, sys, zlib
@@ -48,12 +51,18 @@ def main():
         f.write(json.dumps(last) + "\n")
         last.update(step=last["step"] + 1, loss=1.0)
         f.write(json.dumps(last).replace('"loss": ', '"loss": nan, "was": ', 1) + "\n")
+        # resumed from step 1: steps 2.. again (the later records of a step are kept)
+        for step in range(2, last["step"] + 1):
+            last.update(step=step, skipped=False, loss=2.0, grad_norm=1.0)
+            f.write(json.dumps(last) + "\n")
+        n_steps = last["step"]
     r = subprocess.run([python, tool, out, "--out", os.path.join(out, "plots")], capture_output=True, text=True)
     print(r.stdout, r.stderr)
     if r.returncode != 0:
         sys.exit(f"FAILED: tools/plot exited {r.returncode}")
-    if "2 validation records" not in r.stdout:
-        sys.exit("FAILED: the validation records were not read")
+    expect = f"plot: {os.path.basename(out)}: {n_steps} steps, 2 validation records, resumed after step 1 ->"
+    if expect not in r.stdout:
+        sys.exit(f"FAILED: expected '{expect}' (the run's name, each step once, the validation records, the resume)")
     bad = []
     for name in EXPECTED:
         path = os.path.join(out, "plots", name)
