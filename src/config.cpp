@@ -50,6 +50,8 @@ void add_config_options(po::options_description& desc, Config& c) {
     ("train.batch_rows", po::value(&t.batch_rows)->default_value(t.batch_rows), "rows of seq_len tokens per step (global)")
     ("train.micro_rows", po::value(&t.micro_rows)->default_value(t.micro_rows), "rows per data rank per micro-step, gradients accumulating over the step's micro-steps (0: one micro-step)")
     ("train.remat", po::value(&t.remat)->default_value(t.remat), "rematerialise: keep each layer's input only and recompute its forward inside the backward (true | false)")
+    ("train.shard_state", po::value(&t.shard_state)->default_value(t.shard_state), "shard the gradients, Adafactor statistics and update of every tensor replicated over data across the data axis (reduce-scatter, update, all-gather; true | false)")
+    ("train.exchange_dtype", po::value(&t.exchange_dtype)->default_value(t.exchange_dtype), "what the expert all-to-all and the model-axis activation sums send: fp32 | bf16")
     ("train.lr", po::value(&t.lr)->default_value(t.lr), "learning rate for the first warmup_steps")
     ("train.warmup_steps", po::value(&t.warmup_steps)->default_value(t.warmup_steps), "steps at constant lr before lr*sqrt(warmup/t)")
     ("train.decay_pow", po::value(&t.decay_pow)->default_value(t.decay_pow), "Adafactor second-moment decay exponent")
@@ -99,6 +101,8 @@ void Config::validate() const {
   GLAM_REQUIRE(model.second_policy == "all" || model.second_policy == "random",
                "model.second_policy must be all or random, got '", model.second_policy, "'");
   cpu::parse_precision(train.cpu_precision, "train.cpu_precision");  // throws for anything but fp32 | bf16
+  GLAM_REQUIRE(train.exchange_dtype == "fp32" || train.exchange_dtype == "bf16",
+               "train.exchange_dtype must be fp32 or bf16, got '", train.exchange_dtype, "'");
 }
 
 std::string Config::to_ini() const {

@@ -45,19 +45,21 @@ void for_each_exchange_run(const ExchangePlan& x, const std::function<void(int64
 }
 
 void send_to_experts(float* expert_rows, const float* dispatched, float* received, const ExchangePlan& x,
-                     const Mesh& mesh, int64_t M) {
-  mesh.alltoallv_rows_data(dispatched, x.send_rows, received, x.recv_rows, M);
+                     const Mesh& mesh, int64_t M, bool bf16_wire) {
+  if (bf16_wire) mesh.alltoallv_rows_data_bf16(dispatched, x.send_rows, received, x.recv_rows, M);
+  else mesh.alltoallv_rows_data(dispatched, x.send_rows, received, x.recv_rows, M);
   for_each_exchange_run(x, [&](int64_t from, int64_t to, int64_t n) {
     if (n) std::memcpy(expert_rows + to * M, received + from * M, sizeof(float) * n * M);
   });
 }
 
 void return_from_experts(float* dispatched, const float* expert_rows, float* outgoing, const ExchangePlan& x,
-                         const Mesh& mesh, int64_t M) {
+                         const Mesh& mesh, int64_t M, bool bf16_wire) {
   for_each_exchange_run(x, [&](int64_t to, int64_t from, int64_t n) {
     if (n) std::memcpy(outgoing + to * M, expert_rows + from * M, sizeof(float) * n * M);
   });
-  mesh.alltoallv_rows_data(outgoing, x.recv_rows, dispatched, x.send_rows, M);
+  if (bf16_wire) mesh.alltoallv_rows_data_bf16(outgoing, x.recv_rows, dispatched, x.send_rows, M);
+  else mesh.alltoallv_rows_data(outgoing, x.recv_rows, dispatched, x.send_rows, M);
 }
 
 int64_t ExchangePlan::n_send() const {

@@ -9,6 +9,7 @@
 
 #include "glam/check.h"
 #include "glam/cli.h"
+#include "glam/gemm.h"
 
 namespace glam {
 
@@ -34,6 +35,23 @@ class CommTimer {
 };
 
 int to_int(int64_t v) { return static_cast<int>(v); }
+
+float from_bf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// MPI_Op for bf16 sums: each partial sum in fp32, rounded back to bf16.
+void sum_bf16(void* in, void* inout, int* len, MPI_Datatype*) {
+  const uint16_t* a = static_cast<const uint16_t*>(in);
+  uint16_t* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; i++) {
+    const float s = from_bf16(a[i]) + from_bf16(b[i]);
+    cpu::to_bf16(&b[i], &s, 1);
+  }
+}
 
 }  // namespace
 
@@ -157,36 +175,31 @@ void Mesh::alltoall_counts_data(const std::vector<int64_t>& send, std::vector<in
   GLAM_CHECK_MPI(MPI_Alltoall(send.data(), to_int(k), MPI_INT64_T, recv.data(), to_int(k), MPI_INT64_T, data_comm));
 }
 
-// Counts and displacements go to MPI as ints: in floats while they fit under
-// count_limit, otherwise in rows of a contiguous datatype of `width` floats.
-void Mesh::alltoallv_rows_data(const float* send, const std::vector<int64_t>& send_rows, float* recv,
-                               const std::vector<int64_t>& recv_rows, int64_t width, CopyFn copy) const {
+// Counts and displacements go to MPI as ints: in elements while they fit under
+// count_limit, otherwise in rows of a contiguous datatype of `width` elements.
+// elem is MPI_FLOAT (fp32 exchanges) or MPI_UINT16_T (bf16 bits).
+void Mesh::alltoallv_rows(const void* send, const std::vector<int64_t>& send_rows, void* recv,
+                          const std::vector<int64_t>& recv_rows, int64_t width, MPI_Datatype elem,
+                          int64_t elem_bytes) const {
   const int D = data_size;
-  if (D == 1) {
-    const size_t bytes = sizeof(float) * static_cast<size_t>(send_rows[0] * width);
-    if (bytes == 0) return;
-    if (copy) copy(recv, send, bytes);
-    else std::memcpy(recv, send, bytes);
-    return;
-  }
   CommTimer timer(stats);
   int64_t send_total = 0, recv_total = 0;
   for (int r = 0; r < D; r++) {
     send_total += send_rows[r];
     recv_total += recv_rows[r];
-    if (r != data_rank) stats.alltoall_bytes += send_rows[r] * width * static_cast<int64_t>(sizeof(float));
+    if (r != data_rank) stats.alltoall_bytes += send_rows[r] * width * elem_bytes;
   }
   stats.alltoall_calls++;
   // one decision for all ranks of the axis, so they all take the same path (or all stop)
   int64_t most_rows = std::max(send_total, recv_total);
   GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &most_rows, 1, MPI_INT64_T, MPI_MAX, data_comm));
-  const bool in_floats = most_rows * width <= count_limit;
-  const int64_t unit = in_floats ? width : 1;  // floats per counted element
+  const bool in_elements = most_rows * width <= count_limit;
+  const int64_t unit = in_elements ? width : 1;  // elements per counted element
   GLAM_REQUIRE(most_rows * unit <= count_limit, "all-to-all of ", most_rows,
                " rows exceeds the MPI count limit ", count_limit, " even in row units");
-  MPI_Datatype type = MPI_FLOAT;
-  if (!in_floats) {
-    GLAM_CHECK_MPI(MPI_Type_contiguous(to_int(width), MPI_FLOAT, &type));
+  MPI_Datatype type = elem;
+  if (!in_elements) {
+    GLAM_CHECK_MPI(MPI_Type_contiguous(to_int(width), elem, &type));
     GLAM_CHECK_MPI(MPI_Type_commit(&type));
   }
   std::vector<int> sc(D), sd(D), rc(D), rd(D);
@@ -196,7 +209,84 @@ void Mesh::alltoallv_rows_data(const float* send, const std::vector<int64_t>& se
     rc[r] = to_int(recv_rows[r] * unit); rd[r] = to_int(ro * unit); ro += recv_rows[r];
   }
   GLAM_CHECK_MPI(MPI_Alltoallv(send, sc.data(), sd.data(), type, recv, rc.data(), rd.data(), type, data_comm));
-  if (!in_floats) MPI_Type_free(&type);
+  if (!in_elements) GLAM_CHECK_MPI(MPI_Type_free(&type));
+}
+
+void Mesh::alltoallv_rows_data(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                               const std::vector<int64_t>& recv_rows, int64_t width, CopyFn copy) const {
+  if (data_size == 1) {
+    const size_t bytes = sizeof(float) * static_cast<size_t>(send_rows[0] * width);
+    if (bytes == 0) return;
+    if (copy) copy(recv, send, bytes);
+    else std::memcpy(recv, send, bytes);
+    return;
+  }
+  alltoallv_rows(send, send_rows, recv, recv_rows, width, MPI_FLOAT, sizeof(float));
+}
+
+void Mesh::alltoallv_rows_data_bf16(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                                    const std::vector<int64_t>& recv_rows, int64_t width) const {
+  int64_t n_send = 0, n_recv = 0;
+  for (int r = 0; r < data_size; r++) { n_send += send_rows[r]; n_recv += recv_rows[r]; }
+  std::vector<uint16_t> wire_send(n_send * width), wire_recv(n_recv * width);  // [rows, width] bf16
+  cpu::to_bf16(wire_send.data(), send, n_send * width);
+  if (data_size == 1) wire_recv = wire_send;
+  else alltoallv_rows(wire_send.data(), send_rows, wire_recv.data(), recv_rows, width, MPI_UINT16_T, 2);
+  for (int64_t i = 0; i < n_recv * width; i++) recv[i] = from_bf16(wire_recv[i]);
+}
+
+void Mesh::allreduce_sum_model_bf16(float* buf, int64_t n) const {
+  if (model_size == 1 || n == 0) return;
+  std::vector<uint16_t> wire(n);  // [n] bf16
+  cpu::to_bf16(wire.data(), buf, n);
+  {
+    CommTimer timer(stats);
+    stats.allreduce_model_bytes += 2 * n;
+    stats.allreduce_calls++;
+    MPI_Op op;
+    GLAM_CHECK_MPI(MPI_Op_create(&sum_bf16, 1, &op));
+    for (int64_t done = 0; done < n; done += count_limit) {
+      const int64_t part = std::min<int64_t>(count_limit, n - done);
+      GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, wire.data() + done, to_int(part), MPI_UINT16_T, op, model_comm));
+    }
+    GLAM_CHECK_MPI(MPI_Op_free(&op));
+  }
+  for (int64_t i = 0; i < n; i++) buf[i] = from_bf16(wire[i]);
+}
+
+void Mesh::reduce_scatter_sum_data(float* buf, const std::vector<int64_t>& counts) const {
+  if (data_size == 1) return;
+  CommTimer timer(stats);
+  std::vector<int> rc(data_size);
+  int64_t total = 0, offset = 0;
+  for (int r = 0; r < data_size; r++) {
+    GLAM_REQUIRE(counts[r] <= count_limit, "reduce-scatter part of ", counts[r], " elements exceeds the MPI count limit");
+    rc[r] = to_int(counts[r]);
+    if (r < data_rank) offset += counts[r];
+    total += counts[r];
+  }
+  stats.reduce_scatter_bytes += total * static_cast<int64_t>(sizeof(float));
+  stats.allreduce_calls++;
+  std::vector<float> part(counts[data_rank]);
+  GLAM_CHECK_MPI(MPI_Reduce_scatter(buf, part.data(), rc.data(), MPI_FLOAT, MPI_SUM, data_comm));
+  std::memcpy(buf + offset, part.data(), sizeof(float) * part.size());
+}
+
+void Mesh::allgather_data(float* buf, const std::vector<int64_t>& counts) const {
+  if (data_size == 1) return;
+  CommTimer timer(stats);
+  std::vector<int> rc(data_size), rd(data_size);
+  int64_t offset = 0;
+  for (int r = 0; r < data_size; r++) {
+    GLAM_REQUIRE(offset + counts[r] <= count_limit, "all-gather of ", offset + counts[r],
+                 " elements exceeds the MPI count limit");
+    rc[r] = to_int(counts[r]);
+    rd[r] = to_int(offset);
+    offset += counts[r];
+  }
+  stats.allgather_bytes += counts[data_rank] * static_cast<int64_t>(sizeof(float));
+  stats.allreduce_calls++;
+  GLAM_CHECK_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, rc.data(), rd.data(), MPI_FLOAT, data_comm));
 }
 
 }  // namespace glam

@@ -33,6 +33,12 @@ Model::Model(const Config& cfg, const Mesh& mesh, std::unique_ptr<Backend> backe
   device_ = be_->device();
   gemm_ = cpu::parse_precision(cfg.train.cpu_precision, "train.cpu_precision");
   remat_ = cfg.train.remat;
+  bf16_exchanges_ = cfg.train.exchange_dtype == "bf16";
+  if (cfg.train.shard_state) {
+    GLAM_REQUIRE(device_ == Device::cpu, "train.shard_state runs on the CPU backend only so far; set it to false "
+                 "with --device cuda");
+    shard_state_over_data(params_, mesh);
+  }
   nh_ = cfg_.n_heads / mesh.model_size;
   H_ = cfg_.d_ff / mesh.model_size;
   if (cfg_.n_experts > 0) place_ = mesh.place_experts(cfg_.n_experts);
@@ -59,6 +65,7 @@ void Model::rebind(std::unique_ptr<Backend> backend) {
   expert_arenas_.clear();
   expert_grads_.reset();
   if (backend) be_ = std::move(backend);
+  be_->set_bf16_exchanges(bf16_exchanges_);
   be_->bind_params(params_);
   acts_arena_ = std::make_unique<Arena>(*be_);
   B_ = S_ = T_ = 0;

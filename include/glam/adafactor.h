@@ -30,19 +30,32 @@ struct AdafactorSlot {
   std::vector<float> v;     // [size] full second moment (not factored)
   std::vector<float> vr;    // [lead, rows] row statistics (factored)
   std::vector<float> vc;    // [lead, cols] column statistics (factored)
+  // train.shard_state: v and vr hold only the rows this data rank updates
+  // (Param::zero_row0, zero_rows); vc stays whole (every data rank's is the same).
+  bool on_shard = false;
 };
 
 class Adafactor {
  public:
   Adafactor(const ParamTable& table, const AdafactorOptions& opt);
   // One update of every parameter from its gradient. t: updates made before this one.
+  // Tensors sharded over data (Param::zero_sharded) update their rows from the
+  // reduce-scattered gradient, then all-gather the weights (collective over data).
   void step(ParamTable& table, double lr, int64_t t, const Mesh& mesh);
+  // The statistics in the layout of an unsharded run (collective over data): what a
+  // checkpoint stores and loads; the next step keeps only this rank's rows again.
+  // The statistics are built in this layout, so a checkpoint loads before the first step.
+  void gather_state(const ParamTable& table, const Mesh& mesh);
   const std::vector<AdafactorSlot>& slots() const { return slots_; }
   const AdafactorOptions& options() const { return opt_; }
   std::vector<AdafactorSlot>& slots() { return slots_; }
 
  private:
   void update(Param& p, AdafactorSlot& s, double rho, double lr, const Mesh& mesh);
+  void keep_shard_rows(const Param& p, AdafactorSlot& s);
+  void square_sums(const float* g, int64_t R, int64_t C, std::vector<double>& row, std::vector<double>& col) const;
+  void factored_update(const Param& p, const float* g, float* u, float* vr, float* vc, int64_t R, int64_t C,
+                       double rho, const Mesh& mesh) const;
   AdafactorOptions opt_;
   std::vector<AdafactorSlot> slots_;  // one per parameter, in table order
   std::vector<float> u_;              // [largest parameter] scratch for the update

@@ -54,6 +54,9 @@ class Backend : public Allocator {
   virtual std::string name() const = 0;
   virtual DType gemm_dtype() const = 0;  // f32 (cpu), bf16 (cuda)
   const BackendStats& stats() const { return stats_; }
+  // train.exchange_dtype = bf16: the expert all-to-all and the model-axis sums of
+  // activations travel as bfloat16 (the losses' and the optimizer's sums stay fp32).
+  void set_bf16_exchanges(bool on) { bf16_exchanges_ = on; }
 
   // ---- parameters: the table's fp32 master weights, gradients, GEMM copies ----
   // cpu: views of the table's vectors. cuda: one device allocation in table order.
@@ -70,7 +73,8 @@ class Backend : public Allocator {
   virtual void params_to_host(ParamTable& table, Adafactor* opt) = 0;
   virtual void params_to_device(const ParamTable& table, const Adafactor* opt) = 0;
   virtual void grads_to_host(ParamTable& table) = 0;
-  // Sums gradients of parameters replicated over data (experts: over their replicas).
+  // Sums gradients of parameters replicated over data (experts: over their replicas);
+  // tensors sharded over data (Param::zero_sharded) get the sum of their rows only.
   virtual void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) = 0;
   virtual double grad_norm(const ParamTable& table) = 0;
   virtual void optimizer_step(ParamTable& table, Adafactor& opt, double lr, int64_t t) = 0;
@@ -166,6 +170,7 @@ class Backend : public Allocator {
 
  protected:
   BackendStats stats_;
+  bool bf16_exchanges_ = false;
 };
 
 // The CPU backend: reference or fast kernels, GEMM operands in precision p.

@@ -48,6 +48,8 @@ struct TrainConfig {
   int64_t batch_rows = 8;        // global batch: rows of seq_len tokens per step
   int64_t micro_rows = 0;        // rows per data rank per micro-step; gradients accumulate (0: all of them)
   bool remat = false;            // keep each layer's input only; recompute its forward in the backward
+  bool shard_state = false;      // ZeRO over data: gradients reduce-scattered, state and update sharded
+  std::string exchange_dtype = "fp32";  // all-to-all and model-axis activations on the wire: fp32 | bf16
   double lr = 0.01;              // constant for warmup_steps, then lr*sqrt(warmup/t)
   int64_t warmup_steps = 10000;
   double decay_pow = 0.8;        // Adafactor: rho_t = 1 - (t+1)^-decay_pow

@@ -35,10 +35,11 @@ void return_from_experts(std::vector<float>& dispatched, const std::vector<float
                          const ExchangePlan& x, const Mesh& mesh, int64_t M);
 
 // The same into caller-owned host buffers; received / outgoing [n_recv, M] scratch.
+// bf16_wire: the rows travel as bfloat16 (train.exchange_dtype = bf16).
 void send_to_experts(float* expert_rows, const float* dispatched, float* received, const ExchangePlan& x,
-                     const Mesh& mesh, int64_t M);
+                     const Mesh& mesh, int64_t M, bool bf16_wire = false);
 void return_from_experts(float* dispatched, const float* expert_rows, float* outgoing, const ExchangePlan& x,
-                         const Mesh& mesh, int64_t M);
+                         const Mesh& mesh, int64_t M, bool bf16_wire = false);
 
 // The regrouping both directions use: received rows are [source][local expert],
 // the experts' rows [local expert][source]; f(received_row, grouped_row, n) is

@@ -19,6 +19,8 @@ struct CommStats {
   int64_t allreduce_data_bytes = 0;   // bytes this rank contributed to all-reduces over data
   int64_t allreduce_model_bytes = 0;  // ... over model (tensor-parallel activations)
   int64_t allreduce_other_bytes = 0;  // ... over expert replicas or the whole mesh
+  int64_t reduce_scatter_bytes = 0;   // bytes this rank contributed to reduce-scatters over data
+  int64_t allgather_bytes = 0;        // bytes this rank contributed to all-gathers over data (its part)
   int64_t alltoall_calls = 0, allreduce_calls = 0;
 };
 
@@ -80,6 +82,18 @@ struct Mesh {
   void allreduce_sum(float* buf, int64_t n, MPI_Comm comm) const;
   // out [model_size, n] = every model rank's in [n], in model-rank order.
   void allgather_model(const float* in, int64_t n, float* out) const;
+  // train.shard_state over the data axis. buf [sum counts] holds data rank r's part
+  // at offset counts[0] + ... + counts[r-1]. reduce_scatter: this rank's part of
+  // buf becomes the sum of every data rank's (the other parts are left as they
+  // were); allgather: every part becomes its owner's.
+  void reduce_scatter_sum_data(float* buf, const std::vector<int64_t>& counts) const;
+  void allgather_data(float* buf, const std::vector<int64_t>& counts) const;
+  // bf16 exchanges (train.exchange_dtype): the same collectives with the payload
+  // rounded to bfloat16 on the wire; the sums of the all-reduce are taken in fp32
+  // at every step and rounded again (MPI sees 2-byte elements).
+  void allreduce_sum_model_bf16(float* buf, int64_t n) const;
+  void alltoallv_rows_data_bf16(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                                const std::vector<int64_t>& recv_rows, int64_t width) const;
   // Rank 0's buf [n] on every rank of the mesh.
   void broadcast_world(int32_t* buf, int64_t n) const;
   // True on every rank when `flag` is true on any rank (one decision for the mesh).
@@ -89,6 +103,11 @@ struct Mesh {
   // large-count path.
   int64_t count_limit = INT_MAX;
   mutable CommStats stats;
+
+  // The all-to-all of alltoallv_rows_data for any element type (elem_bytes each).
+  void alltoallv_rows(const void* send, const std::vector<int64_t>& send_rows, void* recv,
+                      const std::vector<int64_t>& recv_rows, int64_t width, MPI_Datatype elem,
+                      int64_t elem_bytes) const;
 
   // Which share of a global dim of size n this rank holds on an axis.
   static int64_t shard_size(int64_t n, int parts) { return n / parts; }

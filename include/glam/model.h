@@ -10,7 +10,7 @@
 
 #include "glam/backend.h"
 #include "glam/config.h"
-#include "glam/corpus.h"
+#include "glam/batch.h"
 #include "glam/device.h"
 #include "glam/exchange.h"
 #include "glam/mesh.h"
@@ -212,6 +212,7 @@ class Model {
   int64_t step_ = 0;
   MicroStep micro_;
   bool remat_ = false;        // train.remat
+  bool bf16_exchanges_ = false;  // train.exchange_dtype = bf16
   bool shared_acts_ = false;  // remat in a training shape: layers share one set of activations but x
   Device device_ = Device::cpu;
   ParamTable params_;

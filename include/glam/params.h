@@ -26,6 +26,14 @@ struct Param {
   double scale = 1.0;             // std for normal, bound for uniform
   std::vector<float> w;           // [shape] fp32 master weights
   std::vector<float> g;           // [shape] gradient
+  // train.shard_state: this data rank updates rows [zero_row0, zero_row0 + zero_rows)
+  // of dim 0 of its shard; the gradient is reduce-scattered to those rows, the
+  // Adafactor statistics cover only them and the weights are all-gathered after
+  // the update. zero_rows < 0: the tensor's state is not sharded over data.
+  int64_t zero_row0 = 0, zero_rows = -1;
+
+  bool zero_sharded() const { return zero_rows >= 0; }
+  int64_t row_size() const;       // elements per row of dim 0 of the shard
 
   int64_t size() const;
   int64_t global_size() const;
@@ -59,6 +67,15 @@ void for_each_element(const Param& p, const Mesh& mesh, const std::function<void
 // The whole tensor [global_shape] assembled from every rank's shard `local`
 // (collective over the mesh; for tests and the weights file of small models).
 std::vector<float> gather_global(const Param& p, const std::vector<float>& local, const Mesh& mesh);
+
+// train.shard_state: marks every tensor replicated over data (no expert, at most
+// two dims) as sharded over it, rows of dim 0 split as evenly as they go (the
+// first n % D ranks one more). Returns the tensors marked.
+int64_t shard_state_over_data(ParamTable& table, const Mesh& mesh);
+// Rows of dim 0 that data rank r of D updates: [first, first + count).
+void zero_rows_of(int64_t rows, int D, int r, int64_t& first, int64_t& count);
+// Elements of p's shard updated by each data rank (the counts of the reduce-scatter).
+std::vector<int64_t> zero_counts(const Param& p, int D);
 
 // Deterministic init from (seed, name, global index): the same weights on any mesh.
 void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh);

@@ -67,13 +67,18 @@ class CpuBackend final : public Backend {
   Tensor grad(size_t i) override { return g_.at(i); }
   void refresh_gemm_weights() override {}
   void zero_grads() override { table_->zero_grad(); }
-  void params_to_host(ParamTable&, Adafactor*) override {}
+  // The table is the weights already; the optimizer's statistics go back to the
+  // layout of an unsharded run (train.shard_state), which checkpoints store.
+  void params_to_host(ParamTable& table, Adafactor* opt) override {
+    if (opt) opt->gather_state(table, mesh_);
+  }
   void params_to_device(const ParamTable&, const Adafactor*) override {}
   void grads_to_host(ParamTable&) override {}
   void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) override {
     for (const Param& p : table.params) {
       float* g = const_cast<float*>(p.g.data());
-      if (p.data_axis < 0) mesh_.allreduce_sum_data(g, p.size());
+      if (p.zero_sharded()) mesh_.reduce_scatter_sum_data(g, zero_counts(p, mesh_.data_size));
+      else if (p.data_axis < 0) mesh_.allreduce_sum_data(g, p.size());
       else if (p.data_replicas > 1) mesh_.allreduce_sum(g, p.size(), place.replica_comm);
     }
   }
@@ -99,13 +104,18 @@ class CpuBackend final : public Backend {
   void sync() override {}
 
   // ---- collectives ----------------------------------------------------------------------
-  void allreduce_sum_model(Tensor x) override { mesh_.allreduce_sum_model(x.f32(), x.numel()); }
+  void allreduce_sum_model(Tensor x) override {
+    if (bf16_exchanges_) mesh_.allreduce_sum_model_bf16(x.f32(), x.numel());
+    else mesh_.allreduce_sum_model(x.f32(), x.numel());
+  }
   void send_to_experts(Tensor expert_rows, const Tensor& dispatched, const ExchangePlan& x, int64_t M) override {
-    glam::send_to_experts(expert_rows.f32(), dispatched.f32(), scratch(x.n_recv() * M), x, mesh_, M);
+    glam::send_to_experts(expert_rows.f32(), dispatched.f32(), scratch(x.n_recv() * M), x, mesh_, M,
+                          bf16_exchanges_);
   }
   void return_from_experts(Tensor dispatched, const Tensor& expert_rows, const ExchangePlan& x,
                            int64_t M) override {
-    glam::return_from_experts(dispatched.f32(), expert_rows.f32(), scratch(x.n_recv() * M), x, mesh_, M);
+    glam::return_from_experts(dispatched.f32(), expert_rows.f32(), scratch(x.n_recv() * M), x, mesh_, M,
+                              bf16_exchanges_);
   }
 
   // ---- layers ---------------------------------------------------------------------------
