@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "glam/check.h"
+#include "glam/hash.h"
 
 namespace glam {
 
@@ -95,23 +96,14 @@ std::string layer_name(int64_t l, const char* what) {
   return buf;
 }
 
-// splitmix64 of (seed, name hash, index): a counter-based generator, so a shard
-// can draw its elements without drawing anyone else's.
-uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-double unit(uint64_t bits) { return (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-
+// Each element draws from splitmix64 of (seed, name hash, index) (glam/hash.h): a
+// counter-based generator, so a shard can draw its elements without drawing anyone else's.
 float draw(const Param& p, uint64_t key, int64_t index) {
   if (p.init == Init::ones) return 1.0f;
-  uint64_t a = mix(key ^ mix(static_cast<uint64_t>(index)));
-  double u1 = unit(a);
+  uint64_t a = splitmix64(key ^ splitmix64(static_cast<uint64_t>(index)));
+  double u1 = open_unit_interval(a);
   if (p.init == Init::uniform) return static_cast<float>((2.0 * u1 - 1.0) * p.scale);
-  double u2 = unit(mix(a));
+  double u2 = open_unit_interval(splitmix64(a));
   return static_cast<float>(p.scale * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
 }
 
@@ -161,8 +153,8 @@ ParamTable describe_params(const ModelConfig& c, const Mesh& mesh) {
 void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh) {
   constexpr int64_t kChunk = int64_t{1} << 15;
   for (auto& p : table.params) {
-    uint64_t key = mix(seed);
-    for (char ch : p.name) key = mix(key ^ static_cast<unsigned char>(ch));
+    uint64_t key = splitmix64(seed);
+    for (char ch : p.name) key = splitmix64(key ^ static_cast<unsigned char>(ch));
     const std::vector<int64_t> off = p.shard_offset(mesh);
     const int64_t nd = static_cast<int64_t>(p.shape.size()), n = p.size();
     const int64_t chunks = (n + kChunk - 1) / kChunk;

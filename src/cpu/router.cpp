@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "glam/check.h"
+#include "glam/hash.h"
 #include "glam/moe.h"
 
 namespace glam::cpu {
@@ -17,14 +18,9 @@ namespace {
 
 constexpr float kRenormEps = 1e-9f;
 
-// Deterministic U(0,1) from (seed, token): splitmix64.
-double uniform01(uint64_t seed, uint64_t t) {
-  uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (t + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);
-}
+// Deterministic U[0,1) from (seed, token): output t of splitmix64 from `seed`
+// (glam/hash.h; the CUDA router draws the same).
+double uniform01(uint64_t seed, uint64_t t) { return unit_interval(splitmix64_at(seed, t)); }
 
 void softmax_rows(float* out, const float* logits, int64_t T, int64_t E) {
   for (int64_t t = 0; t < T; t++) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "glam/check.h"
+#include "glam/hash.h"
 #include "glam/cuda/layers.h"
 #include "glam/cuda/routing.h"
 #include "launch.cuh"
@@ -20,14 +21,8 @@ namespace glam::cuda {
 
 namespace {
 
-// Deterministic U(0,1) from (seed, token): the CPU router's splitmix64.
-__device__ double uniform01(uint64_t seed, uint64_t t) {
-  uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (t + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);
-}
+// Deterministic U[0,1) from (seed, token): the CPU router's draw (glam/hash.h).
+__device__ double uniform01(uint64_t seed, uint64_t t) { return unit_interval(splitmix64_at(seed, t)); }
 
 // One thread per token (grid-stride): softmax over E, top-2, renormalised g.
 __global__ void router_gate_kernel(float* gates, int32_t* expert, float* g, const float* logits, int64_t T,

@@ -11,6 +11,7 @@
 
 #include "glam/bounded_read.h"
 #include "glam/check.h"
+#include "glam/hash.h"
 #include "glam/shards.h"
 
 namespace glam {
@@ -89,17 +90,10 @@ std::vector<MixtureSource> read_mixture_file(const std::string& path, int64_t ex
   return sources;
 }
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 }  // namespace
 
 double uniform_hash(uint64_t seed, uint64_t index) {
-  return static_cast<double>(splitmix64(splitmix64(seed) ^ index) >> 11) * 0x1.0p-53;
+  return unit_interval(splitmix64(splitmix64(seed) ^ index));
 }
 
 Mixture Mixture::open(const std::string& path, int64_t expected_vocab) {
