@@ -3,13 +3,56 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cstdio>
 
 #include "glam/check.h"
+#include "glam/version.h"
 
 namespace po = boost::program_options;
 
 namespace glam {
+
+std::string tool_usage(const std::string& tool, const std::vector<ToolCommand>& commands) {
+  std::vector<ToolCommand> all = commands;
+  all.push_back({"version", "print the version and the git commit of this build"});
+  size_t width = 0;
+  for (const ToolCommand& c : all) width = std::max(width, c.name.size());
+  std::string out = "usage: " + tool + " <command> [options]\ncommands:\n";
+  for (const ToolCommand& c : all) out += "  " + c.name + std::string(width + 2 - c.name.size(), ' ') + c.summary + "\n";
+  return out + "'" + tool + " <command> --help' lists the options of a command.\n";
+}
+
+bool top_level_request(const std::string& tool, const std::string& usage, int argc, char** argv) {
+  if (argc < 2) throw UserError("no command given\n" + usage);
+  const std::string word = argv[1];
+  if (word == "help" || word == "--help" || word == "-h") {
+    std::fputs(usage.c_str(), stdout);
+    return true;
+  }
+  if (word == "version" || word == "--version") {
+    std::printf("%s\n", version_string(tool).c_str());
+    return true;
+  }
+  return false;
+}
+
+UserError unknown_command(const std::string& command, const std::string& usage) {
+  return UserError(msg("unknown command '", command, "'\n", usage));
+}
+
+std::string overwrite_help(const std::string& what) { return "replace an existing " + what; }
+
+std::string shortest_text(double v) {
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return ec == std::errc() ? std::string(buf, end) : std::to_string(v);
+}
+
+po::typed_value<double>* real_value(double* target) {
+  return po::value(target)->default_value(*target, shortest_text(*target));
+}
 
 po::parsed_options parse_command_line(const std::vector<std::string>& args, const po::options_description& desc,
                                       const std::string& command) {

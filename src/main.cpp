@@ -13,13 +13,14 @@
 
 namespace {
 
-const char* kUsage =
-    "usage: glam <command> [options]\n"
-    "  train      train a model:  glam train --config input/glam-tiny.cfg --run-dir runs/tiny\n"
-    "  plan       parameters, FLOPs, memory, bytes and step time on a mesh:  glam plan --config C --mesh 4x2\n"
-    "  generate   continue a prompt:  glam generate --run-dir runs/tiny --prompt \"The\"\n"
-    "  eval       evaluate tasks or perplexity:  glam eval --run-dir runs/tiny --tasks tasks/\n"
-    "Each command takes --help.\n";
+const std::string& usage() {
+  static const std::string text = glam::tool_usage(
+      "glam", {{"train", "train a model:  glam train --config input/glam-tiny.cfg --run-dir runs/tiny"},
+               {"plan", "parameters, FLOPs, memory, bytes and step time on a mesh:  glam plan --config C --mesh 4x2"},
+               {"generate", "continue a prompt:  glam generate --run-dir runs/tiny --prompt \"The\""},
+               {"eval", "evaluate tasks or perplexity:  glam eval --run-dir runs/tiny --tasks tasks/"}});
+  return text;
+}
 
 // Out of memory: say what was being done and how to make it fit. One rank alone
 // ends cleanly with 3; with several, the others may wait in a collective, so
@@ -42,8 +43,7 @@ int dispatch(const std::string& cmd, const std::vector<std::string>& args) {
   if (cmd == "plan") return glam::plan_main(args);
   if (cmd == "generate") return glam::generate_main(args);
   if (cmd == "eval") return glam::eval_main(args);
-  if (cmd == "--help" || cmd == "-h" || cmd == "help") { std::fputs(kUsage, stdout); return 0; }
-  throw glam::UserError("unknown command '" + cmd + "'\n" + kUsage);
+  throw glam::unknown_command(cmd, usage());
 }
 
 }  // namespace
@@ -54,8 +54,8 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   int rc = 0;
   try {
-    if (argc < 2) throw glam::UserError(std::string("no command given\n") + kUsage);
-    rc = dispatch(argv[1], std::vector<std::string>(argv + 2, argv + argc));
+    if (!glam::top_level_request("glam", usage(), argc, argv))
+      rc = dispatch(argv[1], std::vector<std::string>(argv + 2, argv + argc));
   } catch (const glam::UserError& e) {
     if (rank == 0) std::fprintf(stderr, "glam: error: %s\n", e.what());
     rc = 2;

@@ -5,15 +5,17 @@
 
 #include <cstdio>
 #include <iostream>
-#include <sstream>
 
 #include "glam/check.h"
+#include "glam/cli.h"
 #include "glam/commands.h"
 #include "glam/config.h"
+#include "glam/json_line.h"
 #include "glam/perf_model.h"
 #include "glam/plan.h"
 
 namespace po = boost::program_options;
+using nlohmann::ordered_json;
 
 namespace glam {
 
@@ -35,14 +37,8 @@ std::string count(double n) {  // 1.16T, 96.61B, 13.11M
   return buf;
 }
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char ch : s) {
-    if (ch == '"' || ch == '\\') out += '\\';
-    if (static_cast<unsigned char>(ch) >= 0x20) out += ch;
-  }
-  return out + "\"";
-}
+// Significant digits of the floating-point numbers in --json.
+constexpr int kJsonPrecision = 10;
 
 PlanRequest read_request(const po::variables_map& vm) {
   PlanRequest r;
@@ -108,6 +104,11 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
   std::printf("  %-26s %12s\n", "all-reduce over data", format_bytes(double(c.allreduce_data)).c_str());
   std::printf("  %-26s %12s\n", "all-reduce over model", format_bytes(double(c.allreduce_model)).c_str());
   std::printf("  %-26s %12s\n", "all-reduce expert replicas", format_bytes(double(c.allreduce_replicas)).c_str());
+  if (c.reduce_scatter > 0) {
+    std::printf("  %-26s %12s  (train.shard_state, every micro-step)\n", "reduce-scatter over data",
+                format_bytes(double(c.reduce_scatter)).c_str());
+    std::printf("  %-26s %12s\n", "all-gather over data", format_bytes(double(c.allgather)).c_str());
+  }
   const Cluster& k = r.cluster;
   std::printf("\npredicted step on %s (%s): %lld devices, %.4g TFLOP/s peak x %.2f, %.4g GB/s memory, "
               "%.4g / %.4g GB/s intra / inter node\n",
@@ -123,70 +124,75 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
 void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r, int64_t max_batch) {
   const MemoryPlan& m = p.memory;
   const CommPlan& c = p.comm;
-  std::ostringstream os;
-  os.precision(10);
-  os << "{\"config\": " << json_string(p.config) << ", \"mesh\": \"" << p.data << "x" << p.model << "\", \"ranks\": "
-     << p.data * p.model << ", \"n_params\": " << p.n_params << ", \"n_act_params\": " << p.n_act_params
-     << ", \"tokens_per_step\": " << p.tokens_per_step << ", \"tokens_per_rank\": " << p.tokens_per_rank
-     << ", \"micro_steps\": " << p.micro_steps << ", \"tokens_per_micro\": " << p.tokens_per_micro
-     << ", \"routed_per_rank\": " << p.rows_per_rank << ", \"local_params\": " << p.local_params
-     << ", \"forward_flops_per_token\": " << p.forward_flops_per_token
-     << ", \"train_flops_per_token\": " << p.train_flops_per_token
-     << ", \"train_flops_per_rank\": " << p.train_flops_per_rank
-     << ", \"memory\": {\"weights\": " << m.weights << ", \"gradients\": " << m.gradients
-     << ", \"optimizer\": " << m.optimizer << ", \"activations\": " << m.activations << ", \"dispatch\": "
-     << m.dispatch << ", \"total\": " << m.total() << ", \"device\": " << r.device_memory
-     << ", \"fits\": " << (m.total() <= r.device_memory ? "true" : "false")
-     << ", \"max_batch_tokens\": " << max_batch << "}"
-     << ", \"comm\": {\"alltoall_bytes\": " << c.alltoall << ", \"allreduce_data_bytes\": " << c.allreduce_data
-     << ", \"allreduce_model_bytes\": " << c.allreduce_model
-     << ", \"allreduce_replica_bytes\": " << c.allreduce_replicas << "}"
-     << ", \"predicted\": {\"cluster\": " << json_string(r.cluster.name) << ", \"share\": " << s.share
-     << ", \"matmul_s\": " << s.matmul_s << ", \"elementwise_s\": " << s.elementwise_s
-     << ", \"alltoall_s\": " << s.alltoall_s << ", \"allreduce_data_s\": " << s.allreduce_data_s
-     << ", \"allreduce_model_s\": " << s.allreduce_model_s << ", \"latency_s\": " << s.latency_s
-     << ", \"step_s\": " << s.step_s << ", \"tokens_per_s\": " << s.tokens_per_s << ", \"mfu\": " << s.mfu
-     << "}}";
-  std::printf("%s\n", os.str().c_str());
+  ordered_json j;
+  j["config"] = p.config;
+  j["mesh"] = msg(p.data, "x", p.model);
+  j["ranks"] = p.data * p.model;
+  j["n_params"] = p.n_params;
+  j["n_act_params"] = p.n_act_params;
+  j["tokens_per_step"] = p.tokens_per_step;
+  j["tokens_per_rank"] = p.tokens_per_rank;
+  j["micro_steps"] = p.micro_steps;
+  j["tokens_per_micro"] = p.tokens_per_micro;
+  j["routed_per_rank"] = p.rows_per_rank;
+  j["local_params"] = p.local_params;
+  j["forward_flops_per_token"] = p.forward_flops_per_token;
+  j["train_flops_per_token"] = p.train_flops_per_token;
+  j["train_flops_per_rank"] = p.train_flops_per_rank;
+  j["memory"] = {{"weights", m.weights},         {"gradients", m.gradients},
+                 {"optimizer", m.optimizer},     {"activations", m.activations},
+                 {"dispatch", m.dispatch},       {"total", m.total()},
+                 {"device", r.device_memory},    {"fits", m.total() <= r.device_memory},
+                 {"max_batch_tokens", max_batch}};
+  j["comm"] = {{"alltoall_bytes", c.alltoall},
+               {"allreduce_data_bytes", c.allreduce_data},
+               {"allreduce_model_bytes", c.allreduce_model},
+               {"allreduce_replica_bytes", c.allreduce_replicas},
+               {"reduce_scatter_bytes", c.reduce_scatter},
+               {"allgather_bytes", c.allgather}};
+  j["predicted"] = {{"cluster", r.cluster.name},       {"share", s.share},
+                    {"matmul_s", s.matmul_s},          {"elementwise_s", s.elementwise_s},
+                    {"alltoall_s", s.alltoall_s},      {"allreduce_data_s", s.allreduce_data_s},
+                    {"allreduce_model_s", s.allreduce_model_s}, {"latency_s", s.latency_s},
+                    {"step_s", s.step_s},              {"tokens_per_s", s.tokens_per_s},
+                    {"mfu", s.mfu}};
+  std::printf("%s\n", json_line(j, kJsonPrecision).c_str());
 }
 
 // Every D x M mesh of the cluster's devices: memory, fit and predicted step, or why
 // the model cannot be laid out on it.
 void print_all_meshes(const Config& cfg, PlanRequest req) {
   const int64_t n = req.cluster.devices;
-  std::ostringstream js;
-  js.precision(10);
-  js << "{\"config\": " << json_string(cfg.source) << ", \"cluster\": " << json_string(req.cluster.name)
-     << ", \"meshes\": [";
+  ordered_json js = {{"config", cfg.source}, {"cluster", req.cluster.name}, {"meshes", ordered_json::array()}};
   if (!req.json)
     std::printf("# glam plan: %s on every mesh of the %lld devices of %s (%s)\n%8s %12s %5s %9s %11s %6s\n",
                 cfg.source.c_str(), static_cast<long long>(n), req.cluster.name.c_str(), req.cluster.source.c_str(),
                 "mesh", "memory/rank", "fits", "step s", "tokens/s", "MFU");
-  bool first = true;
   for (int64_t m = 1; m <= n; m++) {
     if (n % m) continue;
     req.opt.data = static_cast<int>(n / m);
     req.opt.model = static_cast<int>(m);
     const std::string mesh = msg(req.opt.data, "x", req.opt.model);
-    js << (first ? "" : ", ") << "{\"mesh\": \"" << mesh << "\", ";
-    first = false;
+    ordered_json row = {{"mesh", mesh}};
     try {
       const Plan p = make_plan(cfg, req.opt);
       const StepPrediction s = predict_step(p, req.cluster);
       const bool fits = p.memory.total() <= req.device_memory;
-      js << "\"total\": " << p.memory.total() << ", \"fits\": " << (fits ? "true" : "false")
-         << ", \"step_s\": " << s.step_s << ", \"tokens_per_s\": " << s.tokens_per_s << ", \"mfu\": " << s.mfu
-         << "}";
+      row["total"] = p.memory.total();
+      row["fits"] = fits;
+      row["step_s"] = s.step_s;
+      row["tokens_per_s"] = s.tokens_per_s;
+      row["mfu"] = s.mfu;
       if (!req.json)
         std::printf("%8s %12s %5s %9.4g %11.4g %5.1f%%\n", mesh.c_str(), format_bytes(double(p.memory.total())).c_str(),
                     fits ? "yes" : "no", s.step_s, s.tokens_per_s, 100.0 * s.mfu);
     } catch (const UserError& e) {
-      js << "\"error\": " << json_string(e.what()) << "}";
+      row["error"] = e.what();
       if (!req.json) std::printf("%8s cannot run: %s\n", mesh.c_str(), e.what());
     }
+    js["meshes"].push_back(std::move(row));
   }
-  js << "]}";
-  if (req.json) std::printf("%s\n", js.str().c_str());
+  if (req.json) std::printf("%s\n", json_line(js, kJsonPrecision).c_str());
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "glam/check.h"
+#include "glam/version.h"
 
 namespace fs = std::filesystem;
 
@@ -247,6 +248,10 @@ void write_file_atomic(const std::string& path, const std::string& text) {
     throw e;
   }
   fsync_dir(parent_of(path));
+}
+
+void write_build_info(const std::string& run_dir) {
+  write_file_atomic((fs::path(run_dir) / "build.json").string(), build_json() + "\n");
 }
 
 std::string read_file(const std::string& path) {

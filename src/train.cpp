@@ -15,10 +15,12 @@
 #include "glam/adafactor.h"
 #include "glam/check.h"
 #include "glam/checkpoint.h"
+#include "glam/cli.h"
 #include "glam/commands.h"
 #include "glam/corpus.h"
 #include "glam/gemm.h"
 #include "glam/host_memory.h"
+#include "glam/json_line.h"
 #include "glam/loader.h"
 #include "glam/micro_steps.h"
 #include "glam/mixture.h"
@@ -67,47 +69,26 @@ std::vector<LayerLoad> layer_loads(const LossParts& parts) {
   return out;
 }
 
-template <typename T>
-std::string nested(const std::vector<std::vector<T>>& v) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < v.size(); i++) {
-    os << (i ? ", [" : "[");
-    for (size_t j = 0; j < v[i].size(); j++) os << (j ? ", " : "") << v[i][j];
-    os << "]";
-  }
-  os << "]";
-  return os.str();
-}
-
-// A number for JSON: non-finite values (a skipped step's loss) become null.
-struct JsonNumber {
-  double v;
-};
-std::ostream& operator<<(std::ostream& os, JsonNumber n) {
-  if (std::isfinite(n.v)) return os << n.v;
-  return os << "null";
-}
-
-std::string json_line(const StepRecord& r) {
+// The metrics.jsonl record of a step; a skipped step's non-finite loss is written as null.
+std::string metrics_record(const StepRecord& r) {
   const double dropped = r.parts.choices ? double(r.parts.dropped) / r.parts.choices : 0.0;
-  std::ostringstream os;
-  os.precision(8);
-  os << "{\"step\": " << r.step << ", \"loss\": " << JsonNumber{r.parts.loss} << ", \"ce\": " << JsonNumber{r.parts.ce}
-     << ", \"aux\": " << JsonNumber{r.parts.aux} << ", \"z\": " << JsonNumber{r.parts.z} << ", \"lr\": " << r.lr
-     << ", \"grad_norm\": " << JsonNumber{r.grad_norm}
-     << ", \"tokens_per_s\": " << r.tokens_per_s << ", \"dropped_frac\": " << dropped
-     << ", \"skipped\": " << (r.skipped ? "true" : "false") << ", \"skipped_total\": " << r.skipped_total
-     << ", \"load_before\": " << nested(r.parts.load_before) << ", \"load_after\": " << nested(r.parts.load_after)
-     << ", \"layer_dropped_frac\": [";
-  const std::vector<LayerLoad> loads = layer_loads(r.parts);
-  for (size_t l = 0; l < loads.size(); l++) os << (l ? ", " : "") << loads[l].dropped_frac;
-  os << "], \"layer_max_mean_load\": [";
-  for (size_t l = 0; l < loads.size(); l++) os << (l ? ", " : "") << loads[l].max_over_mean;
-  os << "], \"epochs\": {";
-  for (size_t s = 0; s < r.epochs.size(); s++) os << (s ? ", " : "") << "\"" << r.sources[s] << "\": " << r.epochs[s];
-  os << "}}";
-  return os.str();
+  nlohmann::ordered_json j = {{"step", r.step},   {"loss", r.parts.loss}, {"ce", r.parts.ce},
+                              {"aux", r.parts.aux}, {"z", r.parts.z},       {"lr", r.lr},
+                              {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+                              {"dropped_frac", dropped},  {"skipped", r.skipped},
+                              {"skipped_total", r.skipped_total}};
+  j["load_before"] = r.parts.load_before;
+  j["load_after"] = r.parts.load_after;
+  nlohmann::ordered_json dropped_frac = nlohmann::ordered_json::array(), max_mean = nlohmann::ordered_json::array();
+  for (const LayerLoad& l : layer_loads(r.parts)) {
+    dropped_frac.push_back(l.dropped_frac);
+    max_mean.push_back(l.max_over_mean);
+  }
+  j["layer_dropped_frac"] = dropped_frac;
+  j["layer_max_mean_load"] = max_mean;
+  j["epochs"] = nlohmann::ordered_json::object();
+  for (size_t s = 0; s < r.epochs.size(); s++) j["epochs"][r.sources[s]] = r.epochs[s];
+  return json_line(j, kMetricsPrecision);
 }
 
 // "      data fortunes 0.031 ep | wordnet 0.012 ep | wait 0.0 ms" for the progress log.
@@ -160,10 +141,11 @@ void on_root(const Mesh& mesh, F&& f) {
 }
 
 // The run dir gets the effective config and a copy of the tokenizer, so that
-// `glam generate --run-dir` needs nothing else. Both are written atomically; the
-// tokenizer only when the copy differs.
+// `glam generate --run-dir` needs nothing else, and build.json naming this glam's
+// version and commit. All are written atomically; the tokenizer only when the copy differs.
 void prepare_run_dir(const std::string& dir, const Config& cfg) {
   write_file_atomic((fs::path(dir) / "config.cfg").string(), cfg.to_ini());
+  write_build_info(dir);
   copy_file_atomic(cfg.data.tokenizer, (fs::path(dir) / "tokenizer.model").string());
 }
 
@@ -193,21 +175,24 @@ void refuse_finished_run(const std::string& dir, bool overwrite, const Config& c
 
 // Phase times of rank 0 and the communication of every rank, per step.
 void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double total, int64_t steps) {
-  double comm[5] = {mesh.stats.seconds, static_cast<double>(mesh.stats.alltoall_bytes),
+  double comm[7] = {mesh.stats.seconds, static_cast<double>(mesh.stats.alltoall_bytes),
                     static_cast<double>(mesh.stats.allreduce_data_bytes),
                     static_cast<double>(mesh.stats.allreduce_model_bytes),
-                    static_cast<double>(mesh.stats.allreduce_other_bytes)};
+                    static_cast<double>(mesh.stats.allreduce_other_bytes),
+                    static_cast<double>(mesh.stats.reduce_scatter_bytes),
+                    static_cast<double>(mesh.stats.allgather_bytes)};
   double max_mpi = comm[0];
   MPI_Allreduce(MPI_IN_PLACE, &max_mpi, 1, MPI_DOUBLE, MPI_MAX, mesh.world);
-  mesh.allreduce_sum_world(comm, 5);
+  mesh.allreduce_sum_world(comm, 7);
   if (!mesh.is_root()) return;
   const double per = 1.0 / std::max<int64_t>(1, steps);
   std::printf("# phases (rank 0, %.1f s in all):\n%s", total, timers.report(total).c_str());
   std::printf("  %-12s %9.2f s %6.1f%%   (inside MPI, rank 0; max over ranks %.2f s)\n", "mpi", mesh.stats.seconds,
               total > 0 ? 100.0 * mesh.stats.seconds / total : 0.0, max_mpi);
-  std::printf("# communication per step, all ranks together: alltoallv %.3f MB; allreduce over data %.3f MB, "
-              "over model %.3f MB, other %.3f MB\n",
-              comm[1] * per / 1e6, comm[2] * per / 1e6, comm[3] * per / 1e6, comm[4] * per / 1e6);
+  std::printf("# communication per step (checkpoints left out), all ranks together: alltoallv %.3f MB; allreduce over data %.3f MB, "
+              "over model %.3f MB, other %.3f MB; reduce-scatter over data %.3f MB, all-gather over data %.3f MB\n",
+              comm[1] * per / 1e6, comm[2] * per / 1e6, comm[3] * per / 1e6, comm[4] * per / 1e6, comm[5] * per / 1e6,
+              comm[6] * per / 1e6);
 }
 
 
@@ -269,9 +254,10 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   if (!fs::exists(path)) return;
   std::istringstream in(read_file(path.string()));
   std::string line, kept;
-  while (std::getline(in, line)) {
-    long long s = -1;
-    if (std::sscanf(line.c_str(), "{\"step\": %lld", &s) == 1 && s <= step) kept += line + "\n";
+  while (std::getline(in, line)) {  // a line cut short by a crash does not parse and goes
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
+    const bool numbered = record.is_object() && record.contains("step") && record["step"].is_number_integer();
+    if (numbered && record["step"].get<int64_t>() <= step) kept += line + "\n";
   }
   write_file_atomic(path.string(), kept);
 }
@@ -321,7 +307,8 @@ int train_main(const std::vector<std::string>& args) {
     ("run-dir", po::value<std::string>(), "run directory; a run dir holding a checkpoint is resumed")
     ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
     ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)")
-    ("overwrite", po::bool_switch(), "start afresh in --run-dir, discarding its checkpoints and weights");
+    ("overwrite", po::bool_switch(),
+     overwrite_help("run in --run-dir: start afresh, discarding its checkpoints and weights").c_str());
   Config cfg;
   po::variables_map vm = parse_args(args, cli, cfg);
   if (vm.count("help")) {
@@ -433,7 +420,7 @@ int train_main(const std::vector<std::string>& args) {
     r.tokens_per_s = tokens_per_step / std::chrono::duration<double>(t1 - t0).count();
     r.eta_s = std::chrono::duration<double>(t1 - start).count() / (st.step - first_step) * (cfg.train.steps - st.step);
     if (mesh.is_root()) {
-      metrics.append(json_line(r));
+      metrics.append(metrics_record(r));
       if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
     }
     if (validator && st.step % cfg.train.val_every == 0)  // at fixed steps: a resumed run validates as one run
@@ -454,8 +441,12 @@ int train_main(const std::vector<std::string>& args) {
                      (cfg.checkpoint.every_steps > 0 && st.step % cfg.checkpoint.every_steps == 0);
     if (stop || due) {
       ScopedPhase phase(model.timers, "checkpoint");
+      const CommStats step_bytes = mesh.stats;  // the report's bytes are the steps', without checkpoints
       model.sync_to_host(&optimizer);
       const std::string path = save_checkpoint(run_dir, model.params(), optimizer, st, cfg, mesh, cfg.checkpoint.keep);
+      const double mpi_seconds = mesh.stats.seconds;
+      mesh.stats = step_bytes;
+      mesh.stats.seconds = mpi_seconds;
       last_checkpoint = std::chrono::steady_clock::now();
       if (mesh.is_root() && (stop || cfg.train.log_every == 1 || st.step % cfg.train.log_every == 0))
         std::printf("# checkpoint %s\n", path.c_str());

@@ -6,9 +6,8 @@
 // target of its chunks.
 #include "glam/validation.h"
 
-#include <sstream>
-
 #include "glam/check.h"
+#include "glam/json_line.h"
 #include "glam/micro_steps.h"
 
 namespace glam {
@@ -57,27 +56,11 @@ ValResult Validator::run(Model& model) const {
   return r;
 }
 
-namespace {
-
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) >= 0x20) out += c;
-  }
-  return out + "\"";
-}
-
-}  // namespace
-
 std::string val_json(int64_t step, const ValResult& r) {
-  std::ostringstream os;
-  os.precision(8);
-  os << "{\"step\": " << step << ", \"val_loss\": " << r.loss << ", \"val_loss_by_source\": {";
-  for (size_t s = 0; s < r.names.size(); ++s)
-    os << (s ? ", " : "") << json_string(r.names[s]) << ": " << r.by_source[s];
-  os << "}}";
-  return os.str();
+  nlohmann::ordered_json by_source = nlohmann::ordered_json::object();
+  for (size_t s = 0; s < r.names.size(); ++s) by_source[r.names[s]] = r.by_source[s];
+  const nlohmann::ordered_json record = {{"step", step}, {"val_loss", r.loss}, {"val_loss_by_source", by_source}};
+  return json_line(record, kMetricsPrecision);
 }
 
 }  // namespace glam

@@ -34,6 +34,7 @@
 
 #include "glam/bounded_read.h"
 #include "glam/check.h"
+#include "glam/cli.h"
 #include "glam/corpus.h"
 #include "glam/encode.h"
 #include "glam/loader.h"
@@ -47,14 +48,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kUsage =
-    "usage: glam-tokenize <command> [options]\n"
-    "commands:\n"
-    "  train-spm  train a SentencePiece model on plain text files\n"
-    "  encode     tokenize text or JSON Lines files into a corpus file (.h5) or shards\n"
-    "  info       print the header of a corpus file (.h5) or check a shard manifest (.json)\n"
-    "  mixture    check a mixture (sources, weights, sizes) and time its loader\n"
-    "'glam-tokenize <command> --help' lists the options of a command.\n";
+const std::string& usage() {
+  static const std::string text = glam::tool_usage(
+      "glam-tokenize",
+      {{"train-spm", "train a SentencePiece model on plain text files"},
+       {"encode", "tokenize text or JSON Lines files into a corpus file (.h5) or shards"},
+       {"info", "print the header of a corpus file (.h5) or check a shard manifest (.json)"},
+       {"mixture", "check a mixture (sources, weights, sizes) and time its loader"}});
+  return text;
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -224,7 +226,7 @@ void encode_one_file(const glam::Tokenizer& tok, const std::vector<std::string>&
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
   GLAM_REQUIRE(ranks == 1, "--output writes one file on one rank; under mpirun use --output-dir");
   GLAM_REQUIRE(overwrite || !fs::exists(output), "output file '", output,
-               "' already exists (pass --overwrite to replace it)");
+               "' already exists (", glam::kOverwriteHint, ")");
   require_parent_dir(output, "output file");
   const auto start = Clock::now();
   std::vector<std::vector<int32_t>> docs;
@@ -296,7 +298,7 @@ int encode(const std::vector<std::string>& args) {
       ("shard-mb", po::value<double>()->default_value(16.0),
        "--output-dir: megabytes of text per shard")
       ("progress", po::bool_switch(), "show a progress line on stderr (default: when it is a terminal)")
-      ("overwrite", po::bool_switch(), "replace an existing output");
+      ("overwrite", po::bool_switch(), glam::overwrite_help("--output file or --output-dir manifest and shards").c_str());
   // clang-format on
   po::variables_map vm;
   const char* synopsis =
@@ -440,17 +442,10 @@ int mixture(const std::vector<std::string>& args) {
 int run(int argc, char** argv) {
   const std::map<std::string, std::function<int(const std::vector<std::string>&)>> commands = {
       {"train-spm", train_spm}, {"encode", encode}, {"info", info}, {"mixture", mixture}};
-  if (argc < 2) {
-    std::fputs(kUsage, stderr);
-    return 2;
-  }
+  if (glam::top_level_request("glam-tokenize", usage(), argc, argv)) return 0;
   const std::string command = argv[1];
-  if (command == "--help" || command == "-h" || command == "help") {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
   const auto it = commands.find(command);
-  GLAM_REQUIRE(it != commands.end(), "unknown command '", command, "'\n", kUsage);
+  if (it == commands.end()) throw glam::unknown_command(command, usage());
   return it->second(std::vector<std::string>(argv + 2, argv + argc));
 }
 

@@ -56,6 +56,9 @@ void write_file_atomic(const std::string& path, const std::string& text);
 // Copies from to path atomically, unless path already holds the same bytes.
 // Returns true if it copied.
 bool copy_file_atomic(const std::string& from, const std::string& path);
+// Writes RUN_DIR/build.json atomically: the version and git commit of the glam
+// that trains in the run dir (glam/version.h); rewritten when a run starts or resumes.
+void write_build_info(const std::string& run_dir);
 // The whole content of a file; throws UserError naming it if it cannot be read.
 std::string read_file(const std::string& path);
 
