@@ -109,7 +109,7 @@ std::string prediction_lines(const std::vector<Task>& tasks, const std::vector<T
     for (size_t i = 0; i < results[t].examples.size(); i++) {
       const ExampleResult& ex = results[t].examples[i];
       const Example& e = tasks[t].examples[i];
-      json j = {{"task", results[t].name}, {"index", i}};
+      json j = {{"task", results[t].name}, {"index", i}, {"prompt", ex.prompt}};
       if (results[t].kind == TaskKind::multiple_choice) {
         j["scores"] = ex.scores;
         j["predicted"] = ex.predicted;

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <random>
 
+#include "glam/corpus.h"
 #include "glam/eval.h"
 
 using namespace glam;

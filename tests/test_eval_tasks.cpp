@@ -121,6 +121,33 @@ TEST_CASE("readers of public layouts map their fields onto the two kinds") {
   }
 }
 
+TEST_CASE("hellaswag: the WikiHow markup is cleaned from the context and the endings") {
+  // a WikiHow line as the public validation split writes it
+  const auto e = read_examples(write("hs_wikihow.jsonl",
+      R"({"ind": 7, "activity_label": "Home and Garden", "ctx_a": "[header] How to clean a kettle [title] Fill the kettle with vinegar. [step] Pour in  equal parts.", "ctx_b": "", "ctx": "[header] How to clean a kettle [title] Fill the kettle with vinegar. [step] Pour in  equal parts. ", "endings": ["[substeps] Let it soak [title] Rinse it.", "Boil it. [step] Then drink it.", "Done! [title] Dry it.", "[step] [substeps]  Wait ."], "split": "val", "label": 0}
+{"activity_label": "Cooking", "ctx_a": "Keep [Note] and [a1] as they are.", "ctx_b": "then", "endings": ["[unknown] goes.", "stays."], "label": "1"}
+)"), "hellaswag");
+  REQUIRE(e.size() == 2);
+  // the header ends a sentence before the title; tags go; doubled and trailing spaces go
+  CHECK(e[0].context == "Home and Garden: How to clean a kettle. Fill the kettle with vinegar. Pour in equal parts.");
+  CHECK(e[0].choices == std::vector<std::string>{"Let it soak. Rinse it.", "Boil it. Then drink it.", "Done! Dry it.", "Wait ."});
+  CHECK(e[0].gold == 0);
+  // only lower-case word tags are markup: other brackets are text
+  CHECK(e[1].context == "Cooking: Keep [Note] and [a1] as they are. then");
+  CHECK(e[1].choices == std::vector<std::string>{"goes.", "stays."});
+}
+
+TEST_CASE("hellaswag: a line of the unlabelled test split is refused, naming the file and line") {
+  const std::string ok = R"({"activity_label": "Running", "ctx": "A man runs.", "endings": ["stops.", "flies."], "label": 0})";
+  for (const std::string& label : {std::string(""), std::string(R"(, "label": "")")}) {
+    const std::string path = write("hs_test.jsonl", ok + "\n" +
+        R"({"activity_label": "Running", "ctx": "A man runs.", "endings": ["stops.", "flies."], "split": "test")" + label + "}\n");
+    CHECK_THROWS_WITH(read_examples(path, "hellaswag"),
+                      Catch::Contains("hs_test.jsonl:2: no \"label\": this file looks like HellaSwag's unlabelled test split") &&
+                          Catch::Contains("evaluation needs the labelled validation split"));
+  }
+}
+
 TEST_CASE("bad task lines name file:line and the field") {
   auto fails = [](const std::string& name, const std::string& text, const std::string& format, const std::string& what) {
     const std::string path = write(name, text);

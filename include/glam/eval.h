@@ -1,4 +1,4 @@
-// Evaluation as in GLaM (reference section 8): multiple-choice tasks ranked by the
+// Evaluation as in the GLaM paper (Du et al., 2022): multiple-choice tasks ranked by the
 // (length-normalised) log-likelihood of each choice, generative tasks decoded with
 // beam search and scored by exact match and token F1, zero- or few-shot with
 // demonstrations drawn from the task's train file; and perplexity / bits per byte
@@ -127,6 +127,7 @@ struct EvalOptions {
 
 // What the model did on one example (for --predictions).
 struct ExampleResult {
+  std::string prompt;                // the conditioning as scored: demonstrations + the filled template
   std::vector<double> scores;        // multiple choice: each choice's ranking score
   int64_t predicted = -1;            //   the chosen index
   std::string prediction;            // generative: the decoded answer

@@ -24,9 +24,11 @@ std::vector<int32_t> encode_context(const Tokenizer& tok, const std::string& tex
 TaskResult multiple_choice(const Task& task, int64_t n, Model& model, const Tokenizer& tok, const Mesh& mesh,
                            const EvalOptions& opt) {
   std::vector<ScoreRequest> requests;
+  std::vector<std::string> prompts;      // [n]
   std::vector<int64_t> first(n + 1, 0);  // example i's choices are requests [first[i], first[i+1])
   for (int64_t i = 0; i < n; i++) {
     const Rendered r = render_example(task, i, opt.shots, opt.seed);
+    prompts.push_back(r.conditioning);
     const std::vector<int32_t> ctx = encode_context(tok, r.conditioning);
     for (size_t c = 0; c < r.targets.size(); c++) {
       std::vector<int32_t> cont = tok.encode(r.targets[c]);
@@ -41,6 +43,7 @@ TaskResult multiple_choice(const Task& task, int64_t n, Model& model, const Toke
   int64_t correct = 0;
   for (int64_t i = 0; i < n; i++) {
     ExampleResult ex;
+    ex.prompt = std::move(prompts[i]);
     for (int64_t c = 0; c < first[i + 1] - first[i]; c++) {
       const Continuation& s = scores[first[i] + c];
       ex.scores.push_back(plain_sum ? s.logprob : s.logprob / static_cast<double>(s.n_tokens));
@@ -58,8 +61,12 @@ TaskResult multiple_choice(const Task& task, int64_t n, Model& model, const Toke
 
 TaskResult generative(const Task& task, int64_t n, Model& model, const Tokenizer& tok, const Mesh& mesh,
                       const EvalOptions& opt) {
+  std::vector<std::string> texts;  // [n]
   std::vector<std::vector<int32_t>> prompts;
-  for (int64_t i = 0; i < n; i++) prompts.push_back(encode_context(tok, render_example(task, i, opt.shots, opt.seed).conditioning));
+  for (int64_t i = 0; i < n; i++) {
+    texts.push_back(render_example(task, i, opt.shots, opt.seed).conditioning);
+    prompts.push_back(encode_context(tok, texts.back()));
+  }
   SamplingOptions so;
   so.beam = opt.beam;
   so.max_tokens = opt.max_tokens;
@@ -73,6 +80,7 @@ TaskResult generative(const Task& task, int64_t n, Model& model, const Tokenizer
     res.em += s.em;
     res.f1 += s.f1;
     ExampleResult ex;
+    ex.prompt = std::move(texts[i]);
     ex.prediction = out[i].text;
     ex.em = s.em;
     ex.f1 = s.f1;

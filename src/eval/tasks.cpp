@@ -107,13 +107,51 @@ Example read_question_answers(const Line& in) {
   return e;
 }
 
-// HellaSwag: activity_label, ctx (or ctx_a + ctx_b), endings, label.
+// HellaSwag's WikiHow half carries the markup of the scraped pages: "[header]",
+// "[title]", "[step]", "[substeps]". A model never saw those tags in training, so
+// they go: a title starts a new sentence (a full stop before it unless the text
+// before ends one already), any other lower-case tag is dropped, and the runs of
+// spaces left behind become one. Text without tags (the ActivityNet half) only
+// loses doubled and outer spaces.
+std::string clean_wikihow(const std::string& text) {
+  std::string out;
+  for (size_t i = 0; i < text.size();) {
+    size_t close = std::string::npos;
+    if (text[i] == '[') {
+      size_t j = i + 1;
+      while (j < text.size() && std::islower(static_cast<unsigned char>(text[j]))) j++;
+      if (j > i + 1 && j < text.size() && text[j] == ']') close = j;
+    }
+    if (close == std::string::npos) {
+      out += text[i++];
+      continue;
+    }
+    if (text.compare(i, close + 1 - i, "[title]") == 0) {
+      while (!out.empty() && out.back() == ' ') out.pop_back();
+      if (!out.empty() && std::string(".!?:").find(out.back()) == std::string::npos) out += '.';
+    }
+    out += ' ';
+    i = close + 1;
+  }
+  std::string collapsed;  // one space between words, none at the ends
+  for (char c : out)
+    if (c != ' ' || (!collapsed.empty() && collapsed.back() != ' ')) collapsed += c;
+  while (!collapsed.empty() && collapsed.back() == ' ') collapsed.pop_back();
+  return collapsed;
+}
+
+// HellaSwag: activity_label, ctx (or ctx_a + ctx_b), endings, label; WikiHow
+// markup cleaned from the context and the endings.
 Example read_hellaswag(const Line& in) {
   Example e;
   std::string ctx = in.j.contains("ctx") ? in.str("ctx") : in.str("ctx_a") + " " + in.str("ctx_b");
   if (in.j.contains("activity_label")) ctx = in.str("activity_label") + ": " + ctx;
-  e.context = ctx;
-  e.choices = in.strings("endings");
+  e.context = clean_wikihow(ctx);
+  for (const std::string& ending : in.strings("endings")) e.choices.push_back(clean_wikihow(ending));
+  // the public test split hides its answers: no "label", or "" in some copies
+  const bool unlabelled = !in.j.contains("label") || (in.j.at("label").is_string() && in.str("label").empty());
+  GLAM_REQUIRE(!unlabelled, in.where, ": no \"label\": this file looks like HellaSwag's unlabelled test split; ",
+               "evaluation needs the labelled validation split (hellaswag_val.jsonl)");
   e.gold = in.integer("label");
   return e;
 }

@@ -5,7 +5,8 @@
   check_report.py text REPORT TEXT_FILE                      perplexity and bits per byte agree with nll, tokens, bytes
   check_report.py same REPORT_A REPORT_B [TOL]               the same report: equal strings and counts, scores within TOL (1e-6, relative)
   check_report.py less REPORT_A REPORT_B                     A's text perplexity is below B's
-  check_report.py predictions REPORT PREDICTIONS             the per-example lines add up to the report's scores
+  check_report.py predictions REPORT PREDICTIONS [TASK_DIR]  the per-example lines add up to the report's scores
+                                                            (and their prompts end with the task's examples)
 """
 import json
 import math
@@ -84,7 +85,20 @@ def less(a, b):
         fail("perplexity did not drop")
 
 
-def predictions(path, pred_path):
+def check_prompts(task, mine, tasks_dir, shots):
+    """Each line's prompt is the text scored: the demonstrations, then the example's
+    own context (or prompt) last."""
+    with open(os.path.join(tasks_dir, task + ".jsonl"), encoding="utf-8") as f:
+        examples = [json.loads(line) for line in f if line.strip()]
+    for p in mine:
+        question = examples[p["index"]].get("context", examples[p["index"]].get("prompt"))
+        if not isinstance(p.get("prompt"), str) or not p["prompt"].endswith(question):
+            fail(f"{task} example {p['index']}: prompt {p.get('prompt')!r} does not end with {question!r}")
+        if shots > 0 and len(p["prompt"]) <= len(question):
+            fail(f"{task} example {p['index']}: prompt {p['prompt']!r} holds no demonstrations ({shots} shots)")
+
+
+def predictions(path, pred_path, tasks_dir=None):
     report = load(path)
     with open(pred_path, encoding="utf-8") as f:
         lines = [json.loads(line) for line in f]
@@ -92,6 +106,8 @@ def predictions(path, pred_path):
         mine = [p for p in lines if p["task"] == t["task"]]
         if [p["index"] for p in mine] != list(range(t["n"])):
             fail(f"{t['task']}: expected lines for examples 0..{t['n'] - 1}")
+        if tasks_dir:
+            check_prompts(t["task"], mine, tasks_dir, report["shots"])
         if t["kind"] == "multiple_choice":
             for p in mine:
                 best = max(range(len(p["scores"])), key=lambda c: (p["scores"][c], -c))

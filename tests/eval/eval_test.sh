@@ -39,7 +39,7 @@ scores)
   check score "$r/trained.json" capitals_gen f1 min 0.8
   check text "$r/trained.json" "$data/heldout.txt"
   ev --run-dir "$work/run300" --shots 2 --json "$r/two_shot.json" --predictions "$r/two_shot.jsonl" > /dev/null
-  check predictions "$r/two_shot.json" "$r/two_shot.jsonl"
+  check predictions "$r/two_shot.json" "$r/two_shot.jsonl" "$data"
   check score "$r/two_shot.json" capitals_mc accuracy min 0.75
   check score "$r/two_shot.json" capitals_gen em min 0.5
   ev --run-dir "$work/run300" --unnormalized --json "$r/sum.json" > /dev/null
