@@ -146,7 +146,7 @@ void Adafactor::update(Param& p, AdafactorSlot& s, double rho, double lr, const 
   // the elements this rank updates: its shard, or its rows of it (train.shard_state)
   const int64_t first = p.zero_sharded() ? p.zero_row0 * p.row_size() : 0;
   const int64_t n = p.zero_sharded() ? p.zero_rows * p.row_size() : p.size();
-  const float* g = p.g.data() + first;
+  const float* g = p.g.data();  // sharded: g holds only this rank's rows
   float* w = p.w.data() + first;
   std::vector<float>& u = u_;  // [n] the update U, before clipping
   u.resize(n);
@@ -193,9 +193,7 @@ double learning_rate(const TrainConfig& t, int64_t step) {
 double global_grad_norm(const ParamTable& table, const Mesh& mesh) {
   double sum = 0.0;
   for (const Param& p : table.params) {
-    // train.shard_state: only this data rank's rows hold the reduced gradient
-    const int64_t first = p.zero_sharded() ? p.zero_row0 * p.row_size() : 0;
-    double s = sum_squares(p.g.data() + first, p.zero_sharded() ? p.zero_rows * p.row_size() : p.size());
+    double s = sum_squares(p.g.data(), static_cast<int64_t>(p.g.size()));  // sharded: this rank's rows
     sum_over_shards(p, mesh, &s, 1);  // whole tensor, identical on the replicas
     sum += s;
   }

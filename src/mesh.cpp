@@ -272,6 +272,66 @@ void Mesh::reduce_scatter_sum_data(float* buf, const std::vector<int64_t>& count
   std::memcpy(buf + offset, part.data(), sizeof(float) * part.size());
 }
 
+static double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void Mesh::start_reduce_scatter_sum_data(const float* buf, const std::vector<int64_t>& counts,
+                                         ScatterInFlight& x) const {
+  GLAM_ASSERT(x.finished_);
+  x.mesh_ = this;
+  x.counts_.assign(data_size, 0);
+  int64_t total = 0;
+  for (int r = 0; r < data_size; r++) {
+    GLAM_REQUIRE(counts[r] <= count_limit, "reduce-scatter part of ", counts[r], " elements exceeds the MPI count limit");
+    x.counts_[r] = to_int(counts[r]);
+    total += counts[r];
+  }
+  x.part_.assign(counts[data_rank], 0.0f);
+  if (data_size == 1) {  // nothing to sum: the part is the buffer
+    std::memcpy(x.part_.data(), buf, sizeof(float) * x.part_.size());
+    return;
+  }
+  CommTimer timer(stats);
+  stats.reduce_scatter_bytes += total * static_cast<int64_t>(sizeof(float));
+  stats.allreduce_calls++;
+  stats.nonblocking_calls++;
+  if (stats.active++ == 0) stats.active_since = now_seconds();
+  x.finished_ = false;
+  GLAM_CHECK_MPI(MPI_Ireduce_scatter(buf, x.part_.data(), x.counts_.data(), MPI_FLOAT, MPI_SUM, data_comm,
+                                     &x.request_));
+}
+
+bool ScatterInFlight::done() {
+  if (finished_) return true;
+  const double t0 = now_seconds();
+  int flag = 0;
+  GLAM_CHECK_MPI(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE));
+  mesh_->stats.seconds += now_seconds() - t0;
+  if (flag) finish();
+  return finished_;
+}
+
+void ScatterInFlight::wait() {
+  if (finished_) return;
+  const double t0 = now_seconds();
+  GLAM_CHECK_MPI(MPI_Wait(&request_, MPI_STATUS_IGNORE));
+  const double waited = now_seconds() - t0;
+  mesh_->stats.seconds += waited;
+  mesh_->stats.exposed_seconds += waited;
+  finish();
+}
+
+void ScatterInFlight::finish() {
+  CommStats& s = mesh_->stats;
+  if (--s.active == 0) s.inflight_seconds += now_seconds() - s.active_since;
+  finished_ = true;
+}
+
+ScatterInFlight::~ScatterInFlight() {
+  if (!finished_) MPI_Wait(&request_, MPI_STATUS_IGNORE);  // never leave MPI writing into freed memory
+}
+
 void Mesh::allgather_data(float* buf, const std::vector<int64_t>& counts) const {
   if (data_size == 1) return;
   CommTimer timer(stats);

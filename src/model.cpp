@@ -251,6 +251,8 @@ void Model::backward() {
   const int64_t M = cfg_.d_model, L = cfg_.n_layers;
   GLAM_ASSERT(have_targets_);
   GradActs& d = grads_;
+  const std::vector<size_t> outer = {p_emb_, p_final_};  // their gradients build up over the whole backward
+  be_->open_grads(params_, outer, 0);
   be_->zero(d.dx);
   {
     BackendPhase phase(*be_, "output");
@@ -258,6 +260,7 @@ void Model::backward() {
   }
   for (int64_t l = L - 1; l >= 0; l--) {
     LayerActs& a = acts_[l];
+    be_->open_grads(params_, layer_params_[l], 1);
     // train.remat: the shared activations hold the last layer's; recompute the others'
     if (shared_acts_ && l < L - 1) layer_forward(l, grads_.dffn, planned_no_drop_, false, /*recompute=*/true);
     be_->zero(d.dxn);
@@ -269,10 +272,15 @@ void Model::backward() {
     }
     const size_t g2 = pid(l, "ffn/norm_scale");
     be_->rmsnorm_backward(d.dx, g(g2), d.dxn, a.x_mid, w32(g2), a.rstd2, T_, M);
-    BackendPhase phase(*be_, "attention");
-    attention_backward(l);
+    {
+      BackendPhase phase(*be_, "attention");
+      attention_backward(l);
+    }
+    BackendPhase phase(*be_, "grad_reduce");
+    be_->close_grads(params_, layer_params_[l]);  // train.shard_state: this layer's, reduce-scattered now
   }
   be_->embedding_backward(g(p_emb_), d.dx, ids_, T_, M, v0_, V_);
+  be_->close_grads(params_, outer);
   if (micro_.last(B_)) {
     BackendPhase phase(*be_, "grad_reduce");
     be_->reduce_gradients(params_, place_);

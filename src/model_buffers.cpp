@@ -34,6 +34,8 @@ Model::Model(const Config& cfg, const Mesh& mesh, std::unique_ptr<Backend> backe
   gemm_ = cpu::parse_precision(cfg.train.cpu_precision, "train.cpu_precision");
   remat_ = cfg.train.remat;
   bf16_exchanges_ = cfg.train.exchange_dtype == "bf16";
+  GLAM_REQUIRE(device_ == Device::cpu || !bf16_exchanges_, "train.exchange_dtype bf16 runs on the CPU backend only "
+               "so far; set it to fp32 with --device cuda");
   if (cfg.train.shard_state) {
     GLAM_REQUIRE(device_ == Device::cpu, "train.shard_state runs on the CPU backend only so far; set it to false "
                  "with --device cuda");
@@ -48,6 +50,10 @@ Model::Model(const Config& cfg, const Mesh& mesh, std::unique_ptr<Backend> backe
   for (size_t i = 0; i < params_.params.size(); i++) index_[params_.params[i].name] = i;
   p_emb_ = index_.at("embedding");
   p_final_ = index_.at("final_norm_scale");
+  layer_params_.assign(cfg_.n_layers, {});
+  for (int64_t l = 0; l < cfg_.n_layers; l++)
+    for (size_t i = 0; i < params_.params.size(); i++)
+      if (params_.params[i].name.rfind(lname(l, ""), 0) == 0) layer_params_[l].push_back(i);
   rebind(nullptr);
 }
 

@@ -23,6 +23,8 @@ int64_t Param::global_size() const {
   return n;
 }
 
+int64_t Param::row_size() const { return shape.empty() || shape[0] == 0 ? 1 : size() / shape[0]; }
+
 std::vector<int64_t> Param::shard_offset(const Mesh& mesh) const {
   std::vector<int64_t> off(shape.size(), 0);
   if (model_axis >= 0) off[model_axis] = shape[model_axis] * mesh.model_rank;
@@ -194,7 +196,36 @@ bool is_primary(const Param& p, const Mesh& mesh) {
          (p.data_axis >= 0 ? mesh.data_rank % p.data_replicas == 0 : mesh.data_rank == 0);
 }
 
+void zero_rows_of(int64_t rows, int D, int r, int64_t& first, int64_t& count) {
+  const int64_t base = rows / D, extra = rows % D;
+  count = base + (r < extra ? 1 : 0);
+  first = r * base + std::min<int64_t>(r, extra);
+}
+
+std::vector<int64_t> zero_counts(const Param& p, int D) {
+  std::vector<int64_t> counts(D);
+  for (int r = 0; r < D; r++) {
+    int64_t first = 0, rows = 0;
+    zero_rows_of(p.shape.empty() ? 1 : p.shape[0], D, r, first, rows);
+    counts[r] = rows * p.row_size();
+  }
+  return counts;
+}
+
+int64_t shard_state_over_data(ParamTable& table, const Mesh& mesh) {
+  int64_t marked = 0;
+  if (mesh.data_size == 1) return 0;  // nothing is replicated over data
+  for (Param& p : table.params) {
+    if (p.data_axis >= 0 || p.shape.size() > 2) continue;
+    zero_rows_of(p.shape.empty() ? 1 : p.shape[0], mesh.data_size, mesh.data_rank, p.zero_row0, p.zero_rows);
+    if (!p.g.empty()) std::vector<float>(p.zero_rows * p.row_size(), 0.0f).swap(p.g);  // only this rank's rows
+    marked++;
+  }
+  return marked;
+}
+
 void sum_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n) {
+  if (p.zero_sharded()) mesh.allreduce_sum_data(v, n);  // each data rank summed its rows
   if (p.model_axis >= 0) mesh.allreduce_sum_model(v, n);
   if (p.data_axis >= 0) {
     mesh.allreduce_sum_data(v, n);

@@ -142,6 +142,11 @@ StepPrediction predict_step(const Plan& p, const Cluster& c) {
   auto ring = [](double bytes, int n) { return n > 1 ? 2.0 * (n - 1) / n * bytes : 0.0; };
   s.allreduce_model_s = ring(double(p.comm.allreduce_model), p.model) / model_bw * s.share;
   s.allreduce_data_s = ring(double(p.comm.allreduce_data + p.comm.allreduce_replicas), p.data) / data_bw * s.share;
+  // train.shard_state: a ring reduce-scatter sends (n-1)/n of the tensor, a ring
+  // all-gather n-1 times this rank's part
+  if (p.data > 1)
+    s.allreduce_data_s += (double(p.data - 1) / p.data * double(p.comm.reduce_scatter) +
+                           double(p.data - 1) * double(p.comm.allgather)) / data_bw * s.share;
   if (p.data > 1) {
     const double local = double(data_in_node - 1) / double(p.data - 1);  // peers in this node
     s.alltoall_s = std::max(double(p.comm.alltoall) * local / intra, double(p.comm.alltoall) * (1 - local) / inter) *

@@ -96,6 +96,45 @@ int64_t activation_elements(const ModelConfig& c, int64_t T, int64_t routed, int
   return n;
 }
 
+// What one rank holds and moves for the tensors replicated over data when
+// train.shard_state splits them over D data ranks (D = 1: not split). Elements:
+struct ShardedState {
+  bool sharded = false;
+  int64_t gradients = 0;   // Param::g of every tensor, plus open_grads' two whole-tensor windows
+  int64_t state = 0;       // Adafactor statistics
+  int64_t allreduced = 0;  // gradients all-reduced over data (not split)
+  int64_t scattered = 0;   // gradients reduce-scattered over data, per micro-step
+  int64_t gathered = 0;    // this rank's rows of the weights all-gathered (data rank 0's, the most)
+};
+
+ShardedState sharded_state(const ModelConfig& c, const ParamTable& table, int64_t D, const AdafactorOptions& ada) {
+  ShardedState s;
+  s.sharded = D > 1;
+  int64_t layer_window = 0, outer_window = 0;
+  std::vector<int64_t> window(c.n_layers, 0);
+  for (const Param& q : table.params) {
+    const bool split = D > 1 && q.data_axis < 0 && q.shape.size() <= 2;
+    if (!split) {
+      s.gradients += q.size();
+      s.state += adafactor_state_size(q, ada);
+      if (q.data_axis < 0) s.allreduced += q.size();
+      continue;
+    }
+    int64_t first = 0, rows = 0;
+    zero_rows_of(q.shape[0], static_cast<int>(D), 0, first, rows);  // rank 0 has the most rows
+    s.gradients += rows * q.row_size();
+    s.scattered += q.size();
+    s.gathered += rows * q.row_size();
+    s.state += adafactor_factored(q, ada) ? rows + q.shape[1] : rows * q.row_size();
+    long long l = -1;
+    if (std::sscanf(q.name.c_str(), "layer_%lld/", &l) == 1) window[l] += q.size();
+    else outer_window += q.size();
+  }
+  for (int64_t w : window) layer_window = std::max(layer_window, w);
+  s.gradients += layer_window + outer_window;
+  return s;
+}
+
 }  // namespace
 
 Plan make_plan(const Config& cfg, const PlanOptions& opt) {
@@ -145,16 +184,15 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
 
   // memory
   const AdafactorOptions ada = AdafactorOptions::from(cfg.train);
-  int64_t state = 0, repl_data = 0, repl_experts = 0;
+  const ShardedState sh = sharded_state(c, table, cfg.train.shard_state ? D : 1, ada);
+  int64_t repl_experts = 0;
   for (const Param& q : table.params) {
     p.local_params += q.size();
-    state += adafactor_state_size(q, ada);
-    if (q.data_axis < 0) repl_data += q.size();
-    else if (q.data_replicas > 1) repl_experts += q.size();
+    if (q.data_axis >= 0 && q.data_replicas > 1) repl_experts += q.size();
   }
   p.memory.weights = 4 * p.local_params;
-  p.memory.gradients = 4 * p.local_params;
-  p.memory.optimizer = 4 * state;
+  p.memory.gradients = 4 * sh.gradients;
+  p.memory.optimizer = 4 * sh.state;
   const bool remat = cfg.train.remat;
   p.memory.activations = opt.act_bytes * activation_elements(c, Tm, routed_micro, A, nh, H, V, remat);
   // ein, eout, xin, xout [rows, M] per MoE layer (remat: one set)
@@ -168,22 +206,25 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
     p.recompute_flops_per_rank = forward_flops(layers, double(T), double(routed), double(A), double(H), 0.0);
   }
 
-  // communication (bytes as CommStats counts them; float collectives only)
-  const int64_t f = 4;
+  // communication (bytes as CommStats counts them; float collectives only;
+  // train.exchange_dtype bf16: 2 bytes a value for the all-to-all and the activations)
+  const int64_t f = 4, fx = cfg.train.exchange_dtype == "bf16" ? 2 : 4;
   if (D > 1) {
     const double remote = c.n_experts > 0 ? 1.0 - 1.0 / static_cast<double>(std::min<int64_t>(c.n_experts, D)) : 0.0;
-    p.comm.alltoall = static_cast<int64_t>(std::llround((4.0 * n_moe + 2.0 * re_moe) * routed * remote * M * f));
+    p.comm.alltoall = static_cast<int64_t>(std::llround((4.0 * n_moe + 2.0 * re_moe) * routed * remote * M * fx));
     p.comm.alltoall_calls = (4 * n_moe + 2 * re_moe) * p.micro_steps;
-    p.comm.allreduce_data = f * repl_data;
+    p.comm.allreduce_data = f * sh.allreduced;
     p.comm.allreduce_replicas = f * repl_experts;
+    p.comm.reduce_scatter = f * sh.scattered * p.micro_steps;  // every micro-step's backward reduce-scatters
+    p.comm.allgather = f * sh.gathered;
   }
   if (Mm > 1) {
     // embedding and d xnf; attention out and d xn per layer; FFN out and d xn per
     // layer (dense: T rows; MoE: the rows this rank's experts computed); softmax
     // row sums and target logits (the row max is a MAX, which CommStats does not count).
-    p.comm.allreduce_model = f * (M * (2 * T + 2 * c.n_layers * T + 2 * n_dense * T + 2 * n_moe * routed) + 2 * T);
+    p.comm.allreduce_model = fx * M * (2 * T + 2 * c.n_layers * T + 2 * n_dense * T + 2 * n_moe * routed) + f * 2 * T;
     // remat: the recomputed forwards' attention and FFN outputs again
-    p.comm.allreduce_model += f * M * ((re_moe + re_dense) * T + re_dense * T + re_moe * routed);
+    p.comm.allreduce_model += fx * M * ((re_moe + re_dense) * T + re_dense * T + re_moe * routed);
   }
   // Calls, for latency: the activation reductions above (embedding, d xnf, 2 per
   // layer forward and 2 backward, 3 softmax statistics), then per tensor the
@@ -195,6 +236,12 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   int64_t data_calls = (n_moe + 1) * p.micro_steps + (p.micro_steps > 1);  // + the step's target count
   for (const Param& q : table.params) {
     if (q.model_axis >= 0) model_calls += 2;
+    if (sh.sharded && q.data_axis < 0) {
+      // reduce-scatter per micro-step, all-gather, and the statistics' sums over data
+      // (sums of squares for the norm and the update, column sums and mean of vr)
+      data_calls += p.micro_steps + 1 + 2 + (adafactor_factored(q, ada) ? 2 : 0);
+      continue;
+    }
     data_calls += q.data_axis < 0 ? 1 : 2;
   }
   p.comm.allreduce_model_calls = Mm > 1 ? model_calls : 0;

@@ -13,11 +13,11 @@
 #include <sstream>
 
 #include "glam/adafactor.h"
+#include "glam/batch.h"
 #include "glam/check.h"
 #include "glam/checkpoint.h"
 #include "glam/cli.h"
 #include "glam/commands.h"
-#include "glam/corpus.h"
 #include "glam/gemm.h"
 #include "glam/host_memory.h"
 #include "glam/json_line.h"
@@ -193,6 +193,10 @@ void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double tota
               "over model %.3f MB, other %.3f MB; reduce-scatter over data %.3f MB, all-gather over data %.3f MB\n",
               comm[1] * per / 1e6, comm[2] * per / 1e6, comm[3] * per / 1e6, comm[4] * per / 1e6, comm[5] * per / 1e6,
               comm[6] * per / 1e6);
+  if (mesh.stats.nonblocking_calls > 0)
+    std::printf("# gradient reduce-scatters (rank 0): %.3f s in flight behind the backward, %.3f s exposed (%.1f%%)\n",
+                mesh.stats.inflight_seconds, mesh.stats.exposed_seconds,
+                mesh.stats.inflight_seconds > 0 ? 100.0 * mesh.stats.exposed_seconds / mesh.stats.inflight_seconds : 0.0);
 }
 
 

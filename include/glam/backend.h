@@ -76,6 +76,13 @@ class Backend : public Allocator {
   // Sums gradients of parameters replicated over data (experts: over their replicas);
   // tensors sharded over data (Param::zero_sharded) get the sum of their rows only.
   virtual void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) = 0;
+  // train.shard_state: a tensor sharded over data keeps only its rows' gradient
+  // (Param::g [zero_rows, ...]). While a window is open grad(i) of such a tensor in
+  // ids is a whole-tensor buffer; close_grads reduce-scatters it over data and adds
+  // this rank's rows to Param::g. Window 0 spans the whole backward (embedding and
+  // final norm), window 1 one layer's. Tensors not sharded: no-ops.
+  virtual void open_grads(const ParamTable& table, const std::vector<size_t>& ids, int window) = 0;
+  virtual void close_grads(ParamTable& table, const std::vector<size_t>& ids) = 0;
   virtual double grad_norm(const ParamTable& table) = 0;
   virtual void optimizer_step(ParamTable& table, Adafactor& opt, double lr, int64_t t) = 0;
 

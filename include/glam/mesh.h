@@ -21,6 +21,12 @@ struct CommStats {
   int64_t allreduce_other_bytes = 0;  // ... over expert replicas or the whole mesh
   int64_t reduce_scatter_bytes = 0;   // bytes this rank contributed to reduce-scatters over data
   int64_t allgather_bytes = 0;        // bytes this rank contributed to all-gathers over data (its part)
+  // Non-blocking reductions (ScatterInFlight): wall time while at least one was in
+  // flight, and the part of it this rank spent waiting (exposed, not behind compute).
+  double inflight_seconds = 0.0, exposed_seconds = 0.0;
+  int64_t nonblocking_calls = 0;
+  int active = 0;             // reductions in flight now
+  double active_since = 0.0;  // when the first of them started
   int64_t alltoall_calls = 0, allreduce_calls = 0;
 };
 
@@ -38,6 +44,32 @@ struct ExpertPlacement {
   MPI_Comm replica_comm = MPI_COMM_NULL;  // ranks holding the same experts (same model rank)
   // Data rank that computes expert e for tokens of data rank d.
   int owner(int64_t e, int d) const { return static_cast<int>((e / local) * replicas + d % replicas); }
+};
+
+struct Mesh;
+
+// A reduce-scatter over data started by Mesh::start_reduce_scatter_sum_data: the
+// sum of this rank's part lands in `part` when done() or wait() says so. MPI
+// advances it only inside MPI calls: done() is such a call (test it between
+// kernels), wait() blocks. Not copyable; destroyed only when finished.
+class ScatterInFlight {
+ public:
+  ScatterInFlight() = default;
+  ScatterInFlight(const ScatterInFlight&) = delete;
+  ScatterInFlight& operator=(const ScatterInFlight&) = delete;
+  ~ScatterInFlight();
+  bool done();
+  void wait();
+  const std::vector<float>& part() const { return part_; }
+
+ private:
+  friend struct Mesh;
+  void finish();
+  const Mesh* mesh_ = nullptr;
+  MPI_Request request_ = MPI_REQUEST_NULL;
+  std::vector<float> part_;  // [counts[data_rank]] this rank's sum
+  std::vector<int> counts_;
+  bool finished_ = true;
 };
 
 struct Mesh {
@@ -88,6 +120,9 @@ struct Mesh {
   // were); allgather: every part becomes its owner's.
   void reduce_scatter_sum_data(float* buf, const std::vector<int64_t>& counts) const;
   void allgather_data(float* buf, const std::vector<int64_t>& counts) const;
+  // The reduce-scatter without waiting: buf must stay untouched until x finishes.
+  void start_reduce_scatter_sum_data(const float* buf, const std::vector<int64_t>& counts,
+                                     ScatterInFlight& x) const;
   // bf16 exchanges (train.exchange_dtype): the same collectives with the payload
   // rounded to bfloat16 on the wire; the sums of the all-reduce are taken in fp32
   // at every step and rounded again (MPI sees 2-byte elements).

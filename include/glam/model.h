@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "glam/backend.h"
-#include "glam/config.h"
 #include "glam/batch.h"
+#include "glam/config.h"
 #include "glam/device.h"
 #include "glam/exchange.h"
 #include "glam/mesh.h"
@@ -213,6 +213,7 @@ class Model {
   MicroStep micro_;
   bool remat_ = false;        // train.remat
   bool bf16_exchanges_ = false;  // train.exchange_dtype = bf16
+  std::vector<std::vector<size_t>> layer_params_;  // [L] table indices of each layer's tensors
   bool shared_acts_ = false;  // remat in a training shape: layers share one set of activations but x
   Device device_ = Device::cpu;
   ParamTable params_;

@@ -27,7 +27,7 @@ struct Param {
   std::vector<float> w;           // [shape] fp32 master weights
   std::vector<float> g;           // [shape] gradient
   // train.shard_state: this data rank updates rows [zero_row0, zero_row0 + zero_rows)
-  // of dim 0 of its shard; the gradient is reduce-scattered to those rows, the
+  // of dim 0 of its shard; g holds the gradient of those rows only (reduce-scattered), the
   // Adafactor statistics cover only them and the weights are all-gathered after
   // the update. zero_rows < 0: the tensor's state is not sharded over data.
   int64_t zero_row0 = 0, zero_rows = -1;
@@ -70,7 +70,7 @@ std::vector<float> gather_global(const Param& p, const std::vector<float>& local
 
 // train.shard_state: marks every tensor replicated over data (no expert, at most
 // two dims) as sharded over it, rows of dim 0 split as evenly as they go (the
-// first n % D ranks one more). Returns the tensors marked.
+// first n % D ranks one more). Returns the tensors marked (none on a data axis of 1).
 int64_t shard_state_over_data(ParamTable& table, const Mesh& mesh);
 // Rows of dim 0 that data rank r of D updates: [first, first + count).
 void zero_rows_of(int64_t rows, int D, int r, int64_t& first, int64_t& count);

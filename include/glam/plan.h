@@ -39,6 +39,8 @@ struct CommPlan {
   int64_t allreduce_data = 0;     // gradients of parameters replicated over data
   int64_t allreduce_model = 0;    // tensor-parallel activations and softmax statistics
   int64_t allreduce_replicas = 0; // expert gradients summed over replicas (E < D)
+  int64_t reduce_scatter = 0;     // train.shard_state: gradients of the tensors sharded over data
+  int64_t allgather = 0;          // ... and this rank's rows of their updated weights
   int64_t alltoall_calls = 0, allreduce_model_calls = 0, allreduce_data_calls = 0;
 };
 

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 
 #include "glam/adafactor.h"
@@ -58,9 +59,43 @@ class CpuBackend final : public Backend {
     g_.clear();
     for (Param& p : table.params) {
       w_.push_back(host_view(p.w, p.shape));
-      g_.push_back(host_view(p.g, p.shape));
+      g_.push_back(p.zero_sharded() ? Tensor{} : host_view(p.g, p.shape));  // open_grads gives it a buffer
     }
     table_ = &table;
+  }
+  // The layers' windows alternate between two buffers, so the reduce-scatter of
+  // layer l runs while the backward of layer l-1 fills the other; a buffer is
+  // waited for only when it is needed again (or when the step's gradients are).
+  void open_grads(const ParamTable& table, const std::vector<size_t>& ids, int window) override {
+    if (window == 1) layer_slot_ = layer_slot_ == 1 ? 2 : 1;
+    const int slot = window == 0 ? 0 : layer_slot_;
+    for (GradWindow& w : windows_) progress(w);
+    finish(windows_[slot]);
+    GradWindow& win = windows_[slot];
+    int64_t n = 0;
+    for (size_t i : ids) n += table.params[i].zero_sharded() ? table.params[i].size() : 0;
+    win.buf.assign(n, 0.0f);  // [sum of the sharded tensors' sizes] (reused: the capacity stays)
+    n = 0;
+    for (size_t i : ids) {
+      const Param& p = table.params[i];
+      if (!p.zero_sharded()) continue;
+      Tensor t = host_view(win.buf, p.shape);
+      t.ptr = win.buf.data() + n;
+      g_[i] = t;
+      n += p.size();
+    }
+  }
+  void close_grads(ParamTable& table, const std::vector<size_t>& ids) override {
+    GradWindow* win = nullptr;
+    for (size_t i : ids) {
+      Param& p = table.params[i];
+      if (!p.zero_sharded()) continue;
+      if (!win) win = &window_of(g_[i].f32());
+      win->params.push_back(&p);
+      win->inflight.push_back(std::make_unique<ScatterInFlight>());
+      mesh_.start_reduce_scatter_sum_data(g_[i].f32(), zero_counts(p, mesh_.data_size), *win->inflight.back());
+      g_[i] = Tensor{};
+    }
   }
   Tensor weight(size_t i) override { return w_.at(i); }
   Tensor gemm_weight(size_t i) override { return w_.at(i); }
@@ -75,10 +110,11 @@ class CpuBackend final : public Backend {
   void params_to_device(const ParamTable&, const Adafactor*) override {}
   void grads_to_host(ParamTable&) override {}
   void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) override {
+    for (GradWindow& w : windows_) finish(w);
     for (const Param& p : table.params) {
       float* g = const_cast<float*>(p.g.data());
-      if (p.zero_sharded()) mesh_.reduce_scatter_sum_data(g, zero_counts(p, mesh_.data_size));
-      else if (p.data_axis < 0) mesh_.allreduce_sum_data(g, p.size());
+      if (p.zero_sharded()) continue;  // close_grads reduce-scattered it
+      if (p.data_axis < 0) mesh_.allreduce_sum_data(g, p.size());
       else if (p.data_replicas > 1) mesh_.allreduce_sum(g, p.size(), place.replica_comm);
     }
   }
@@ -252,6 +288,34 @@ class CpuBackend final : public Backend {
     return scratch_.data();
   }
 
+  // open_grads' buffers: one for a layer, one for the embedding and final norm
+  // open_grads' buffers: [0] the embedding and final norm, [1] and [2] the layers in turn
+  struct GradWindow {
+    std::vector<float> buf;
+    std::vector<Param*> params;                              // closed, their reduce-scatter in flight
+    std::vector<std::unique_ptr<ScatterInFlight>> inflight;  // one per tensor of params
+  };
+  GradWindow& window_of(const float* g) {
+    for (GradWindow& w : windows_)
+      if (!w.buf.empty() && g >= w.buf.data() && g < w.buf.data() + w.buf.size()) return w;
+    fatal("a sharded gradient outside every open window", __FILE__, __LINE__);
+  }
+  void progress(GradWindow& w) {
+    for (auto& x : w.inflight) if (!x->done()) break;  // each test lets MPI advance the rest
+  }
+  // Waits for the window's reduce-scatters and adds this rank's rows to Param::g.
+  void finish(GradWindow& w) {
+    for (size_t k = 0; k < w.params.size(); k++) {
+      w.inflight[k]->wait();
+      const std::vector<float>& mine = w.inflight[k]->part();
+      std::vector<float>& g = w.params[k]->g;
+      for (size_t e = 0; e < g.size(); e++) g[e] += mine[e];
+    }
+    w.params.clear();
+    w.inflight.clear();
+  }
+  GradWindow windows_[3];
+  int layer_slot_ = 1;
   const Mesh& mesh_;
   cpu::Kernels kern_;
   cpu::Precision p_;

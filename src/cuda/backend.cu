@@ -140,6 +140,9 @@ class CudaBackend final : public Backend {
       i = j;
     }
   }
+  // train.shard_state runs on the CPU backend only (Model refuses it here): nothing is sharded.
+  void open_grads(const ParamTable&, const std::vector<size_t>&, int) override {}
+  void close_grads(ParamTable&, const std::vector<size_t>&) override {}
   double grad_norm(const ParamTable& table) override {
     stats_.syncs++;
     return cuda::gradient_norm(ctx_, table, g_, mesh_, norm_partial_, norm_sums_, host_sums_);

@@ -35,7 +35,8 @@ def main():
                                      a.glam, "train", "--run-dir", a.run_dir, "--mesh", a.mesh, "--overwrite"] + cfg
     out = run(train, env)
     model = re.search(r"# model: (\d+) parameters, (\d+) activated", out)
-    comm = re.search(r"alltoallv ([\d.]+) MB; allreduce over data ([\d.]+) MB, over model ([\d.]+) MB", out)
+    comm = re.search(r"alltoallv ([\d.]+) MB; allreduce over data ([\d.]+) MB, over model ([\d.]+) MB.*"
+                     r"reduce-scatter over data ([\d.]+) MB, all-gather over data ([\d.]+) MB", out)
     if not model or not comm:
         sys.exit(f"FAILED: glam train printed no model or communication line:\n{out}")
     records = [json.loads(l) for l in open(os.path.join(a.run_dir, "metrics.jsonl"))]
@@ -46,13 +47,17 @@ def main():
     ranks = plan["ranks"]
     measured = {"n_params": int(model.group(1)), "n_act_params": int(model.group(2)),
                 "alltoall": float(comm.group(1)), "allreduce_data": float(comm.group(2)),
-                "allreduce_model": float(comm.group(3))}
+                "allreduce_model": float(comm.group(3)), "reduce_scatter": float(comm.group(4)),
+                "allgather": float(comm.group(5))}
     predicted = {"n_params": plan["n_params"], "n_act_params": plan["n_act_params"]}
-    for k in ("alltoall", "allreduce_data", "allreduce_model"):
+    for k in ("alltoall", "allreduce_data", "allreduce_model", "reduce_scatter"):
         predicted[k] = plan["comm"][k + "_bytes"] * ranks / 1e6  # MB per step, all ranks
+    # the plan counts data rank 0's rows (the most); ranks with fewer rows send less
+    predicted["allgather"] = plan["comm"]["allgather_bytes"] * ranks / 1e6
     # (relative tolerance, absolute in MB: the train line prints 3 decimals)
     tolerance = {"n_params": (0, 0), "n_act_params": (0, 0), "allreduce_data": (0, 0.0006),
-                 "allreduce_model": (0.01, 0.0006), "alltoall": (0.05, 0.0006)}
+                 "allreduce_model": (0.01, 0.0006), "alltoall": (0.05, 0.0006),
+                 "reduce_scatter": (0, 0.0006), "allgather": (0.01, 0.0006)}
     print(f"mesh {a.mesh}, kept fraction {kept:.4f}")
     print(f"{'quantity':>16} {'plan':>16} {'measured':>16} {'tolerance':>16}")
     failed = []
