@@ -77,8 +77,10 @@ demo: corpus
 	$(MPIRUN) $(MPIBIND) -np $(NP) -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS \
 	    $(BUILD)/glam train --config input/glam-tiny.cfg --run-dir $(RUN_DIR) --mesh $(MESH) \
 	    --train.steps $(DEMO_STEPS) --overwrite
-	$(BUILD)/glam generate --run-dir $(RUN_DIR) --prompt "$(PROMPT)" --max-tokens 48
+	@echo "# sampled (temperature 0.8, top-k 40): what the model has learnt"
 	$(BUILD)/glam generate --run-dir $(RUN_DIR) --prompt "$(PROMPT)" --max-tokens 48 --temperature 0.8 --top-k 40 --seed 7
+	@echo "# greedy (the likeliest token each time): a model this small soon repeats itself"
+	$(BUILD)/glam generate --run-dir $(RUN_DIR) --prompt "$(PROMPT)" --max-tokens 48
 
 # Benchmarks print figures and ratios against a peer measured in the same run.
 bench: corpus
