@@ -282,3 +282,30 @@ TEST_CASE("remat keeps one layer's activations and each layer's input, and recom
   CHECK(remat.comm.alltoall > plain.comm.alltoall);  // the recomputed MoE layer exchanges again
   CHECK(remat.comm.allreduce_data == plain.comm.allreduce_data);
 }
+
+TEST_CASE("shard_state splits the replicated gradients and state over data; bf16 exchanges halve the bytes",
+          "[plan][savings]") {
+  Config c = tiny(4);
+  const Plan plain = make_plan(c, on(4, 1));
+  c.train.shard_state = true;
+  const Plan sharded = make_plan(c, on(4, 1));
+  CHECK(sharded.memory.weights == plain.memory.weights);         // the CPU path keeps the whole weights
+  CHECK(sharded.memory.gradients < plain.memory.gradients);  // the experts' are not replicated: they stay
+  CHECK(sharded.memory.optimizer < plain.memory.optimizer);
+  CHECK(sharded.comm.allreduce_data == 0);                        // every replicated tensor is sharded here
+  CHECK(sharded.comm.reduce_scatter == plain.comm.allreduce_data);  // the same tensors, scattered
+  CHECK(sharded.comm.allgather * 4 >= plain.comm.allreduce_data);  // data rank 0 holds the most rows
+  CHECK(sharded.comm.allgather * 4 < plain.comm.allreduce_data * 5 / 4);
+  CHECK(make_plan(c, on(1, 1)).memory.gradients == make_plan(tiny(4), on(1, 1)).memory.gradients);  // D = 1
+  c.train.micro_rows = 1;  // every micro-step reduce-scatters its gradients
+  const Plan micro = make_plan(c, on(4, 1));
+  CHECK(micro.micro_steps > 1);
+  CHECK(micro.comm.reduce_scatter == micro.micro_steps * sharded.comm.reduce_scatter);
+  Config x = tiny(4);
+  const Plan fp32 = make_plan(x, on(2, 2));
+  x.train.exchange_dtype = "bf16";
+  const Plan bf16 = make_plan(x, on(2, 2));
+  CHECK(2 * bf16.comm.alltoall == fp32.comm.alltoall);
+  CHECK(bf16.comm.allreduce_model < fp32.comm.allreduce_model * 51 / 100);  // the loss sums stay fp32
+  CHECK(bf16.comm.allreduce_data == fp32.comm.allreduce_data);
+}
