@@ -36,6 +36,7 @@
 #include "glam/check.h"
 #include "glam/cli.h"
 #include "glam/corpus.h"
+#include "glam/data_comm.h"
 #include "glam/encode.h"
 #include "glam/loader.h"
 #include "glam/mixture.h"
@@ -259,17 +260,22 @@ void encode_one_file(const glam::Tokenizer& tok, const std::vector<std::string>&
 }
 
 // --output-dir DIR: shards and a manifest, split over the MPI ranks (encode.h).
-void encode_shards(const glam::Tokenizer& tok, const glam::EncodeOptions& opt) {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  const auto st = glam::encode_shards(tok, opt, MPI_COMM_WORLD);
-  if (rank != 0) return;
+void encode_shards(const glam::Tokenizer& tok, const glam::EncodeOptions& opt, bool verbose) {
+  const glam::DataComm comm = glam::DataComm::world();
+  const auto st = glam::encode_shards(tok, opt, comm);
+  if (!comm.is_root()) return;
+  const int64_t most_read = *std::max_element(st.rank_bytes_read.begin(), st.rank_bytes_read.end());
+  if (verbose)
+    for (size_t r = 0; r < st.rank_bytes_read.size(); ++r)
+      std::printf("glam-tokenize: rank %zu read %lld bytes of the inputs (%.1f%% of %lld)\n", r,
+                  static_cast<long long>(st.rank_bytes_read[r]), 100.0 * st.rank_bytes_read[r] / std::max<int64_t>(st.bytes, 1),
+                  static_cast<long long>(st.bytes));
   std::printf(
       "glam-tokenize: encoded %lld docs (%lld held out), %lld tokens (%lld unk) from %.2f MB of text "
-      "in %.1f s (read %.1f s; %.2f MB/s per rank) -> %s/manifest.json, %lld shards\n",
+      "in %.1f s (read %.1f s, at most %.2f MB per rank; %.2f MB/s per rank) -> %s/manifest.json, %lld shards\n",
       static_cast<long long>(st.docs), static_cast<long long>(st.val_docs),
       static_cast<long long>(st.tokens), static_cast<long long>(st.unk_pieces), st.bytes / 1e6,
-      st.read_s + st.encode_s, st.read_s, st.rank_mb_per_s, opt.out_dir.c_str(),
+      st.read_s + st.encode_s, st.read_s, most_read / 1e6, st.rank_mb_per_s, opt.out_dir.c_str(),
       static_cast<long long>(st.shards));
   if (st.unk_pieces > 0)
     std::fprintf(stderr, "glam-tokenize: warning: %lld <unk> ids stand for %lld bytes of text the model cannot spell\n",
@@ -286,7 +292,9 @@ int encode(const std::vector<std::string>& args) {
        "text or JSON Lines file, may be gzip-compressed (repeat for several files)")
       ("output", po::value<std::string>(), "one corpus file to write (.h5), on one rank")
       ("output-dir", po::value<std::string>(),
-       "directory for shards and manifest.json (under mpirun the ranks share the work)")
+       "directory for shards and manifest.json. Under mpirun the ranks share the work: each rank "
+       "reads its byte range of every uncompressed input; a gzip input cannot be split and is "
+       "read whole by one rank (the k-th gzip input by rank k mod ranks)")
       ("source", po::value<std::string>()->required(),
        "name of the text source, stored in the file")
       ("format", po::value<std::string>()->default_value("auto"),
@@ -298,6 +306,7 @@ int encode(const std::vector<std::string>& args) {
       ("shard-mb", po::value<double>()->default_value(16.0),
        "--output-dir: megabytes of text per shard")
       ("progress", po::bool_switch(), "show a progress line on stderr (default: when it is a terminal)")
+      ("verbose", po::bool_switch(), "--output-dir: print the bytes each rank read from the inputs")
       ("overwrite", po::bool_switch(), glam::overwrite_help("--output file or --output-dir manifest and shards").c_str());
   // clang-format on
   po::variables_map vm;
@@ -330,7 +339,7 @@ int encode(const std::vector<std::string>& args) {
   eo.shard_bytes = static_cast<int64_t>(vm["shard-mb"].as<double>() * 1e6);
   eo.overwrite = overwrite;
   eo.progress = vm["progress"].as<bool>() || isatty(2);
-  encode_shards(tok, eo);
+  encode_shards(tok, eo, vm["verbose"].as<bool>());
   return 0;
 }
 

@@ -5,6 +5,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -85,28 +86,50 @@ std::string gunzip(const std::string& path, const std::string& packed) {
   return out;
 }
 
-// Calls f(line_no, line) for each line ('\n' removed, and a '\r' before it),
-// after checking its UTF-8.
+// The number of the first line of a text that begins at byte `offset` of
+// `path`. A part of a file (read_document_range) counts the lines before it only
+// when an error needs the number, so it never reads the bytes before it otherwise.
+class FirstLine {
+ public:
+  FirstLine(const std::string& path, int64_t offset) : path_(path), offset_(offset) {}
+  int64_t operator()() const {
+    int64_t line = 1, left = offset_;
+    std::ifstream in(path_, std::ios::binary);
+    char buf[1 << 16];
+    while (left > 0 && in.read(buf, std::min<int64_t>(left, sizeof buf)).gcount() > 0) {
+      line += std::count(buf, buf + in.gcount(), '\n');
+      left -= in.gcount();
+    }
+    return line;
+  }
+
+ private:
+  const std::string& path_;
+  int64_t offset_;
+};
+
+// Calls f(k, line) for the k-th line (from 0; '\n' removed, and a '\r' before
+// it), after checking its UTF-8. first() + k is its number in the file.
 template <typename F>
-void for_each_line(const std::string& path, const std::string& text, F f) {
+void for_each_line(const std::string& path, const std::string& text, const FirstLine& first, F f) {
   const int64_t max_line = max_line_bytes();
   size_t start = 0;
-  for (int64_t line_no = 1; start < text.size(); ++line_no) {
+  for (int64_t k = 0; start < text.size(); ++k) {
     size_t end = text.find('\n', start);
     if (end == std::string::npos) end = text.size();
     std::string_view line(text.data() + start, end - start);
     start = end + 1;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    GLAM_REQUIRE(static_cast<int64_t>(line.size()) <= max_line, "input file '", path, "' line ", line_no, " is ",
+    GLAM_REQUIRE(static_cast<int64_t>(line.size()) <= max_line, "input file '", path, "' line ", first() + k, " is ",
                  line.size(), " bytes long, more than ", max_line, " (GLAM_MAX_LINE_BYTES raises the limit)");
     const size_t bad = find_invalid_utf8(line);
-    GLAM_REQUIRE(bad == std::string_view::npos, "input file '", path, "' line ", line_no,
+    GLAM_REQUIRE(bad == std::string_view::npos, "input file '", path, "' line ", first() + k,
                  ": invalid UTF-8 at byte ", bad + 1, " of the line (convert it with iconv first)");
-    f(line_no, line);
+    f(k, line);
   }
 }
 
-std::vector<std::string> text_documents(const std::string& path, const std::string& text,
+std::vector<std::string> text_documents(const std::string& path, const std::string& text, const FirstLine& first,
                                         bool per_line) {
   std::vector<std::string> docs;
   std::string doc;
@@ -114,7 +137,7 @@ std::vector<std::string> text_documents(const std::string& path, const std::stri
     if (!doc.empty()) docs.push_back(std::move(doc));
     doc.clear();
   };
-  for_each_line(path, text, [&](int64_t, std::string_view line) {
+  for_each_line(path, text, first, [&](int64_t, std::string_view line) {
     if (is_blank(line)) return finish();
     if (!doc.empty()) doc += '\n';
     doc.append(line);
@@ -124,22 +147,81 @@ std::vector<std::string> text_documents(const std::string& path, const std::stri
   return docs;
 }
 
-std::vector<std::string> jsonl_documents(const std::string& path, const std::string& text) {
+std::vector<std::string> jsonl_documents(const std::string& path, const std::string& text, const FirstLine& first) {
   std::vector<std::string> docs;
-  for_each_line(path, text, [&](int64_t line_no, std::string_view line) {
+  for_each_line(path, text, first, [&](int64_t k, std::string_view line) {
     if (is_blank(line)) return;
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
     } catch (const nlohmann::json::exception& e) {
-      throw UserError(msg("input file '", path, "' line ", line_no, ": not valid JSON (", e.what(), ")"));
+      throw UserError(msg("input file '", path, "' line ", first() + k, ": not valid JSON (", e.what(), ")"));
     }
     GLAM_REQUIRE(j.is_object() && j.contains("text") && j["text"].is_string(), "input file '", path,
-                 "' line ", line_no, ": expected a JSON object with a string field \"text\"");
+                 "' line ", first() + k, ": expected a JSON object with a string field \"text\"");
     std::string doc = j["text"].get<std::string>();
     if (!is_blank(doc)) docs.push_back(std::move(doc));
   });
   return docs;
+}
+
+std::vector<std::string> documents(const std::string& path, const std::string& text, const FirstLine& first,
+                                   const std::string& format, const InputOptions& opt) {
+  return format == "jsonl" ? jsonl_documents(path, text, first)
+                           : text_documents(path, text, first, opt.doc_split == "line");
+}
+
+// Bytes of a file by position, read in small blocks for the boundary searches
+// and counted.
+class FileBytes {
+ public:
+  explicit FileBytes(const std::string& path) : in_(path, std::ios::binary) {
+    GLAM_REQUIRE(in_, "cannot read input file '", path, "'");
+  }
+  std::string read(int64_t begin, int64_t end) {
+    std::string out(static_cast<size_t>(end - begin), '\0');
+    in_.clear();
+    in_.seekg(begin);
+    in_.read(out.data(), end - begin);
+    bytes_read_ += in_.gcount();
+    out.resize(static_cast<size_t>(in_.gcount()));
+    return out;
+  }
+  // The byte at pos (pos < the file's size).
+  int at(int64_t pos) {
+    if (pos < block_begin_ || pos >= block_begin_ + static_cast<int64_t>(block_.size())) {
+      block_begin_ = pos;
+      block_ = read(pos, pos + kBlock);
+    }
+    return static_cast<unsigned char>(block_[static_cast<size_t>(pos - block_begin_)]);
+  }
+  int64_t bytes_read() const { return bytes_read_; }
+
+ private:
+  static constexpr int64_t kBlock = 4096;
+  std::ifstream in_;
+  std::string block_;
+  int64_t block_begin_ = 0, bytes_read_ = 0;
+};
+
+// The first start of a line at or after pos in a file of `size` bytes.
+int64_t next_line_start(FileBytes& file, int64_t pos, int64_t size) {
+  if (pos <= 0) return 0;
+  for (int64_t p = pos - 1; p < size; ++p)
+    if (file.at(p) == '\n') return p + 1;
+  return size;
+}
+
+// The first start of a blank line at or after pos (or the end of the file).
+int64_t next_blank_line_start(FileBytes& file, int64_t pos, int64_t size) {
+  if (pos <= 0) return 0;
+  for (int64_t p = next_line_start(file, pos, size); p < size;) {
+    int64_t q = p;
+    while (q < size && file.at(q) != '\n' && std::strchr(" \t\r\f\v", file.at(q))) ++q;
+    if (q == size || file.at(q) == '\n') return p;
+    p = next_line_start(file, q + 1, size);
+  }
+  return size;
 }
 
 }  // namespace
@@ -207,8 +289,38 @@ std::vector<std::string> read_documents(const std::string& path, const InputOpti
   const std::string format = input_format(path, opt);
   const std::string text = read_input_file(path);
   if (bytes) *bytes = static_cast<int64_t>(text.size());
-  return format == "jsonl" ? jsonl_documents(path, text)
-                           : text_documents(path, text, opt.doc_split == "line");
+  return documents(path, text, FirstLine(path, 0), format, opt);
+}
+
+bool is_gzip_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  GLAM_REQUIRE(in, "cannot read input file '", path, "'");
+  char magic[2] = {0, 0};
+  in.read(magic, 2);
+  return static_cast<unsigned char>(magic[0]) == 0x1f && static_cast<unsigned char>(magic[1]) == 0x8b;
+}
+
+InputPart read_document_range(const std::string& path, const InputOptions& opt, int part, int parts) {
+  GLAM_ASSERT(parts >= 1 && part >= 0 && part < parts);
+  const std::string format = input_format(path, opt);
+  const int64_t size = file_bytes(path, "input file");
+  GLAM_REQUIRE(size <= max_input_bytes(), "input file '", path, "' has ", size, " bytes, more than ",
+               max_input_bytes(), " (GLAM_MAX_INPUT_BYTES raises the limit)");
+  GLAM_REQUIRE(size > 0, "input file '", path, "' is empty");
+  ReadingFile reading(path);
+  FileBytes file(path);
+  const bool by_blank_line = format == "text" && opt.doc_split == "blank";
+  auto boundary = [&](int64_t pos) {
+    return by_blank_line ? next_blank_line_start(file, pos, size) : next_line_start(file, pos, size);
+  };
+  const int64_t begin = boundary(size * part / parts), end = boundary(size * (part + 1) / parts);
+  InputPart out;
+  const std::string text = file.read(begin, end);
+  GLAM_REQUIRE(static_cast<int64_t>(text.size()) == end - begin, "error while reading input file '", path, "'");
+  out.docs = documents(path, text, FirstLine(path, begin), format, opt);
+  out.text_bytes = end - begin;
+  out.bytes_read = file.bytes_read();
+  return out;
 }
 
 }  // namespace glam

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `glam-tokenize encode --output-dir` under mpirun on 2 and 4 ranks writes the
+# `glam-tokenize encode --output-dir` under mpirun on 2, 3 and 4 ranks writes the
 # same bytes as on 1 rank: every shard and the manifest. Inputs: plain text,
 # JSON Lines and gzip-compressed text, with a held-out split and small shards so
 # that every rank writes several.
@@ -18,7 +18,7 @@ with open(sys.argv[2], "w", encoding="utf-8") as f:
     for i, l in enumerate(lines):
         f.write(json.dumps({"id": i, "text": l + " \u00e9\u2603"}) + "\n")
 PY
-for np in 1 2 4; do
+for np in 1 2 3 4; do
   mpirun --allow-run-as-root --oversubscribe -np "$np" -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS \
     "$tokenize" encode --tokenizer "$model" --input "$text" --input "$work/docs.jsonl" \
     --input "$work/text.txt.gz" --output-dir "$work/np$np" --source mixed --val-fraction 0.1 \
@@ -28,7 +28,7 @@ cat "$work/np1.log"
 n_shards=$(ls "$work/np1" | grep -c '\.h5$')
 [[ $n_shards -ge 8 ]] || fail "expected at least 8 shards, got $n_shards"
 grep -q '"split": "val"' "$work/np1/manifest.json" || fail "no held-out shard in the manifest"
-for np in 2 4; do
+for np in 2 3 4; do
   diff -r "$work/np1" "$work/np$np" || fail "encoding on $np ranks differs from 1 rank"
   echo "np$np: $n_shards shards and manifest.json identical to np1"
 done

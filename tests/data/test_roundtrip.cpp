@@ -95,7 +95,7 @@ TEST_CASE("text -> tokens -> text: plain, JSON Lines and gzip", "[roundtrip]") {
   opt.source = "roundtrip";
   opt.shard_bytes = 100;  // several shards
   opt.overwrite = true;
-  const glam::EncodeStats st = glam::encode_shards(tok, opt, MPI_COMM_WORLD);
+  const glam::EncodeStats st = glam::encode_shards(tok, opt, glam::DataComm::world());
 
   std::vector<std::string> want;
   for (const auto& path : opt.inputs)
