@@ -5,7 +5,6 @@
 #include "glam/checkpoint.h"
 
 #include <fcntl.h>
-#include <hdf5.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,9 +16,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "glam/bounded_read.h"
 #include "glam/check.h"
+#include "glam/io/h5.h"
 
 namespace fs = std::filesystem;
 
@@ -39,13 +40,15 @@ Param descriptor(const std::string& name, std::vector<int64_t> global, std::vect
   return d;
 }
 
-// Drops dim `k` of a shape and moves the sharded axes accordingly.
+// Drops dim `k` of a shape and moves the sharded axes accordingly (a dropped
+// data axis leaves no replicas to count).
 Param without_dim(const Param& p, const std::string& name, int k) {
   std::vector<int64_t> g = p.global_shape, l = p.shape;
   g.erase(g.begin() + k);
   l.erase(l.begin() + k);
   auto moved = [k](int axis) { return axis < 0 || axis == k ? -1 : (axis > k ? axis - 1 : axis); };
-  return descriptor(name, g, l, moved(p.model_axis), moved(p.data_axis), p.data_replicas);
+  const int data_axis = moved(p.data_axis);
+  return descriptor(name, g, l, moved(p.model_axis), data_axis, data_axis >= 0 ? p.data_replicas : 1);
 }
 
 uint64_t mix(uint64_t z) {
@@ -54,86 +57,18 @@ uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// RAII for HDF5 ids.
-struct H5 {
-  hid_t id;
-  herr_t (*close)(hid_t);
-  ~H5() { if (id >= 0) close(id); }
-};
-
-void write_attr(hid_t obj, const char* name, hid_t type, const void* value) {
-  H5 space{GLAM_CHECK_H5(H5Screate(H5S_SCALAR)), H5Sclose};
-  H5 attr{GLAM_CHECK_H5(H5Acreate2(obj, name, type, space.id, H5P_DEFAULT, H5P_DEFAULT)), H5Aclose};
-  GLAM_CHECK_H5(H5Awrite(attr.id, type, value));
-}
-
-void write_string_attr(hid_t obj, const char* name, const std::string& value) {
-  H5 type{GLAM_CHECK_H5(H5Tcopy(H5T_C_S1)), H5Tclose};
-  GLAM_CHECK_H5(H5Tset_size(type.id, value.size() + 1));
-  write_attr(obj, name, type.id, value.c_str());
-}
-
-// One value of an attribute (an array attribute read into one would overrun it).
-bool single_value(hid_t attr) {
-  H5 space{H5Aget_space(attr), H5Sclose};
-  return space.id >= 0 && H5Sget_simple_extent_npoints(space.id) == 1;
-}
-
-bool read_attr(hid_t obj, const char* name, hid_t type, void* value) {
-  if (H5Aexists(obj, name) <= 0) return false;
-  H5 attr{H5Aopen(obj, name, H5P_DEFAULT), H5Aclose};
-  return attr.id >= 0 && single_value(attr.id) && H5Aread(attr.id, type, value) >= 0;
-}
-
-constexpr size_t kMaxConfigBytes = 1 << 20;  // the INI text of a config is a few KB
-
-std::string read_string_attr(hid_t obj, const char* name) {
-  if (H5Aexists(obj, name) <= 0) return "";
-  H5 attr{H5Aopen(obj, name, H5P_DEFAULT), H5Aclose};
-  if (attr.id < 0 || !single_value(attr.id)) return "";
-  H5 type{H5Aget_type(attr.id), H5Tclose};
-  if (type.id < 0 || H5Tget_class(type.id) != H5T_STRING) return "";
-  if (H5Tis_variable_str(type.id) > 0) {
-    char* s = nullptr;
-    H5 mem{H5Tcopy(H5T_C_S1), H5Tclose};
-    H5Tset_size(mem.id, H5T_VARIABLE);
-    if (H5Aread(attr.id, mem.id, &s) < 0 || !s) return "";
-    std::string out(s);
-    H5free_memory(s);
-    return out;
-  }
-  if (H5Tget_size(type.id) > kMaxConfigBytes) return "";
-  std::string out(H5Tget_size(type.id), '\0');
-  if (H5Aread(attr.id, type.id, out.data()) < 0) return "";
-  return out.c_str();
-}
-
-// Collective-IO file access over the whole mesh. HDF5 gets a plain (non-Cartesian)
-// copy of the mesh communicator: Open MPI 4.1's OMPIO collective writes (fcoll
-// vulcan) corrupt data when handed the Cartesian one (seen on 2x2 meshes); HDF5
-// duplicates the communicator, so ours is freed right away.
-hid_t mpio_fapl(const Mesh& mesh) {
-  MPI_Comm plain;
-  GLAM_CHECK_MPI(MPI_Comm_split(mesh.world, 0, mesh.world_rank, &plain));
-  hid_t fapl = GLAM_CHECK_H5(H5Pcreate(H5P_FILE_ACCESS));
-  GLAM_CHECK_H5(H5Pset_fapl_mpio(fapl, plain, MPI_INFO_NULL));
-  MPI_Comm_free(&plain);
-  return fapl;
-}
-
-// File and memory dataspaces for this rank's part: its hyperslab, or nothing.
-void select_shard(const Param& d, const Mesh& mesh, bool all_replicas, hid_t filespace, hid_t* memspace) {
-  const std::vector<hsize_t> count(d.shape.begin(), d.shape.end());
+// Selects this rank's part in the file's dataspace (its hyperslab, or nothing)
+// and returns the memory dataspace to match.
+h5::Space select_shard(const Param& d, const Mesh& mesh, bool all_replicas, hid_t filespace) {
+  h5::Space memspace = h5::simple_space(d.shape);
   if (all_replicas || is_primary(d, mesh)) {
-    const std::vector<int64_t> off64 = d.shard_offset(mesh);
-    const std::vector<hsize_t> off(off64.begin(), off64.end());
+    const std::vector<hsize_t> off = h5::dims_of(d.shard_offset(mesh)), count = h5::dims_of(d.shape);
     GLAM_CHECK_H5(H5Sselect_hyperslab(filespace, H5S_SELECT_SET, off.data(), nullptr, count.data(), nullptr));
-    *memspace = GLAM_CHECK_H5(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
   } else {
     GLAM_CHECK_H5(H5Sselect_none(filespace));
-    *memspace = GLAM_CHECK_H5(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
-    GLAM_CHECK_H5(H5Sselect_none(*memspace));
+    GLAM_CHECK_H5(H5Sselect_none(memspace.get()));
   }
+  return memspace;
 }
 
 uint64_t global_checksum(const CheckpointTensor& t, const Mesh& mesh) {
@@ -148,17 +83,8 @@ void fsync_path(const fs::path& p) {
   if (fd >= 0) { ::fsync(fd); ::close(fd); }
 }
 
-// Writes text to path atomically (temporary file, fsync, rename, fsync of the dir).
-// A failed write names the file and the cause (errno: ENOSPC, EROFS, ...) and ends the job.
-[[noreturn]] void write_failed(const std::string& file, const std::string& what, int err) {
-  fatal(msg("cannot write '", file, "' (", what, "): ", io_error_reason(err)), __FILE__, __LINE__);
-}
-
-template <typename T>
-T check_write(T rc, const std::string& file, const char* what) {
-  if (rc < 0) write_failed(file, what, errno);
-  return rc;
-}
+using h5::check_write;
+using h5::write_failed;  // names the file and the cause (errno: ENOSPC, EROFS, ...) and ends the job
 
 // Writes text to path atomically (temporary file, fsync, rename, fsync of the dir);
 // every step is checked, so a full disk never leaves an empty `latest`.
@@ -210,21 +136,45 @@ void prune(const fs::path& dir, int64_t keep, const std::string& newest) {
 
 }  // namespace
 
+std::vector<CheckpointDataset> checkpoint_layout(const ParamTable& table, const AdafactorOptions& opt) {
+  std::vector<CheckpointDataset> out;
+  for (size_t i = 0; i < table.params.size(); i++) {
+    const Param& p = table.params[i];
+    const Param d = descriptor(p.name, p.global_shape, p.shape, p.model_axis, p.data_axis, p.data_replicas);
+    out.push_back({"/params/" + p.name, CheckpointPart::param, i, d});
+    const std::string base = "/optimizer/" + p.name;
+    if (adafactor_factored(p, opt)) {
+      const int nd = static_cast<int>(p.shape.size());
+      out.push_back({base + "/vr", CheckpointPart::vr, i, without_dim(d, p.name + "/vr", nd - 1)});
+      out.push_back({base + "/vc", CheckpointPart::vc, i, without_dim(d, p.name + "/vc", nd - 2)});
+    } else {
+      out.push_back({base + "/v", CheckpointPart::v, i, d});
+    }
+  }
+  return out;
+}
+
+Mesh mesh_stand_in(int data_size, int model_size, int rank) {
+  Mesh m;
+  m.data_size = data_size;
+  m.model_size = model_size;
+  m.data_rank = rank / model_size;
+  m.model_rank = rank % model_size;
+  m.world_rank = rank;
+  m.world_size = data_size * model_size;
+  return m;
+}
+
 std::vector<CheckpointTensor> checkpoint_tensors(ParamTable& table, Adafactor& opt) {
   std::vector<CheckpointTensor> out;
-  for (size_t i = 0; i < table.params.size(); i++) {
-    Param& p = table.params[i];
-    AdafactorSlot& s = opt.slots()[i];
-    Param d = descriptor(p.name, p.global_shape, p.shape, p.model_axis, p.data_axis, p.data_replicas);
-    out.push_back({"/params/" + p.name, d, p.w.data()});
-    const std::string base = "/optimizer/" + p.name;
-    if (s.factored) {
-      const int nd = static_cast<int>(p.shape.size());
-      out.push_back({base + "/vr", without_dim(d, p.name + "/vr", nd - 1), s.vr.data()});
-      out.push_back({base + "/vc", without_dim(d, p.name + "/vc", nd - 2), s.vc.data()});
-    } else {
-      out.push_back({base + "/v", d, s.v.data()});
-    }
+  for (CheckpointDataset& d : checkpoint_layout(table, opt.options())) {
+    AdafactorSlot& s = opt.slots()[d.param_index];
+    GLAM_ASSERT(s.factored == (d.part == CheckpointPart::vr || d.part == CheckpointPart::vc) || d.is_param());
+    float* data = d.part == CheckpointPart::param ? table.params[d.param_index].w.data()
+                  : d.part == CheckpointPart::v   ? s.v.data()
+                  : d.part == CheckpointPart::vr  ? s.vr.data()
+                                                  : s.vc.data();
+    out.push_back({std::move(d), data});
   }
   return out;
 }
@@ -292,6 +242,24 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return (dir / name).string();
 }
 
+namespace {
+
+// The root attributes (docs/CHECKPOINT.md); a failure names the file and ends the job.
+void write_root_attrs(hid_t f, const std::string& file_name, const TrainState& state, const Config& cfg,
+                      const Mesh& mesh) {
+  check_write(h5::write_string_attr(f, "format", kCheckpointFormat), file_name, "format");
+  check_write(h5::write_int_attr(f, "version", kCheckpointVersion), file_name, "version");
+  check_write(h5::write_int_attr(f, "step", state.step), file_name, "step");
+  check_write(h5::write_int_attr(f, "updates", state.updates), file_name, "updates");
+  check_write(h5::write_int_attr(f, "skipped_total", state.skipped_total), file_name, "skipped_total");
+  check_write(h5::write_int_attr(f, "data_next_row", state.data_next_row), file_name, "data_next_row");
+  check_write(h5::write_u64_attr(f, "seed", state.seed), file_name, "seed");
+  check_write(h5::write_string_attr(f, "config", cfg.to_ini()), file_name, "config");
+  check_write(h5::write_string_attr(f, "mesh", msg(mesh.data_size, "x", mesh.model_size)), file_name, "mesh");
+}
+
+}  // namespace
+
 std::string save_checkpoint(const std::string& run_dir, ParamTable& table, Adafactor& opt, const TrainState& state,
                             const Config& cfg, const Mesh& mesh, int64_t keep) {
   const fs::path dir = fs::path(run_dir) / "checkpoints";
@@ -302,46 +270,31 @@ std::string save_checkpoint(const std::string& run_dir, ParamTable& table, Adafa
   for (const CheckpointTensor& t : tensors) bytes += t.desc.global_size() * 4 + 4096;
   require_room(dir, tmp.string(), bytes, mesh);
   QuietHdf5 quiet;  // failures are reported below, naming the file and the cause
+  const std::string file_name = tmp.string();
 
-  H5 fapl{mpio_fapl(mesh), H5Pclose};
+  const h5::Plist fapl = h5::mpio_file_access(mesh.world);
   errno = 0;
-  H5 file{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id), H5Fclose};
+  h5::File file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
   const int create_errno = errno;
-  GLAM_REQUIRE(!mesh.any(file.id < 0), "cannot create checkpoint '", tmp.string(), "': ", io_error_reason(create_errno));
-  write_string_attr(file.id, "format", kCheckpointFormat);
-  write_attr(file.id, "version", H5T_NATIVE_INT64, &kCheckpointVersion);
-  write_attr(file.id, "step", H5T_NATIVE_INT64, &state.step);
-  write_attr(file.id, "updates", H5T_NATIVE_INT64, &state.updates);
-  write_attr(file.id, "skipped_total", H5T_NATIVE_INT64, &state.skipped_total);
-  write_attr(file.id, "data_next_row", H5T_NATIVE_INT64, &state.data_next_row);
-  write_attr(file.id, "seed", H5T_NATIVE_UINT64, &state.seed);
-  write_string_attr(file.id, "config", cfg.to_ini());
-  write_string_attr(file.id, "mesh", std::to_string(mesh.data_size) + "x" + std::to_string(mesh.model_size));
-
-  H5 lcpl{GLAM_CHECK_H5(H5Pcreate(H5P_LINK_CREATE)), H5Pclose};
-  GLAM_CHECK_H5(H5Pset_create_intermediate_group(lcpl.id, 1));
-  H5 dxpl{GLAM_CHECK_H5(H5Pcreate(H5P_DATASET_XFER)), H5Pclose};
-  GLAM_CHECK_H5(H5Pset_dxpl_mpio(dxpl.id, H5FD_MPIO_COLLECTIVE));
+  GLAM_REQUIRE(!mesh.any(!file.valid()), "cannot create checkpoint '", file_name, "': ", io_error_reason(create_errno));
+  const hid_t f = file.get();
+  write_root_attrs(f, file_name, state, cfg, mesh);
+  const h5::Plist lcpl = h5::intermediate_groups(), dxpl = h5::collective_transfer();
   for (size_t i = 0; i < tensors.size(); i++) {
     const CheckpointTensor& t = tensors[i];
     debug_kill_point("checkpoint", state.step, static_cast<int64_t>(i));
-    const std::vector<hsize_t> dims(t.desc.global_shape.begin(), t.desc.global_shape.end());
-    H5 filespace{GLAM_CHECK_H5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose};
-    H5 ds{check_write(H5Dcreate2(file.id, t.path.c_str(), H5T_IEEE_F32LE, filespace.id, lcpl.id, H5P_DEFAULT,
-                                 H5P_DEFAULT), tmp.string(), t.path.c_str()), H5Dclose};
-    hid_t mem = -1;
-    select_shard(t.desc, mesh, false, filespace.id, &mem);
-    H5 memspace{mem, H5Sclose};
+    const h5::Space filespace = h5::simple_space(t.desc.global_shape);
+    const h5::Dataset ds(check_write(H5Dcreate2(f, t.path.c_str(), H5T_IEEE_F32LE, filespace.get(), lcpl.get(),
+                                                H5P_DEFAULT, H5P_DEFAULT), file_name, t.path));
+    const h5::Space memspace = select_shard(t.desc, mesh, false, filespace.get());
     errno = 0;
-    check_write(H5Dwrite(ds.id, H5T_NATIVE_FLOAT, memspace.id, filespace.id, dxpl.id, t.data), tmp.string(),
-                t.path.c_str());
-    const uint64_t sum = global_checksum(t, mesh);
-    write_attr(ds.id, "checksum", H5T_NATIVE_UINT64, &sum);
+    check_write(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, memspace.get(), filespace.get(), dxpl.get(), t.data), file_name,
+                t.path);
+    check_write(h5::write_u64_attr(ds.get(), "checksum", global_checksum(t, mesh)), file_name, t.path);
   }
   errno = 0;
-  check_write(H5Fflush(file.id, H5F_SCOPE_GLOBAL), tmp.string(), "flush");
-  check_write(H5Fclose(file.id), tmp.string(), "close");
-  file.id = -1;
+  check_write(H5Fflush(f, H5F_SCOPE_GLOBAL), file_name, "flush");
+  check_write(file.close(), file_name, "close");
   debug_kill_point("checkpoint", state.step, static_cast<int64_t>(tensors.size()));
   if (mesh.is_root()) {
     fsync_path(tmp);
@@ -355,69 +308,70 @@ std::string save_checkpoint(const std::string& run_dir, ParamTable& table, Adafa
   return final_path.string();
 }
 
-TrainState load_checkpoint(const std::string& path, ParamTable& table, Adafactor& opt, const Mesh& mesh) {
-  GLAM_REQUIRE(fs::exists(path), "checkpoint '", path, "' does not exist");
-  H5E_auto2_t old_func;
-  void* old_data;
-  H5Eget_auto2(H5E_DEFAULT, &old_func, &old_data);
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  struct Restore {  // HDF5's own error printing back on, however we leave
-    H5E_auto2_t f; void* d;
-    ~Restore() { H5Eset_auto2(H5E_DEFAULT, f, d); }
-  } restore{old_func, old_data};
+namespace {
 
-  H5 fapl{mpio_fapl(mesh), H5Pclose};
-  H5 file{H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.id), H5Fclose};
-  GLAM_REQUIRE(file.id >= 0, "checkpoint '", path, "' is not a readable HDF5 file (truncated or corrupt?)");
-  GLAM_REQUIRE(read_string_attr(file.id, "format") == kCheckpointFormat, "'", path, "' is not a glam checkpoint (format attribute)");
-  int64_t version = 0;
-  read_attr(file.id, "version", H5T_NATIVE_INT64, &version);
+// The training state of an open checkpoint, checked against the config that wrote
+// it before anything replays `step` rows.
+TrainState read_train_state(hid_t file, const std::string& path) {
+  GLAM_REQUIRE(h5::read_string_attr(file, "format").value_or("") == kCheckpointFormat, "'", path,
+               "' is not a glam checkpoint (format attribute)");
+  const int64_t version = h5::read_int_attr(file, "version").value_or(0);
   GLAM_REQUIRE(version == kCheckpointVersion, "checkpoint '", path, "' has format version ", version, "; this glam reads ",
                kCheckpointVersion, " (glam-ckpt convert)");
-  TrainState st;
-  bool ok = read_attr(file.id, "step", H5T_NATIVE_INT64, &st.step) &&
-            read_attr(file.id, "updates", H5T_NATIVE_INT64, &st.updates) &&
-            read_attr(file.id, "skipped_total", H5T_NATIVE_INT64, &st.skipped_total) &&
-            read_attr(file.id, "data_next_row", H5T_NATIVE_INT64, &st.data_next_row) &&
-            read_attr(file.id, "seed", H5T_NATIVE_UINT64, &st.seed);
-  GLAM_REQUIRE(ok, "checkpoint '", path, "' lacks a training-state attribute (step, updates, ...)");
-  // Checked against the config that wrote it before anything replays `step` rows.
-  const std::string ini = read_string_attr(file.id, "config");
+  const auto step = h5::read_int_attr(file, "step"), updates = h5::read_int_attr(file, "updates");
+  const auto skipped = h5::read_int_attr(file, "skipped_total"), next = h5::read_int_attr(file, "data_next_row");
+  const auto seed = h5::read_u64_attr(file, "seed");
+  GLAM_REQUIRE(step && updates && skipped && next && seed, "checkpoint '", path,
+               "' lacks a training-state attribute (step, updates, ...)");
+  const TrainState st{*step, *updates, *skipped, *next, *seed};
+  const std::string ini = h5::read_string_attr(file, "config").value_or("");
   int64_t steps = -1, rows = -1;
   GLAM_REQUIRE(ini_int(ini, "train", "steps", &steps) && ini_int(ini, "train", "batch_rows", &rows),
                "checkpoint '", path, "': its config attribute lacks [train] steps and batch_rows");
   const std::string problem = train_state_problem(st, steps, rows);
   GLAM_REQUIRE(problem.empty(), "checkpoint '", path, "': ", problem,
                " (damaged training state; resume from an older checkpoint)");
-  const int64_t file_size = file_bytes(path, "checkpoint");
+  return st;
+}
 
-  H5 dxpl{GLAM_CHECK_H5(H5Pcreate(H5P_DATASET_XFER)), H5Pclose};
-  GLAM_CHECK_H5(H5Pset_dxpl_mpio(dxpl.id, H5FD_MPIO_COLLECTIVE));
-  for (CheckpointTensor& t : checkpoint_tensors(table, opt)) {
-    H5 ds{H5Dopen2(file.id, t.path.c_str(), H5P_DEFAULT), H5Dclose};
-    GLAM_REQUIRE(ds.id >= 0, "checkpoint '", path, "' has no dataset ", t.path,
-                 " (written for another model config or n_experts?)");
-    const std::vector<int64_t> dims =
-        checked_dataset_shape(ds.id, msg("checkpoint '", path, "'"), t.path, sizeof(float), file_size);
-    H5 filespace{H5Dget_space(ds.id), H5Sclose};
-    const std::vector<int64_t>& want = t.desc.global_shape;
-    if (dims != want) {
-      std::string got, expected;
-      for (int64_t d : dims) got += (got.empty() ? "" : "x") + std::to_string(d);
-      for (int64_t d : want) expected += (expected.empty() ? "" : "x") + std::to_string(d);
-      throw UserError(msg("checkpoint '", path, "': dataset ", t.path, " has shape [", got, "] but the config implies [",
-                          expected, "]"));
-    }
-    hid_t mem = -1;
-    select_shard(t.desc, mesh, true, filespace.id, &mem);
-    H5 memspace{mem, H5Sclose};
-    const bool read_ok = H5Dread(ds.id, H5T_NATIVE_FLOAT, memspace.id, filespace.id, dxpl.id, t.data) >= 0;
-    GLAM_REQUIRE(!mesh.any(!read_ok), "checkpoint '", path, "': dataset ", t.path, " cannot be read (truncated file?)");
-    uint64_t stored = 0;
-    const bool has_sum = read_attr(ds.id, "checksum", H5T_NATIVE_UINT64, &stored);
-    GLAM_REQUIRE(has_sum && global_checksum(t, mesh) == stored, "checkpoint '", path, "': dataset ", t.path,
-                 " is corrupt (checksum mismatch)");
-  }
+std::string dims_text(const std::vector<int64_t>& dims) {
+  std::string out;
+  for (int64_t d : dims) out += (out.empty() ? "" : "x") + std::to_string(d);
+  return out;
+}
+
+// Collective: this rank's hyperslab of one tensor, its shape and checksum checked.
+void read_tensor(hid_t file, const std::string& path, int64_t file_size, hid_t dxpl, CheckpointTensor& t,
+                 const Mesh& mesh) {
+  const h5::Dataset ds(H5Dopen2(file, t.path.c_str(), H5P_DEFAULT));
+  GLAM_REQUIRE(ds.valid(), "checkpoint '", path, "' has no dataset ", t.path,
+               " (written for another model config or n_experts?)");
+  const std::vector<int64_t> dims =
+      checked_dataset_shape(ds.get(), msg("checkpoint '", path, "'"), t.path, sizeof(float), file_size);
+  GLAM_REQUIRE(dims == t.desc.global_shape, "checkpoint '", path, "': dataset ", t.path, " has shape [",
+               dims_text(dims), "] but the config implies [", dims_text(t.desc.global_shape), "]");
+  const h5::Space filespace(H5Dget_space(ds.get()));
+  const h5::Space memspace = select_shard(t.desc, mesh, true, filespace.get());
+  const bool read_ok = H5Dread(ds.get(), H5T_NATIVE_FLOAT, memspace.get(), filespace.get(), dxpl, t.data) >= 0;
+  GLAM_REQUIRE(!mesh.any(!read_ok), "checkpoint '", path, "': dataset ", t.path, " cannot be read (truncated file?)");
+  const std::optional<uint64_t> stored = h5::read_u64_attr(ds.get(), "checksum");
+  GLAM_REQUIRE(stored && global_checksum(t, mesh) == *stored, "checkpoint '", path, "': dataset ", t.path,
+               " is corrupt (checksum mismatch)");
+}
+
+}  // namespace
+
+TrainState load_checkpoint(const std::string& path, ParamTable& table, Adafactor& opt, const Mesh& mesh) {
+  GLAM_REQUIRE(fs::exists(path), "checkpoint '", path, "' does not exist");
+  QuietHdf5 quiet;  // failures are reported naming the file and the dataset
+  const h5::Plist fapl = h5::mpio_file_access(mesh.world);
+  const h5::File file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()));
+  GLAM_REQUIRE(file.valid(), "checkpoint '", path, "' is not a readable HDF5 file (truncated or corrupt?)");
+  const TrainState st = read_train_state(file.get(), path);
+  const int64_t file_size = file_bytes(path, "checkpoint");
+  const h5::Plist dxpl = h5::collective_transfer();
+  for (CheckpointTensor& t : checkpoint_tensors(table, opt))
+    read_tensor(file.get(), path, file_size, dxpl.get(), t, mesh);
   return st;
 }
 

@@ -27,16 +27,36 @@ struct TrainState {
   uint64_t seed = 0;          // train.seed
 };
 
-// One dataset of a checkpoint: its path, shape and sharding (a Param used as a
-// descriptor: global_shape, shape, model_axis, data_axis, data_replicas) and this
-// rank's local data.
-struct CheckpointTensor {
+// One dataset of a checkpoint (docs/CHECKPOINT.md): its path, what it holds, and
+// its shape and sharding as a Param descriptor (global_shape, shape, model_axis,
+// data_axis, data_replicas; w and g empty). The optimizer's factored statistics
+// drop a dim of the parameter's shape; a dropped dim takes its sharding with it
+// (model_axis or data_axis -1, and data_replicas 1 when data_axis is dropped).
+enum class CheckpointPart { param, v, vr, vc };  // the parameter, or its Adafactor state
+struct CheckpointDataset {
   std::string path;           // "/params/layer_00/attn/wq", "/optimizer/layer_00/attn/wq/vr"
-  Param desc;                 // shapes and sharding; desc.w and desc.g stay empty
+  CheckpointPart part = CheckpointPart::param;
+  size_t param_index = 0;     // the parameter's index in the table
+  Param desc;
+  bool is_param() const { return part == CheckpointPart::param; }
+};
+
+// The datasets of a checkpoint of `table` (shapes only: a describe_params table
+// will do), in table order: each parameter, then its state: v, or vr and vc when
+// adafactor_factored. The one list save_checkpoint writes, load_checkpoint reads
+// and glam-ckpt checks.
+std::vector<CheckpointDataset> checkpoint_layout(const ParamTable& table, const AdafactorOptions& opt);
+
+// Rank `rank` of a DxM mesh as its sizes and ranks alone (no communicators): enough
+// to lay out that rank's shards (shard_offset, is_primary) without running on it.
+Mesh mesh_stand_in(int data_size, int model_size, int rank);
+
+// A dataset of the layout and this rank's local data for it.
+struct CheckpointTensor : CheckpointDataset {
   float* data = nullptr;      // [desc.shape] this rank's shard
 };
 
-// The datasets of a model and its optimizer, in table order.
+// The datasets of a model and its optimizer, in layout order, with their data.
 std::vector<CheckpointTensor> checkpoint_tensors(ParamTable& table, Adafactor& opt);
 
 // Order-independent checksum of a tensor: sum over elements of mix(i * golden + bits).

@@ -16,17 +16,9 @@
 #include <string>
 #include <vector>
 
-namespace glam {
+#include "glam/batch.h"
 
-// One batch of packed training rows: B rows of S positions.
-struct Batch {
-  int64_t rows = 0, seq_len = 0;   // B, S
-  std::vector<int32_t> ids;        // [B, S] input token ids
-  std::vector<int32_t> targets;    // [B, S] next token, or -1 where no loss is taken
-  std::vector<int32_t> segments;   // [B, S] document index within the row (0, 1, 2, ...);
-                                   // a token attends only to earlier tokens of its segment
-  int64_t n_tokens() const { return rows * seq_len; }
-};
+namespace glam {
 
 struct CorpusInfo {
   std::string source, tokenizer_hash;
@@ -74,6 +66,17 @@ class Corpus {
   std::vector<uint32_t> tokens_;     // the whole token stream (demo-sized corpora)
   std::vector<uint64_t> doc_offsets_;
 };
+
+// One corpus file read whole and validated (the file format, corpus_file.cpp):
+// throws UserError naming the file when it is missing, not HDF5, lacks a dataset
+// or attribute, has inconsistent offsets, or holds ids >= its vocab_size or
+// >= expected_vocab (when expected_vocab > 0). info.checksum is filled in.
+struct CorpusFile {
+  CorpusInfo info;
+  std::vector<uint32_t> tokens;
+  std::vector<uint64_t> doc_offsets;
+};
+CorpusFile read_corpus_file(const std::string& path, int64_t expected_vocab);
 
 // Writes a corpus file from documents already tokenized (each without eod; the
 // writer appends eod_id). Refuses to overwrite an existing file unless overwrite.

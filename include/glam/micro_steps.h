@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "glam/corpus.h"
+#include "glam/batch.h"
 #include "glam/mesh.h"
 #include "glam/model.h"
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "glam/batch.h"
 #include "glam/config.h"
-#include "glam/corpus.h"
 #include "glam/mesh.h"
 #include "glam/mixture.h"
 #include "glam/model.h"

@@ -15,6 +15,7 @@
 
 namespace glam {
 
+constexpr const char* kWeightsFormat = "glam-weights";
 constexpr int64_t kWeightsVersion = 2;
 
 // Collective over the mesh; rank 0 writes the file.

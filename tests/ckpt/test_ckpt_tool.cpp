@@ -2,7 +2,8 @@
 // save_checkpoint (one rank) is verified by the tool; its reshard output is checked
 // against checkpoint_tensors() and for_each_element() of the table glam builds for
 // each rank of the mesh (local shapes, offsets and every element); an exported f32
-// weights file loads with load_weights. GLAM_CKPT_EXE is the tool (set by CMake);
+// weights file loads with load_weights, and so does the export of a weights file
+// (version 2, or version 1 without checksums). GLAM_CKPT_EXE is the tool (set by CMake);
 // files go to the working directory (the test's tmp dir).
 #include <catch2/catch.hpp>
 #include <hdf5.h>
@@ -38,17 +39,6 @@ Config tiny_config() {
   c.train.factored_min_dim = 16;  // factored states, some of them split over the model axis
   c.validate();
   return c;
-}
-
-Mesh fake_mesh(int D, int M, int rank) {
-  Mesh m;
-  m.data_size = D;
-  m.model_size = M;
-  m.data_rank = rank / M;
-  m.model_rank = rank % M;
-  m.world_rank = rank;
-  m.world_size = D * M;
-  return m;
 }
 
 int run_tool(const std::string& args) {
@@ -112,7 +102,7 @@ TEST_CASE("glam-ckpt reshard matches glam's sharding of weights and optimizer st
     REQUIRE(run_tool("reshard " + s.path + " --mesh " + std::to_string(D) + "x" + std::to_string(M) +
                      " --output-dir " + dir + " --overwrite --chunk-bytes 100 > /dev/null") == 0);
     for (int r = 0; r < D * M; r++) {
-      const Mesh mesh = fake_mesh(D, M, r);
+      const Mesh mesh = mesh_stand_in(D, M, r);
       ParamTable table = build_params(s.cfg.model, mesh);
       Adafactor opt(table, AdafactorOptions::from(s.cfg.train));
       const std::vector<CheckpointTensor> local = checkpoint_tensors(table, opt);
@@ -153,7 +143,7 @@ TEST_CASE("an f32 export loads with load_weights on any mesh") {
   load_weights("exported.h5", fresh, s.mesh);
   for (size_t i = 0; i < fresh.params.size(); i++) CHECK(fresh.params[i].w == s.table.params[i].w);
   // a 2x2 rank reads its hyperslabs of the same file
-  const Mesh mesh = fake_mesh(2, 2, 3);
+  const Mesh mesh = mesh_stand_in(2, 2, 3);
   ParamTable part = build_params(s.cfg.model, mesh);
   load_weights("exported.h5", part, mesh);
   for (size_t i = 0; i < part.params.size(); i++) {
@@ -163,4 +153,31 @@ TEST_CASE("an f32 export loads with load_weights on any mesh") {
     for_each_element(p, mesh, [&](int64_t j, int64_t g) { wrong += p.w[j] != whole[g]; });
     CHECK(wrong == 0);
   }
+}
+
+TEST_CASE("glam-ckpt exports a weights file that save_weights wrote, and a version 1 one") {
+  State s("weights_run");
+  save_weights("saved_weights.h5", s.table, s.cfg, s.mesh);
+  REQUIRE(run_tool("export saved_weights.h5 --output exported_weights.h5 --overwrite > /dev/null") == 0);
+  REQUIRE(run_tool("verify exported_weights.h5 > /dev/null") == 0);
+  ParamTable fresh = build_params(s.cfg.model, s.mesh);
+  load_weights("exported_weights.h5", fresh, s.mesh);
+  for (size_t i = 0; i < fresh.params.size(); i++) CHECK(fresh.params[i].w == s.table.params[i].w);
+
+  // version 1: no checksums to check; the export is version 2 and checksummed
+  fs::copy_file("saved_weights.h5", "v1_weights.h5", fs::copy_options::overwrite_existing);
+  hid_t file = H5Fopen("v1_weights.h5", H5F_ACC_RDWR, H5P_DEFAULT);
+  REQUIRE(file >= 0);
+  const int64_t one = 1;
+  hid_t version = H5Aopen(file, "version", H5P_DEFAULT);
+  REQUIRE(H5Awrite(version, H5T_NATIVE_INT64, &one) >= 0);
+  H5Aclose(version);
+  for (const Param& p : s.table.params) REQUIRE(H5Adelete_by_name(file, ("params/" + p.name).c_str(), "checksum",
+                                                                  H5P_DEFAULT) >= 0);
+  H5Fclose(file);
+  REQUIRE(run_tool("export v1_weights.h5 --output exported_v1.h5 --overwrite > /dev/null") == 0);
+  REQUIRE(run_tool("verify exported_v1.h5 > /dev/null") == 0);  // checksums again
+  ParamTable again = build_params(s.cfg.model, s.mesh);
+  load_weights("exported_v1.h5", again, s.mesh);
+  for (size_t i = 0; i < again.params.size(); i++) CHECK(again.params[i].w == s.table.params[i].w);
 }
