@@ -144,9 +144,14 @@ StepPrediction predict_step(const Plan& p, const Cluster& c) {
   s.allreduce_data_s = ring(double(p.comm.allreduce_data + p.comm.allreduce_replicas), p.data) / data_bw * s.share;
   // train.shard_state: a ring reduce-scatter sends (n-1)/n of the tensor, a ring
   // all-gather n-1 times this rank's part
-  if (p.data > 1)
-    s.allreduce_data_s += (double(p.data - 1) / p.data * double(p.comm.reduce_scatter) +
-                           double(p.data - 1) * double(p.comm.allgather)) / data_bw * s.share;
+  if (p.data > 1 && p.comm.reduce_scatter > 0) {
+    const double scatter_s = double(p.data - 1) / p.data * double(p.comm.reduce_scatter) / data_bw * s.share;
+    s.allreduce_data_s += scatter_s + double(p.data - 1) * double(p.comm.allgather) / data_bw * s.share;
+    // the backward is 2/3 of the model FLOPs, plus what remat recomputes in it
+    const double backward_s = (2.0 / 3.0 * p.train_flops_per_rank + p.recompute_flops_per_rank) /
+                              (c.peak_tflops * 1e12 * c.achievable) * s.share;
+    s.hidden_s = std::min(scatter_s * double(p.n_layers - 1) / double(std::max<int64_t>(1, p.n_layers)), backward_s);
+  }
   if (p.data > 1) {
     const double local = double(data_in_node - 1) / double(p.data - 1);  // peers in this node
     s.alltoall_s = std::max(double(p.comm.alltoall) * local / intra, double(p.comm.alltoall) * (1 - local) / inter) *
@@ -155,7 +160,7 @@ StepPrediction predict_step(const Plan& p, const Cluster& c) {
   // an all-to-all is three calls (counts, the max of the row counts, the rows)
   const int64_t calls = 3 * p.comm.alltoall_calls + p.comm.allreduce_model_calls + p.comm.allreduce_data_calls;
   s.latency_s = double(calls) * c.latency_us * 1e-6 * (ranks > 1 ? 1.0 : 0.0);
-  s.step_s = s.matmul_s + s.elementwise_s + s.comm_s();
+  s.step_s = s.matmul_s + s.elementwise_s + s.comm_s() - s.hidden_s;
   s.tokens_per_s = double(p.tokens_per_step) / s.step_s;
   const double used = double(std::min(ranks, c.devices));
   s.mfu = p.train_flops_per_token * s.tokens_per_s / (used * c.peak_tflops * 1e12);

@@ -154,6 +154,7 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   GLAM_REQUIRE(c.n_experts == 0 || T % c.group_size == 0, "model.group_size ", c.group_size,
                " must divide the tokens of each data rank (", T, " on mesh ", D, "x", Mm, ")");
   p.tokens_per_rank = T;
+  p.n_layers = c.n_layers;
   const int64_t micro_rows = cfg.train.micro_rows, rank_rows = T / c.seq_len;
   GLAM_REQUIRE(micro_rows == 0 || rank_rows % micro_rows == 0, "train.micro_rows ", micro_rows,
                " must divide the rows each data rank has in a step (", rank_rows, " on mesh ", D, "x", Mm, ")");

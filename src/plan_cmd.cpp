@@ -118,6 +118,9 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
   std::printf("  matmuls %.4g s, elementwise %.4g s, all-to-all %.4g s, all-reduce data %.4g s, model %.4g s, "
               "latency %.4g s\n",
               s.matmul_s, s.elementwise_s, s.alltoall_s, s.allreduce_data_s, s.allreduce_model_s, s.latency_s);
+  if (s.hidden_s > 0)
+    std::printf("  overlap %.4g s of the reduce-scatters run behind the backward (train.shard_state), taken off\n",
+                s.hidden_s);
   std::printf("  step %.4g s, %.4g tokens/s, MFU %.1f%%\n", s.step_s, s.tokens_per_s, 100.0 * s.mfu);
 }
 
@@ -152,6 +155,7 @@ void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r, in
                {"allgather_bytes", c.allgather}};
   j["predicted"] = {{"cluster", r.cluster.name},       {"share", s.share},
                     {"matmul_s", s.matmul_s},          {"elementwise_s", s.elementwise_s},
+                    {"hidden_s", s.hidden_s},
                     {"alltoall_s", s.alltoall_s},      {"allreduce_data_s", s.allreduce_data_s},
                     {"allreduce_model_s", s.allreduce_model_s}, {"latency_s", s.latency_s},
                     {"step_s", s.step_s},              {"tokens_per_s", s.tokens_per_s},

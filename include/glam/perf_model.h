@@ -39,6 +39,9 @@ struct StepPrediction {
   double share = 1.0;              // ranks per device when time-shared
   double matmul_s = 0.0, elementwise_s = 0.0;
   double alltoall_s = 0.0, allreduce_data_s = 0.0, allreduce_model_s = 0.0, latency_s = 0.0;
+  // train.shard_state: the reduce-scatters of layers L-1..1 run behind the backward
+  // of the layer below (the code's non-blocking windows); at most that backward's time
+  double hidden_s = 0.0;
   double step_s = 0.0, tokens_per_s = 0.0;
   double mfu = 0.0;                // model FLOPs per second / (devices used x peak)
   double comm_s() const { return alltoall_s + allreduce_data_s + allreduce_model_s + latency_s; }

@@ -51,6 +51,7 @@ struct Plan {
   int64_t tokens_per_step = 0;     // global batch
   int64_t tokens_per_rank = 0;     // T
   int64_t micro_steps = 1;         // train.micro_rows: forwards per step on a rank
+  int64_t n_layers = 0;            // model.n_layers (the step model's overlap is per layer)
   int64_t tokens_per_micro = 0;    // T / micro_steps: what activations and dispatch buffers hold
   int64_t rows_per_rank = 0;       // routed choices per rank (2T * kept)
   int64_t local_params = 0;        // elements of this rank's shards

@@ -9,9 +9,13 @@ some buffers that are never resident at the same peak): the plan
 must not count buffers the run never holds, nor miss a large one. CTest runs it
 once more with train.micro_rows 2 (4 micro-steps of 2 rows): the plan's smaller
 activations and dispatch buffers must describe that run too, and with train.remat.
-usage: memory_vs_run.py GLAM RUN_DIR <glam train config args...>
+With --np N (and --mpirun CMD) both runs go through mpirun on an N x 1 mesh and
+the peak is the largest rank's (wait4 on mpirun reports its children's), against
+the plan of data rank 0 (the one with the most rows of the sharded tensors): CTest
+runs plain, train.shard_state and every saving on 4 ranks.
+usage: memory_vs_run.py [--np N --mpirun CMD] GLAM RUN_DIR <glam train config args...>
 """
-import json, os, subprocess, sys
+import json, os, shlex, subprocess, sys
 
 # A model with almost no parameters or activations: what remains is the baseline.
 SMALL = ["--model.d_model", "8", "--model.n_heads", "1", "--model.d_head", "8", "--model.d_ff", "8",
@@ -51,11 +55,29 @@ def planned(glam, cfg, env):
 
 
 def main():
-    glam, run_dir, cfg = sys.argv[1], sys.argv[2], sys.argv[3:]
+    args, np_, mpirun = sys.argv[1:], 1, "mpirun --allow-run-as-root --oversubscribe"
+    while args and args[0] in ("--np", "--mpirun"):
+        if args[0] == "--np":
+            np_ = int(args[1])
+        else:
+            mpirun = args[1]
+        args = args[2:]
+    glam, run_dir, cfg = args[0], args[1], args[2:]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    train = [glam, "train", "--device", "cpu", "--overwrite", "--train.steps", "2", "--train.val_every", "0"]
+    launch = [glam]
+    if np_ > 1:
+        launch = shlex.split(mpirun) + ["-np", str(np_), "-x", "OMP_NUM_THREADS", "-x", "OPENBLAS_NUM_THREADS", glam]
+        cfg = cfg + ["--mesh", f"{np_}x1"]
+    train = launch + ["train", "--device", "cpu", "--overwrite", "--train.steps", "2", "--train.val_every", "0"]
     rss = run_and_measure(train + ["--run-dir", run_dir] + cfg, env)
-    small = without(without(cfg, "--train.micro_rows"), "--train.remat") + SMALL
+    small_model = SMALL
+    if np_ > 1:  # a row and an expert per rank
+        small_model = without(without(SMALL, "--train.batch_rows"), "--model.n_experts")
+        small_model += ["--train.batch_rows", str(np_), "--model.n_experts", str(np_)]
+    small = cfg
+    for flag in ("--train.micro_rows", "--train.remat", "--train.shard_state", "--model.group_size"):
+        small = without(small, flag)
+    small += small_model
     base = run_and_measure(train + ["--run-dir", run_dir + "_small"] + small, env)
     mem, mem_base = planned(glam, cfg, env), planned(glam, small, env)
     mib = 1 << 20
