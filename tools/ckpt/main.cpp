@@ -19,38 +19,32 @@
 
 #include "ckpt.h"
 #include "glam/bounded_read.h"
+#include "glam/cli.h"
 
 namespace {
 
-constexpr const char* kUsage =
-    "usage: glam-ckpt <command> [options]\n"
-    "commands:\n"
-    "  inspect  print the training state, config and datasets of a checkpoint\n"
-    "  verify   recompute every checksum and check shapes against the stored config\n"
-    "  export   write the weights alone (glam HDF5 weights file or safetensors, f32 or bf16)\n"
-    "  reshard  write one file per rank of a DxM mesh holding that rank's shards\n"
-    "  convert  convert a checkpoint to another format version\n"
-    "'glam-ckpt <command> --help' lists the options of a command.\n";
+const std::string& usage() {
+  static const std::string text = glam::tool_usage(
+      "glam-ckpt",
+      {{"inspect", "print the training state, config and datasets of a checkpoint"},
+       {"verify", "recompute every checksum and check shapes against the stored config"},
+       {"export", "write the weights alone (glam HDF5 weights file or safetensors, f32 or bf16)"},
+       {"reshard", "write one file per rank of a DxM mesh holding that rank's shards"},
+       {"convert", "convert a checkpoint to another format version"}});
+  return text;
+}
 
 int run(int argc, char** argv) {
   namespace ckpt = glam::ckpt;
-  if (argc < 2) {
-    std::fprintf(stderr, "%s", kUsage);
-    throw glam::UserError("no command given");
-  }
+  if (glam::top_level_request("glam-ckpt", usage(), argc, argv)) return 0;  // help, version
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
-  if (command == "--help" || command == "-h" || command == "help") {
-    std::printf("%s", kUsage);
-    return 0;
-  }
   if (command == "inspect") return ckpt::inspect(args);
   if (command == "verify") return ckpt::verify(args);
   if (command == "export") return ckpt::export_weights(args);
   if (command == "reshard") return ckpt::reshard(args);
   if (command == "convert") return ckpt::convert(args);
-  std::fprintf(stderr, "%s", kUsage);
-  throw glam::UserError(glam::msg("unknown command '", command, "'"));
+  throw glam::unknown_command(command, usage());
 }
 
 // run(), every error it throws printed as "glam-ckpt: error: ..." with status 2.
