@@ -131,7 +131,9 @@ StepPrediction predict_step(const Plan& p, const Cluster& c) {
   s.share = ranks > c.devices ? double(ranks) / double(c.devices) : 1.0;
   const double flops = c.peak_tflops * 1e12 * c.achievable;
   s.matmul_s = (p.train_flops_per_rank + p.recompute_flops_per_rank) / flops * s.share;  // MFU counts the first only
-  const double streamed = 3.0 * double(p.memory.activations + p.memory.dispatch) + 6.0 * 4.0 * double(p.local_params);
+  // every micro-step writes and reads its own activations: micro_steps times what one holds
+  const double streamed = 3.0 * double(p.memory.activations + p.memory.dispatch) * double(p.micro_steps) +
+                          6.0 * 4.0 * double(p.local_params);
   s.elementwise_s = streamed / (c.memory_gbps * 1e9) * s.share;
 
   // A model group is consecutive ranks: inside a node when it fits in one.
