@@ -44,7 +44,7 @@ bool mpi_is_cuda_aware() {
 
 // The mesh's copy on a data axis of one rank, for device rows (mesh.h).
 void device_copy(void* dst, const void* src, size_t bytes) {
-  cuda::check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "alltoallv (one data rank)");
+  GLAM_CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
 }
 
 bf16* b16(const Tensor& t) { return reinterpret_cast<bf16*>(t.bf16()); }
@@ -58,8 +58,8 @@ class CudaBackend final : public Backend {
     flash_ = cuda::flash_attention_supports(cfg_.d_head) && !(kind && std::string(kind) == "naive");
   }
   ~CudaBackend() override {
-    if (pinned_) cudaFreeHost(pinned_);
-    if (summary_) cudaFreeHost(summary_);
+    if (pinned_) GLAM_WARN_CUDA(cudaFreeHost(pinned_));
+    if (summary_) GLAM_WARN_CUDA(cudaFreeHost(summary_));
   }
 
   std::string name() const override { return cuda_device_name() + (flash_ ? " (flash attention)" : ""); }
@@ -68,11 +68,11 @@ class CudaBackend final : public Backend {
 
   void* allocate(size_t bytes) override {
     void* p = nullptr;
-    cuda::check(cudaMalloc(&p, bytes), "cudaMalloc");
+    GLAM_CHECK_CUDA(cudaMalloc(&p, bytes));
     stats_.allocations++;
     return p;
   }
-  void deallocate(void* p) override { cudaFree(p); }
+  void deallocate(void* p) override { GLAM_WARN_CUDA(cudaFree(p)); }
 
   // ---- parameters ------------------------------------------------------------------
   // Three tensors in table order, each parameter at an offset padded to 128
@@ -157,19 +157,19 @@ class CudaBackend final : public Backend {
   // From pageable memory the copy is staged before cudaMemcpyAsync returns, so
   // the host buffer may go away at once and no wait is needed.
   void upload(Tensor dst, const void* host) override {
-    if (dst.bytes()) check_cuda(cudaMemcpyAsync(dst.ptr, host, dst.bytes(), cudaMemcpyHostToDevice, ctx_.stream()));
+    if (dst.bytes()) GLAM_CHECK_CUDA(cudaMemcpyAsync(dst.ptr, host, dst.bytes(), cudaMemcpyHostToDevice, ctx_.stream()));
   }
   void download(void* host, const Tensor& src) override {
-    if (src.bytes()) check_cuda(cudaMemcpyAsync(host, src.ptr, src.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
+    if (src.bytes()) GLAM_CHECK_CUDA(cudaMemcpyAsync(host, src.ptr, src.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
     sync();
   }
   void copy(Tensor dst, const Tensor& src) override {
     GLAM_ASSERT(dst.dtype == src.dtype && dst.numel() == src.numel());
     if (src.bytes())
-      check_cuda(cudaMemcpyAsync(dst.ptr, src.ptr, src.bytes(), cudaMemcpyDeviceToDevice, ctx_.stream()));
+      GLAM_CHECK_CUDA(cudaMemcpyAsync(dst.ptr, src.ptr, src.bytes(), cudaMemcpyDeviceToDevice, ctx_.stream()));
   }
   void zero(Tensor t) override {
-    if (t.bytes()) check_cuda(cudaMemsetAsync(t.ptr, 0, t.bytes(), ctx_.stream()));
+    if (t.bytes()) GLAM_CHECK_CUDA(cudaMemsetAsync(t.ptr, 0, t.bytes(), ctx_.stream()));
   }
   void add_into(Tensor y, const Tensor& x) override { cuda::add_into(ctx_, y.f32(), x.f32(), y.numel()); }
   void sync() override {
@@ -385,7 +385,6 @@ class CudaBackend final : public Backend {
   void collect_phases(PhaseTimers& timers, bool wait) override { phases_.collect(timers, wait); }
 
  private:
-  static void check_cuda(cudaError_t err) { cuda::check(err, "CUDA runtime"); }
   static int reduction_kind(const Param& p) { return p.data_axis < 0 ? 1 : (p.data_replicas > 1 ? 2 : 0); }
 
   // A bf16 view of t: t itself, or t converted into scratch.
@@ -405,9 +404,9 @@ class CudaBackend final : public Backend {
     sync();
     if (aware_) { op(d); return; }
     float* h = pinned(n);
-    check_cuda(cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    GLAM_CHECK_CUDA(cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost));
     op(h);
-    check_cuda(cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice));
+    GLAM_CHECK_CUDA(cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice));
   }
   cuda::DeviceAdafactor& optimizer_for(const ParamTable& table, const Adafactor& opt) {
     if (!adafactor_) {
@@ -422,14 +421,14 @@ class CudaBackend final : public Backend {
     sync();
     if (aware_) { mesh_.allreduce_sum_model(d, n); return; }
     host_f64_.resize(n);
-    check_cuda(cudaMemcpy(host_f64_.data(), d, n * sizeof(double), cudaMemcpyDeviceToHost));
+    GLAM_CHECK_CUDA(cudaMemcpy(host_f64_.data(), d, n * sizeof(double), cudaMemcpyDeviceToHost));
     mesh_.allreduce_sum_model(host_f64_.data(), n);
-    check_cuda(cudaMemcpy(d, host_f64_.data(), n * sizeof(double), cudaMemcpyHostToDevice));
+    GLAM_CHECK_CUDA(cudaMemcpy(d, host_f64_.data(), n * sizeof(double), cudaMemcpyHostToDevice));
   }
   float* pinned(int64_t n) {
     if (static_cast<size_t>(n) > pinned_n_) {
-      if (pinned_) cudaFreeHost(pinned_);
-      check_cuda(cudaMallocHost(&pinned_, n * sizeof(float)));
+      if (pinned_) GLAM_CHECK_CUDA(cudaFreeHost(pinned_));
+      GLAM_CHECK_CUDA(cudaMallocHost(&pinned_, n * sizeof(float)));
       pinned_n_ = n;
       stats_.allocations++;
     }
@@ -448,15 +447,15 @@ class CudaBackend final : public Backend {
     sync();
     float* hs = pinned(ns * M + nr * M);
     float* hr = hs + ns * M;
-    if (ns) check_cuda(cudaMemcpy(hs, send, ns * M * sizeof(float), cudaMemcpyDeviceToHost));
+    if (ns) GLAM_CHECK_CUDA(cudaMemcpy(hs, send, ns * M * sizeof(float), cudaMemcpyDeviceToHost));
     mesh_.alltoallv_rows_data(hs, send_rows, hr, recv_rows, M);
-    if (nr) check_cuda(cudaMemcpy(recv, hr, nr * M * sizeof(float), cudaMemcpyHostToDevice));
+    if (nr) GLAM_CHECK_CUDA(cudaMemcpy(recv, hr, nr * M * sizeof(float), cudaMemcpyHostToDevice));
   }
   void regroup(float* dst, const float* src, const ExchangePlan& x, bool to_experts, int64_t M) {
     for_each_exchange_run(x, [&](int64_t received, int64_t grouped, int64_t n) {
       if (n == 0) return;
       const int64_t from = to_experts ? received : grouped, to = to_experts ? grouped : received;
-      check_cuda(cudaMemcpyAsync(dst + to * M, src + from * M, n * M * sizeof(float), cudaMemcpyDeviceToDevice,
+      GLAM_CHECK_CUDA(cudaMemcpyAsync(dst + to * M, src + from * M, n * M * sizeof(float), cudaMemcpyDeviceToDevice,
                                  ctx_.stream()));
     });
   }
@@ -475,8 +474,8 @@ class CudaBackend final : public Backend {
   int64_t* pinned_summary(int64_t E) {
     const size_t bytes = static_cast<size_t>(cuda::routing_summary_bytes(E));
     if (bytes > summary_bytes_) {
-      if (summary_) cudaFreeHost(summary_);
-      check_cuda(cudaMallocHost(reinterpret_cast<void**>(&summary_), bytes));
+      if (summary_) GLAM_CHECK_CUDA(cudaFreeHost(summary_));
+      GLAM_CHECK_CUDA(cudaMallocHost(reinterpret_cast<void**>(&summary_), bytes));
       summary_bytes_ = bytes;
       stats_.allocations++;
     }

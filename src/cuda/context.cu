@@ -1,6 +1,5 @@
-// The CUDA context (stream and cuBLAS handle) and error checking.
+// The CUDA context (stream and cuBLAS handle) and the grid cap.
 #include <atomic>
-#include <stdexcept>
 #include <string>
 
 #include "glam/cuda/layers.h"
@@ -15,40 +14,30 @@ std::atomic<int> grid_cap{65535};
 int max_grid_blocks() { return grid_cap.load(); }
 void set_max_grid_blocks(int blocks) { grid_cap.store(blocks > 0 ? blocks : 1); }
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
-}
-
-void check(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLAS error in ") + what + ": " + cublasGetStatusString(st));
-}
-
 Context::Context() {
-  check(cudaStreamCreate(&stream_), "cudaStreamCreate");
-  check(cublasCreate(&blas_), "cublasCreate");
-  check(cublasSetStream(blas_, stream_), "cublasSetStream");
+  GLAM_CHECK_CUDA(cudaStreamCreate(&stream_));
+  GLAM_CHECK_CUBLAS(cublasCreate(&blas_));
+  GLAM_CHECK_CUBLAS(cublasSetStream(blas_, stream_));
   // Deterministic results: no split-K reductions that depend on the workspace race.
-  check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+  GLAM_CHECK_CUBLAS(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
 }
 
 Context::~Context() {
-  if (stream_) cudaStreamSynchronize(stream_);
+  if (stream_) GLAM_WARN_CUDA(cudaStreamSynchronize(stream_));
   for (auto& [ptr, bytes] : scratch_)
-    if (ptr) cudaFree(ptr);
+    if (ptr) GLAM_WARN_CUDA(cudaFree(ptr));
   buckets_.clear();
-  if (blas_) cublasDestroy(blas_);
-  if (stream_) cudaStreamDestroy(stream_);
+  if (blas_) GLAM_WARN_CUBLAS(cublasDestroy(blas_));
+  if (stream_) GLAM_WARN_CUDA(cudaStreamDestroy(stream_));
 }
 
 void* Context::scratch(ScratchSlot slot, size_t bytes) const {
   auto& [ptr, size] = scratch_[slot];
   if (bytes > size) {
-    if (ptr) check(cudaFree(ptr), "cudaFree (scratch)");  // waits for the work using it
+    if (ptr) GLAM_CHECK_CUDA(cudaFree(ptr));  // waits for the work using it
     ptr = nullptr;
     size = 0;
-    check(cudaMalloc(&ptr, bytes), "cudaMalloc (scratch)");
+    GLAM_CHECK_CUDA(cudaMalloc(&ptr, bytes));
     size = bytes;
   }
   return ptr;
@@ -60,6 +49,6 @@ const BucketTables& Context::buckets(int64_t S) const {
   return *t;
 }
 
-void Context::sync() const { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+void Context::sync() const { GLAM_CHECK_CUDA(cudaStreamSynchronize(stream_)); }
 
 }  // namespace glam::cuda

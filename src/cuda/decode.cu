@@ -61,9 +61,8 @@ void kv_append(const Context& ctx, float* cache, const float* x, int64_t B, int6
                int64_t A) {
   if (B == 0 || n == 0) return;
   for (int64_t b = 0; b < B; b++)  // one contiguous run of n positions per row
-    check(cudaMemcpyAsync(cache + (b * cap + pos0) * A, x + b * n * A, n * A * sizeof(float),
-                          cudaMemcpyDeviceToDevice, ctx.stream()),
-          "kv_append");
+    GLAM_CHECK_CUDA(cudaMemcpyAsync(cache + (b * cap + pos0) * A, x + b * n * A, n * A * sizeof(float),
+                          cudaMemcpyDeviceToDevice, ctx.stream()));
 }
 
 }  // namespace glam::cuda

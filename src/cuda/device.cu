@@ -12,7 +12,7 @@ bool cuda_backend_built() { return true; }
 int cuda_device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();  // no driver or no device: clear the sticky error
+    (void)cudaGetLastError();  // no driver or no device (the answer is 0 GPUs): clear the error
     return 0;
   }
   return n;

@@ -34,27 +34,25 @@ void gemm(const Context& ctx, bool trans_a, bool trans_b, int64_t m, int64_t n, 
           float alpha, const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta,
           float* C, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  check(cublasGemmEx(ctx.blas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+  GLAM_CHECK_CUBLAS(cublasGemmEx(ctx.blas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                      trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
                      static_cast<int>(k), &alpha, B, CUDA_R_16BF, static_cast<int>(ldb), A,
                      CUDA_R_16BF, static_cast<int>(lda), &beta, C, CUDA_R_32F, static_cast<int>(ldc),
-                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "cublasGemmEx");
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 void gemm_f32(const Context& ctx, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
               float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
               float* C, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  check(cublasSgemm(ctx.blas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+  GLAM_CHECK_CUBLAS(cublasSgemm(ctx.blas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                     static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, B,
-                    static_cast<int>(ldb), A, static_cast<int>(lda), &beta, C, static_cast<int>(ldc)),
-        "cublasSgemm");
+                    static_cast<int>(ldb), A, static_cast<int>(lda), &beta, C, static_cast<int>(ldc)));
 }
 
 void add_into(const Context& ctx, float* y, const float* x, int64_t n) {
   const float one = 1.0f;
-  if (n > 0) check(cublasSaxpy(ctx.blas(), static_cast<int>(n), &one, x, 1, y, 1), "cublasSaxpy");
+  if (n > 0) GLAM_CHECK_CUBLAS(cublasSaxpy(ctx.blas(), static_cast<int>(n), &one, x, 1, y, 1));
 }
 
 void matmul_forward(const Context& ctx, float* out, const bf16* in, const bf16* w, int64_t T,

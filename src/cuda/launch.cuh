@@ -27,7 +27,7 @@ namespace glam::cuda {
 // Lets `kernel` take `bytes` of dynamic shared memory (more than 48 KiB needs it).
 template <typename... P>
 void allow_shared(void (*kernel)(P...), size_t bytes, const char* name) {
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), name);
+  GLAM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 }  // namespace glam::cuda

@@ -109,7 +109,7 @@ cpu::LossSums softmax_xent_forward(const Context& ctx, float* lse, const float* 
   launch(softmax_xent_totals_kernel, 1, kThreads, 0, ctx.stream(), "softmax_xent_totals_kernel", totals, lse,
          row_max, row_sum, target_logit, targets, T);
   double host[3];
-  check(cudaMemcpyAsync(host, totals, sizeof(host), cudaMemcpyDeviceToHost, ctx.stream()), "softmax_xent_forward");
+  GLAM_CHECK_CUDA(cudaMemcpyAsync(host, totals, sizeof(host), cudaMemcpyDeviceToHost, ctx.stream()));
   ctx.sync();
   return cpu::LossSums{host[0], host[1], static_cast<int64_t>(host[2])};
 }

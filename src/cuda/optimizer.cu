@@ -180,10 +180,10 @@ DeviceAdafactor::DeviceAdafactor(const ParamTable& table, const AdafactorOptions
   scratch_.commit();
   std::vector<double> count(n + 1, 1.0);
   for (size_t i = 0; i < n; i++) count[i] = static_cast<double>(table.params[i].global_size());
-  check(cudaMemcpy(count_.ptr, count.data(), count.size() * sizeof(double), cudaMemcpyHostToDevice), "adafactor count");
+  GLAM_CHECK_CUDA(cudaMemcpy(count_.ptr, count.data(), count.size() * sizeof(double), cudaMemcpyHostToDevice));
   for (Slot& s : slots_)
     for (Tensor* t : {&s.v, &s.vr, &s.vc})
-      if (t->ptr) check(cudaMemset(t->ptr, 0, t->bytes()), "adafactor state");
+      if (t->ptr) GLAM_CHECK_CUDA(cudaMemset(t->ptr, 0, t->bytes()));
 }
 
 void DeviceAdafactor::load(const Adafactor& host) {
@@ -193,7 +193,7 @@ void DeviceAdafactor::load(const Adafactor& host) {
     Slot& s = slots_[i];
     GLAM_ASSERT(h.factored == s.factored);
     auto put = [](Tensor& t, const std::vector<float>& v) {
-      if (!v.empty()) check(cudaMemcpy(t.ptr, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice), "adafactor load");
+      if (!v.empty()) GLAM_CHECK_CUDA(cudaMemcpy(t.ptr, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
     };
     if (s.factored) { put(s.vr, h.vr); put(s.vc, h.vc); }
     else put(s.v, h.v);
@@ -206,7 +206,7 @@ void DeviceAdafactor::store(Adafactor& host) {
     AdafactorSlot& h = host.slots()[i];
     const Slot& s = slots_[i];
     auto get = [](std::vector<float>& v, const Tensor& t) {
-      if (!v.empty()) check(cudaMemcpy(v.data(), t.ptr, v.size() * sizeof(float), cudaMemcpyDeviceToHost), "adafactor store");
+      if (!v.empty()) GLAM_CHECK_CUDA(cudaMemcpy(v.data(), t.ptr, v.size() * sizeof(float), cudaMemcpyDeviceToHost));
     };
     if (s.factored) { get(h.vr, s.vr); get(h.vc, s.vc); }
     else get(h.v, s.v);
@@ -266,8 +266,7 @@ void DeviceAdafactor::step(const Context& ctx, const ParamTable& table, const st
            sums_.f64(), count_.f64(), static_cast<int64_t>(n), lr, opt_.min_param_scale, opt_.clip_threshold);
   } else {  // the sums of sharded tensors cross the mesh on the host
     host_sums_.resize(2 * n);
-    check(cudaMemcpyAsync(host_sums_.data(), sums_.ptr, 2 * n * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream()),
-          "adafactor sums");
+    GLAM_CHECK_CUDA(cudaMemcpyAsync(host_sums_.data(), sums_.ptr, 2 * n * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream()));
     ctx.sync();
     host_steps_.resize(n);
     for (size_t i = 0; i < n; i++) {
@@ -279,7 +278,7 @@ void DeviceAdafactor::step(const Context& ctx, const ParamTable& table, const st
       const double clip = std::max(1.0, rms_u / opt_.clip_threshold);
       host_steps_[i] = static_cast<float>(lr * std::max(opt_.min_param_scale, rms_w) / clip);
     }
-    check(cudaMemcpy(steps_.ptr, host_steps_.data(), n * sizeof(float), cudaMemcpyHostToDevice), "adafactor steps");
+    GLAM_CHECK_CUDA(cudaMemcpy(steps_.ptr, host_steps_.data(), n * sizeof(float), cudaMemcpyHostToDevice));
   }
   for (size_t i = 0; i < n; i++)
     update(ctx, slots_[i], g[i].f32(), w[i].f32(), table.params[i].size(), i, true, steps_.f32() + i);
@@ -299,7 +298,7 @@ double gradient_norm(const Context& ctx, const ParamTable& table, const std::vec
            grid(size), 1);
   }
   host.resize(n);
-  check(cudaMemcpyAsync(host.data(), sums.ptr, n * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream()), "grad norm");
+  GLAM_CHECK_CUDA(cudaMemcpyAsync(host.data(), sums.ptr, n * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream()));
   ctx.sync();
   double sum = 0.0;
   for (size_t i = 0; i < n; i++) {

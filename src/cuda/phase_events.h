@@ -19,14 +19,14 @@ class PhaseEvents {
   explicit PhaseEvents(cudaStream_t stream, int pairs = 256) : stream_(stream) {
     for (int i = 0; i < 2 * pairs; i++) {
       cudaEvent_t e;
-      check(cudaEventCreate(&e), "cudaEventCreate");
+      GLAM_CHECK_CUDA(cudaEventCreate(&e));
       free_.push_back(e);
     }
   }
   ~PhaseEvents() {
-    for (Pending& p : pending_) { cudaEventDestroy(p.start); cudaEventDestroy(p.end); }
-    for (Pending& p : open_) { cudaEventDestroy(p.start); }
-    for (cudaEvent_t e : free_) cudaEventDestroy(e);
+    for (Pending& p : pending_) { GLAM_WARN_CUDA(cudaEventDestroy(p.start)); GLAM_WARN_CUDA(cudaEventDestroy(p.end)); }
+    for (Pending& p : open_) { GLAM_WARN_CUDA(cudaEventDestroy(p.start)); }
+    for (cudaEvent_t e : free_) GLAM_WARN_CUDA(cudaEventDestroy(e));
   }
   PhaseEvents(const PhaseEvents&) = delete;
   PhaseEvents& operator=(const PhaseEvents&) = delete;
@@ -34,7 +34,7 @@ class PhaseEvents {
   void begin(const char* name) {
     if (free_.size() < 2) drain();
     Pending p{name, take(), nullptr};
-    check(cudaEventRecord(p.start, stream_), "cudaEventRecord");
+    GLAM_CHECK_CUDA(cudaEventRecord(p.start, stream_));
     open_.push_back(p);
   }
   void end(const char* name) {
@@ -42,7 +42,7 @@ class PhaseEvents {
     Pending p = open_.back();
     open_.pop_back();
     p.end = take();
-    check(cudaEventRecord(p.end, stream_), "cudaEventRecord");
+    GLAM_CHECK_CUDA(cudaEventRecord(p.end, stream_));
     pending_.push_back(p);
   }
   // Adds every finished phase to timers, in order; wait: also the unfinished ones.
@@ -50,10 +50,14 @@ class PhaseEvents {
     size_t done = 0;
     for (; done < pending_.size(); done++) {
       Pending& p = pending_[done];
-      if (wait) check(cudaEventSynchronize(p.end), "cudaEventSynchronize");
-      else if (cudaEventQuery(p.end) != cudaSuccess) break;
+      if (wait) GLAM_CHECK_CUDA(cudaEventSynchronize(p.end));
+      else {
+        const cudaError_t state = cudaEventQuery(p.end);
+        if (state == cudaErrorNotReady) break;
+        GLAM_CHECK_CUDA(state);
+      }
       float ms = 0.0f;
-      check(cudaEventElapsedTime(&ms, p.start, p.end), "cudaEventElapsedTime");
+      GLAM_CHECK_CUDA(cudaEventElapsedTime(&ms, p.start, p.end));
       timers.add(p.name, ms / 1000.0);
       free_.push_back(p.start);
       free_.push_back(p.end);

@@ -170,7 +170,7 @@ void combine_backward(const Context& ctx, float* dexpert_out, float* dweight, co
                       const float* expert_out, const int32_t* row, const float* g,
                       const uint8_t* kept, int64_t T, int64_t M, int64_t rows) {
   if (T == 0) return;
-  check(cudaMemsetAsync(dexpert_out, 0, rows * M * sizeof(float), ctx.stream()), "combine_backward");
+  GLAM_CHECK_CUDA(cudaMemsetAsync(dexpert_out, 0, rows * M * sizeof(float), ctx.stream()));
   launch(combine_backward_kernel, grid_for(T * 2, 1), 256, 0, ctx.stream(), "combine_backward_kernel", dexpert_out,
          dweight, dout, expert_out, row, g, kept, T * 2, M);
 }

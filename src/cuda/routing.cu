@@ -126,8 +126,7 @@ void routing_bookkeeping(const Context& ctx, RoutingDevice& d, int64_t* host_sum
          d.before, d.first_frac, d.mean_gate, T, G, E, n_groups_global, no_drop);
   launch(routing_rows_kernel, dim3(blocks(2 * T)), dim3(kThreads), 0, ctx.stream(), "routing_rows", d.row, d.start,
          d.expert, d.kept, d.slot, T, S, E);
-  check(cudaMemcpyAsync(host_summary, d.summary, routing_summary_bytes(E), cudaMemcpyDeviceToHost, ctx.stream()),
-        "routing summary");
+  GLAM_CHECK_CUDA(cudaMemcpyAsync(host_summary, d.summary, routing_summary_bytes(E), cudaMemcpyDeviceToHost, ctx.stream()));
 }
 
 void router_backward(const Context& ctx, float* dlogits, const float* dweight, const RoutingDevice& d,

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "glam/cuda/check.h"
 #include "glam/layers.h"
 #include "glam/moe.h"
 
@@ -31,10 +32,6 @@ namespace glam { struct Mesh; }
 namespace glam::cuda {
 
 using bf16 = __nv_bfloat16;
-
-// Throws std::runtime_error naming the call and the CUDA/cuBLAS error.
-void check(cudaError_t err, const char* what);
-void check(cublasStatus_t st, const char* what);
 
 // The most blocks a 1-D kernel is launched with (65535 by default). Every such
 // kernel strides over its elements or rows by the grid, so any cap covers them
@@ -88,7 +85,7 @@ class Buffer {
   }
   void resize(size_t n) {
     release();
-    if (n) check(cudaMalloc(&ptr_, n * sizeof(T)), "cudaMalloc");
+    if (n) GLAM_CHECK_CUDA(cudaMalloc(&ptr_, n * sizeof(T)));
     n_ = n;
   }
   T* data() { return ptr_; }
@@ -96,15 +93,15 @@ class Buffer {
   size_t size() const { return n_; }
   void upload(const std::vector<T>& host) {
     if (host.size() != n_) resize(host.size());
-    if (n_) check(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), "upload");
+    if (n_) GLAM_CHECK_CUDA(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
   }
   std::vector<T> download() const {
     std::vector<T> host(n_);
-    if (n_) check(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost), "download");
+    if (n_) GLAM_CHECK_CUDA(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
     return host;
   }
  private:
-  void release() { if (ptr_) cudaFree(ptr_); ptr_ = nullptr; n_ = 0; }
+  void release() { if (ptr_) GLAM_WARN_CUDA(cudaFree(ptr_)); ptr_ = nullptr; n_ = 0; }
   T* ptr_ = nullptr;
   size_t n_ = 0;
 };
