@@ -1,26 +1,12 @@
 // Device selection: --device auto|cpu|cuda, one GPU per rank by local rank.
 #include "glam/device.h"
 
-#include <mpi.h>
 #include <omp.h>
 #include <sched.h>
 
 #include "glam/check.h"
 
 namespace glam {
-
-namespace {
-
-int local_rank() {
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int rank = 0;
-  MPI_Comm_rank(node, &rank);
-  MPI_Comm_free(&node);
-  return rank;
-}
-
-}  // namespace
 
 Device select_device(const std::string& name, const Mesh& mesh) {
   GLAM_REQUIRE(name == "auto" || name == "cpu" || name == "cuda", "--device must be auto, cpu or cuda, got '",
@@ -31,12 +17,11 @@ Device select_device(const std::string& name, const Mesh& mesh) {
   GLAM_REQUIRE(name != "cuda" || cuda_backend_built(), "--device cuda: this build has no CUDA backend (nvcc was "
                "not found when it was configured; rebuild with cmake -DGLAM_CUDA=ON)");
   // every rank must agree, or the collectives of the two backends would mix
-  int all_have = any_gpu ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &all_have, 1, MPI_INT, MPI_MIN, mesh.world);
+  const bool all_have = mesh.all(any_gpu);
   GLAM_REQUIRE(name != "cuda" || all_have, "--device cuda: no GPU is visible to ",
                any_gpu ? "some ranks" : "this rank", " (CUDA_VISIBLE_DEVICES, driver)");
   if (!all_have) return Device::cpu;
-  const int chosen = local_rank() % n;
+  const int chosen = mesh.node_ranks().rank % n;
   GLAM_REQUIRE(cuda_select_device(chosen), "--device cuda: cannot select GPU ", chosen);
   return Device::cuda;
 }

@@ -142,6 +142,53 @@ void Mesh::broadcast_world(int32_t* buf, int64_t n) const {
   GLAM_CHECK_MPI(MPI_Bcast(buf, to_int(n), MPI_INT32_T, 0, world));
 }
 
+void Mesh::allreduce_sum_world(float* buf, int64_t n) const {
+  if (world_size > 1) allreduce_sum(buf, n, world);
+}
+
+void Mesh::allreduce_sum_replicas(float* buf, int64_t n, const ExpertPlacement& place) const {
+  if (place.replicas > 1) allreduce_sum(buf, n, place.replica_comm);
+}
+
+double Mesh::max_world(double v) const {
+  if (world_size == 1) return v;
+  CommTimer timer(stats);
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, world));
+  return v;
+}
+
+uint64_t Mesh::sum_world(uint64_t v) const {
+  if (world_size == 1) return v;
+  CommTimer timer(stats);
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_UINT64_T, MPI_SUM, world));
+  return v;
+}
+
+bool Mesh::all(bool flag) const {
+  if (world_size == 1) return flag;
+  int v = flag ? 1 : 0;
+  CommTimer timer(stats);
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, world));
+  return v != 0;
+}
+
+void Mesh::barrier() const {
+  if (world_size == 1) return;
+  CommTimer timer(stats);
+  GLAM_CHECK_MPI(MPI_Barrier(world));
+}
+
+Mesh::NodeRanks Mesh::node_ranks() const {
+  NodeRanks node;
+  if (world_size == 1 || world == MPI_COMM_NULL) return node;
+  MPI_Comm comm = MPI_COMM_NULL;
+  GLAM_CHECK_MPI(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL, &comm));
+  GLAM_CHECK_MPI(MPI_Comm_rank(comm, &node.rank));
+  GLAM_CHECK_MPI(MPI_Comm_size(comm, &node.size));
+  GLAM_CHECK_MPI(MPI_Comm_free(&comm));
+  return node;
+}
+
 bool Mesh::any(bool flag) const {
   if (world_size == 1) return flag;
   int v = flag ? 1 : 0;
@@ -329,7 +376,7 @@ void ScatterInFlight::finish() {
 }
 
 ScatterInFlight::~ScatterInFlight() {
-  if (!finished_) MPI_Wait(&request_, MPI_STATUS_IGNORE);  // never leave MPI writing into freed memory
+  if (!finished_) GLAM_CHECK_MPI(MPI_Wait(&request_, MPI_STATUS_IGNORE));  // never leave MPI writing into freed memory
 }
 
 void Mesh::allgather_data(float* buf, const std::vector<int64_t>& counts) const {

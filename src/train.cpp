@@ -181,8 +181,7 @@ void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double tota
                     static_cast<double>(mesh.stats.allreduce_other_bytes),
                     static_cast<double>(mesh.stats.reduce_scatter_bytes),
                     static_cast<double>(mesh.stats.allgather_bytes)};
-  double max_mpi = comm[0];
-  MPI_Allreduce(MPI_IN_PLACE, &max_mpi, 1, MPI_DOUBLE, MPI_MAX, mesh.world);
+  const double max_mpi = mesh.max_world(comm[0]);
   mesh.allreduce_sum_world(comm, 7);
   if (!mesh.is_root()) return;
   const double per = 1.0 / std::max<int64_t>(1, steps);

@@ -2,7 +2,10 @@
 //  - UserError: bad configuration or input that every rank detects the same way.
 //    main() catches it, rank 0 prints "glam: error: ..." once, all ranks exit(2).
 //  - fatal(): an error only this rank sees (I/O, device). Prints the rank and aborts the job.
-// Every external call (MPI, HDF5, BLAS setup) is checked with a macro naming file and line.
+// Every external call (MPI, HDF5, BLAS setup) is checked with a macro naming file and line;
+// CUDA and cuBLAS calls with GLAM_CHECK_CUDA / GLAM_CHECK_CUBLAS (glam/cuda/check.h).
+// MPI returns errors to these checks only on communicators whose error handler
+// is MPI_ERRORS_RETURN; under the default handler MPI aborts the job first.
 #pragma once
 #include <cstdint>
 #include <sstream>
@@ -16,6 +19,8 @@ struct UserError : std::runtime_error {
 };
 
 [[noreturn]] void fatal(const std::string& what, const char* file, int line);
+// fatal() for an MPI call that returned rc: names the call and MPI's error string.
+[[noreturn]] void fatal_mpi(int rc, const char* call, const char* file, int line);
 
 // Test hook: GLAM_DEBUG_KILL_AT="RANK:STEP[:WHERE[:INDEX]]" kills world rank RANK
 // with SIGKILL when it reaches point WHERE ("step", the default, or "checkpoint")
@@ -44,7 +49,7 @@ std::string msg(const A&... parts) {
 #define GLAM_CHECK_MPI(call)                                                   \
   do {                                                                         \
     int glam_rc_ = (call);                                                     \
-    if (glam_rc_ != MPI_SUCCESS) ::glam::fatal("MPI call failed: " #call, __FILE__, __LINE__); \
+    if (glam_rc_ != MPI_SUCCESS) ::glam::fatal_mpi(glam_rc_, #call, __FILE__, __LINE__); \
   } while (0)
 
 // HDF5 calls return a negative value on failure.

@@ -11,7 +11,7 @@ namespace glam {
 enum class Device { cpu, cuda };
 
 // Parses "auto" | "cpu" | "cuda" (the --device flag). For cuda, selects this
-// rank's GPU: local rank (MPI_Comm_split_type over the node) modulo the GPUs
+// rank's GPU: local rank (Mesh::node_ranks) modulo the GPUs
 // visible, so several ranks may share one GPU. Throws UserError when cuda is
 // asked for and this build has no CUDA backend or no GPU is visible.
 Device select_device(const std::string& name, const Mesh& mesh);

@@ -1,7 +1,8 @@
 // The 2D device mesh (data x model). Every layer receives `const Mesh&` and asks it
 // for the collectives it needs; on a 1x1 mesh each call returns at once, so the
 // single-rank code path is the multi-rank one with trivial communicators.
-// All MPI traffic of the model goes through this module.
+// All MPI traffic of the program goes through this module (the exceptions are
+// named in docs/ARCHITECTURE.md).
 #pragma once
 #include <mpi.h>
 #include <climits>
@@ -76,6 +77,9 @@ struct Mesh {
   int data_size = 1, model_size = 1;   // mesh shape D x M
   int data_rank = 0, model_rank = 0;   // this rank's cell
   int world_rank = 0, world_size = 1;
+  // The communicators. Only this module calls MPI on them; they stay public for
+  // the callers that must hand one to a library (HDF5's MPI-IO file access in the
+  // checkpoint) and for the tests. Everything else asks for a collective below.
   MPI_Comm world = MPI_COMM_NULL;      // all ranks of the mesh
   MPI_Comm data_comm = MPI_COMM_NULL;  // ranks that share model_rank (the data axis)
   MPI_Comm model_comm = MPI_COMM_NULL; // ranks that share data_rank (the model axis)
@@ -129,10 +133,25 @@ struct Mesh {
   void allreduce_sum_model_bf16(float* buf, int64_t n) const;
   void alltoallv_rows_data_bf16(const float* send, const std::vector<int64_t>& send_rows, float* recv,
                                 const std::vector<int64_t>& recv_rows, int64_t width) const;
+  // Sums over the expert replicas of a placement (place.replica_comm).
+  void allreduce_sum_replicas(float* buf, int64_t n, const ExpertPlacement& place) const;
+  void allreduce_sum_world(float* buf, int64_t n) const;
+  // One value for the whole mesh, the same on every rank.
+  double max_world(double v) const;
+  uint64_t sum_world(uint64_t v) const;
   // Rank 0's buf [n] on every rank of the mesh.
   void broadcast_world(int32_t* buf, int64_t n) const;
   // True on every rank when `flag` is true on any rank (one decision for the mesh).
   bool any(bool flag) const;
+  // True on every rank when `flag` is true on every rank.
+  bool all(bool flag) const;
+  // Returns when every rank of the mesh has called it.
+  void barrier() const;
+  // The ranks of the mesh on this rank's node (they share its memory and GPUs):
+  // this rank's place among them, in world-rank order, and how many they are.
+  // Collective over the mesh.
+  struct NodeRanks { int rank = 0, size = 1; };
+  NodeRanks node_ranks() const;
 
   // Largest element count passed to MPI as an int; tests lower it to exercise the
   // large-count path.
