@@ -46,6 +46,7 @@ struct StepRecord {
   std::vector<double> epochs;              // [sources] epochs consumed after this step
   bool skipped = false;
   int64_t skipped_total = 0;
+  int64_t resumed_from = -1;               // the checkpoint's step, in the first record after a resume
 };
 
 // Expert load of one MoE layer over the global batch.
@@ -88,6 +89,7 @@ std::string metrics_record(const StepRecord& r) {
   j["layer_max_mean_load"] = max_mean;
   j["epochs"] = nlohmann::ordered_json::object();
   for (size_t s = 0; s < r.epochs.size(); s++) j["epochs"][r.sources[s]] = r.epochs[s];
+  if (r.resumed_from >= 0) j["resumed_from"] = r.resumed_from;
   return json_line(j, kMetricsPrecision);
 }
 
@@ -300,9 +302,7 @@ TrainState resume_or_start(const std::string& run_dir, bool overwrite, Model& mo
   return st;
 }
 
-}  // namespace
-
-int train_main(const std::vector<std::string>& args) {
+po::options_description train_options() {
   po::options_description cli("glam train [options] [--section.key value ...]");
   cli.add_options()
     ("help,h", "show this help")
@@ -312,27 +312,13 @@ int train_main(const std::vector<std::string>& args) {
     ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)")
     ("overwrite", po::bool_switch(),
      overwrite_help("run in --run-dir: start afresh, discarding its checkpoints and weights").c_str());
-  Config cfg;
-  po::variables_map vm = parse_args(args, cli, cfg);
-  if (vm.count("help")) {
-    po::options_description keys("Configuration keys");
-    add_config_options(keys, cfg);
-    std::cout << cli << "\n" << keys << "\n";
-    return 0;
-  }
-  GLAM_REQUIRE(vm.count("run-dir"), "glam train: --run-dir is required");
+  return cli;
+}
+
+// What the mesh's shape asks of the batch: whole rows, groups and micro-steps per data rank.
+void check_batch_split(const Config& cfg, const Mesh& mesh) {
   GLAM_REQUIRE(!cfg.data.corpus.empty(), "data.corpus is not set (config file [data] corpus = FILE)");
   GLAM_REQUIRE(!cfg.data.tokenizer.empty(), "data.tokenizer is not set (config file [data] tokenizer = FILE)");
-  const std::string run_dir = vm["run-dir"].as<std::string>();
-  const bool overwrite = vm["overwrite"].as<bool>();
-  cfg.mesh = vm["mesh"].as<std::string>();
-  Mesh mesh = Mesh::create(cfg.mesh);
-  RunDirLock lock;  // held until train_main returns or throws
-  on_root(mesh, [&] { lock = RunDirLock(run_dir); });
-  refuse_finished_run(run_dir, overwrite, cfg);
-  const Device device = select_device(vm["device"].as<std::string>(), mesh);
-  // within every key's range, a config may still not fit this machine: say which keys to lower
-  if (device == Device::cpu) require_fits_host_memory(cfg, mesh, MemoryUse::training, "glam train");
   GLAM_REQUIRE(cfg.train.batch_rows % mesh.data_size == 0, "train.batch_rows ", cfg.train.batch_rows,
                " must be a multiple of the data axis size ", mesh.data_size);
   const int64_t local_tokens = cfg.train.batch_rows / mesh.data_size * cfg.model.seq_len;
@@ -343,27 +329,175 @@ int train_main(const std::vector<std::string>& args) {
   GLAM_REQUIRE(micro_rows == 0 || rank_rows % micro_rows == 0, "train.micro_rows ", micro_rows,
                " must divide the rows each data rank has in a step (", rank_rows, " = train.batch_rows / ",
                mesh.data_size, " data ranks)");
+}
 
-  const Mixture corpus = Mixture::open(cfg.data.corpus, cfg.model.vocab_size);
-  Tokenizer tokenizer(cfg.data.tokenizer);
+// The corpus the config names, tokenized with the config's tokenizer.
+Mixture open_corpus(const Config& cfg, const Tokenizer& tokenizer) {
+  Mixture corpus = Mixture::open(cfg.data.corpus, cfg.model.vocab_size);
   GLAM_REQUIRE(corpus.info().tokenizer_hash == tokenizer.hash(), "corpus '", cfg.data.corpus,
                "' was tokenized with another SentencePiece model than '", cfg.data.tokenizer,
                "' (hash ", corpus.info().tokenizer_hash, " vs ", tokenizer.hash(), ")");
   GLAM_REQUIRE(tokenizer.vocab_size() <= cfg.model.vocab_size, "tokenizer '", cfg.data.tokenizer, "' has ",
                tokenizer.vocab_size(), " pieces but model.vocab_size is ", cfg.model.vocab_size);
-  const std::string binding_warning = thread_binding_warning(mesh);  // collective
-  if (mesh.is_root()) {
-    std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
-    std::printf("# mesh %dx%d (data x model) on %d ranks, device %s\n", mesh.data_size, mesh.model_size,
-                mesh.world_size, device_description(device).c_str());
-    if (!binding_warning.empty()) std::printf("%s\n", binding_warning.c_str());
-    if (device == Device::cpu && cfg.train.cpu_precision == "bf16") {
-      std::printf("# CPU GEMMs in bf16 through oneDNN (%s)\n", cpu::bf16_implementation().c_str());
-      if (!cpu::bf16_native())
-        std::printf("# warning: oneDNN has no native bf16 matmul for this CPU; bf16 runs as rounded operands "
-                    "and is no faster than train.cpu_precision = fp32\n");
+  return corpus;
+}
+
+// Collective (the thread-binding check): the effective config, the mesh and the device.
+void print_header(const Config& cfg, const Mesh& mesh, Device device) {
+  const std::string binding_warning = thread_binding_warning(mesh);
+  if (!mesh.is_root()) return;
+  std::printf("# glam train: effective config\n%s\n", cfg.to_ini().c_str());
+  std::printf("# mesh %dx%d (data x model) on %d ranks, device %s\n", mesh.data_size, mesh.model_size,
+              mesh.world_size, device_description(device).c_str());
+  if (!binding_warning.empty()) std::printf("%s\n", binding_warning.c_str());
+  if (device == Device::cpu && cfg.train.cpu_precision == "bf16") {
+    std::printf("# CPU GEMMs in bf16 through oneDNN (%s)\n", cpu::bf16_implementation().c_str());
+    if (!cpu::bf16_native())
+      std::printf("# warning: oneDNN has no native bf16 matmul for this CPU; bf16 runs as rounded operands "
+                  "and is no faster than train.cpu_precision = fp32\n");
+  }
+}
+
+// One run's steps: the model, its optimizer and state, the data and the log.
+struct Run {
+  const Config& cfg;
+  const Mesh& mesh;
+  const std::string& run_dir;
+  Model& model;
+  Adafactor& optimizer;
+  TrainState& st;
+  const Mixture& corpus;
+  const Validator* validator;
+  AppendLog& metrics;
+  std::chrono::steady_clock::time_point start, last_checkpoint;
+};
+
+// Loads step `step`'s rows, forward, backward, and the update unless the
+// gradients are not finite; fills r.
+void train_step(Run& run, DataLoader& loader, StepRecord& r, int64_t step, int64_t first_step) {
+  const Config& cfg = run.cfg;
+  const auto t0 = std::chrono::steady_clock::now();
+  debug_kill_point("step", step);
+  LoadedBatch loaded;
+  {
+    ScopedPhase phase(run.model.timers, "io");
+    loaded = loader.next();
+  }
+  GLAM_ASSERT(loaded.step == step && loaded.batch.rows == cfg.train.batch_rows / run.mesh.data_size);
+  r.data_wait_s = loader.last_wait_s();
+  r.epochs = epochs_after(run.corpus, loaded, cfg.model.seq_len);
+  run.model.set_step(step);
+  r.parts = forward_backward(run.model, loaded.batch, cfg.train.micro_rows, run.mesh);  // zeroes, accumulates
+  r.step = step + 1;
+  r.grad_norm = run.model.grad_norm();  // the model times its optimizer phase on the backend's clock
+  r.skipped = run.mesh.any(!std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss));
+  r.lr = learning_rate(cfg.train, step + 1);
+  if (r.skipped) r.skipped_total++;
+  else run.model.optimizer_step(run.optimizer, r.lr, run.st.updates++);
+  run.st.step = step + 1;
+  run.st.skipped_total = r.skipped_total;
+  run.st.data_next_row = run.st.step * cfg.train.batch_rows;
+  const auto t1 = std::chrono::steady_clock::now();
+  r.tokens_per_s = double(cfg.train.batch_rows * cfg.model.seq_len) / std::chrono::duration<double>(t1 - t0).count();
+  r.eta_s = std::chrono::duration<double>(t1 - run.start).count() / double(run.st.step - first_step) *
+            double(cfg.train.steps - run.st.step);
+}
+
+// A checkpoint when one is due (every N steps or T minutes, the last step) or a
+// signal asked for one: one decision for the whole mesh. Returns whether to stop.
+bool checkpoint_if_due(Run& run) {
+  const Config& cfg = run.cfg;
+  const Mesh& mesh = run.mesh;
+  const bool stop = mesh.any(g_stop_signal != 0);
+  const double minutes =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run.last_checkpoint).count() / 60.0;
+  const bool timed = cfg.checkpoint.every_minutes > 0 && minutes >= cfg.checkpoint.every_minutes;
+  const int64_t step = run.st.step;
+  const bool due = mesh.any(timed) || step == cfg.train.steps ||
+                   (cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0);
+  if (!stop && !due) return false;
+  ScopedPhase phase(run.model.timers, "checkpoint");
+  const CommStats step_bytes = mesh.stats;  // the report's bytes are the steps', without checkpoints
+  run.model.sync_to_host(&run.optimizer);
+  const std::string path =
+      save_checkpoint(run.run_dir, run.model.params(), run.optimizer, run.st, cfg, mesh, cfg.checkpoint.keep);
+  const double mpi_seconds = mesh.stats.seconds;
+  mesh.stats = step_bytes;
+  mesh.stats.seconds = mpi_seconds;
+  run.last_checkpoint = std::chrono::steady_clock::now();
+  if (mesh.is_root() && (stop || cfg.train.log_every == 1 || step % cfg.train.log_every == 0))
+    std::printf("# checkpoint %s\n", path.c_str());
+  return stop;
+}
+
+// The steps from the run's state to train.steps; 0, or the exit status of a run
+// stopped by a full disk or a signal.
+int train_steps(Run& run) {
+  const Config& cfg = run.cfg;
+  const Mesh& mesh = run.mesh;
+  StepRecord r;
+  r.skipped_total = run.st.skipped_total;
+  r.resumed_from = run.st.step > 0 ? run.st.step : -1;  // marks the first record after a resume
+  for (size_t s = 0; s < run.corpus.size(); s++) r.sources.push_back(run.corpus.source(s).name);
+  const int64_t first_step = run.st.step;
+  DataLoader loader(run.corpus, loader_options(cfg, mesh, first_step));
+  for (int64_t step = first_step; step < cfg.train.steps; step++) {
+    train_step(run, loader, r, step, first_step);
+    if (mesh.is_root()) {
+      run.metrics.append(metrics_record(r));
+      if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
+    }
+    r.resumed_from = -1;
+    if (run.validator && run.st.step % cfg.train.val_every == 0)  // fixed steps: a resumed run validates as one
+      validate(*run.validator, run.model, run.st.step, run.metrics, mesh);
+    // A metrics.jsonl that cannot be written (disk full) ends the run on every rank;
+    // the last checkpoint stays the one to resume from.
+    if (mesh.any(!run.metrics.error().empty())) {
+      if (mesh.is_root())
+        std::fprintf(stderr, "glam: error: %s; stopping after step %lld without a checkpoint (free space and rerun "
+                     "to resume from the last one)\n", run.metrics.error().c_str(), static_cast<long long>(run.st.step));
+      return kExitIoError;
+    }
+    if (checkpoint_if_due(run)) {
+      if (mesh.is_root())
+        std::printf("# stopped by a signal after step %lld; checkpoint written; exit %d (requeue and rerun to resume)\n",
+                    static_cast<long long>(run.st.step), kExitPreempted);
+      return kExitPreempted;
     }
   }
+  if (mesh.is_root())
+    std::printf("# data loader: the steps waited %.3f s in all for batches (%.3f ms per step)\n", loader.total_wait_s(),
+                1e3 * loader.total_wait_s() / double(std::max<int64_t>(1, run.st.step - first_step)));
+  return 0;
+}
+
+}  // namespace
+
+int train_main(const std::vector<std::string>& args) {
+  const po::options_description cli = train_options();
+  Config cfg;
+  po::variables_map vm = parse_args(args, cli, cfg);
+  if (vm.count("help")) {
+    po::options_description keys("Configuration keys");
+    add_config_options(keys, cfg);
+    std::cout << cli << "\n" << keys << "\n";
+    return 0;
+  }
+  GLAM_REQUIRE(vm.count("run-dir"), "glam train: --run-dir is required");
+  const std::string run_dir = vm["run-dir"].as<std::string>();
+  const bool overwrite = vm["overwrite"].as<bool>();
+  cfg.mesh = vm["mesh"].as<std::string>();
+  Mesh mesh = Mesh::create(cfg.mesh);
+  RunDirLock lock;  // held until train_main returns or throws
+  on_root(mesh, [&] { lock = RunDirLock(run_dir); });
+  refuse_finished_run(run_dir, overwrite, cfg);
+  const Device device = select_device(vm["device"].as<std::string>(), mesh);
+  // within every key's range, a config may still not fit this machine: say which keys to lower
+  if (device == Device::cpu) require_fits_host_memory(cfg, mesh, MemoryUse::training, "glam train");
+  check_batch_split(cfg, mesh);
+  const Tokenizer tokenizer(cfg.data.tokenizer);
+  const Mixture corpus = open_corpus(cfg, tokenizer);
+  print_header(cfg, mesh, device);
 
   const std::unique_ptr<Validator> validator = make_validator(corpus, cfg, mesh);
   Model model(cfg, mesh, device);
@@ -377,90 +511,17 @@ int train_main(const std::vector<std::string>& args) {
     prepare_run_dir(run_dir, cfg);
     if (st.step > 0) truncate_metrics(fs::path(run_dir) / "metrics.jsonl", st.step);
     metrics = AppendLog((fs::path(run_dir) / "metrics.jsonl").string(), st.step == 0);
-  });
-  if (mesh.is_root()) {
     std::printf("# model: %lld parameters, %lld activated per token; corpus: %lld tokens in %lld documents\n",
                 static_cast<long long>(count_params(cfg.model)), static_cast<long long>(count_activated_params(cfg.model)),
                 static_cast<long long>(corpus.info().n_tokens), static_cast<long long>(corpus.info().n_docs));
-  }
+  });
   for (int sig : {SIGTERM, SIGUSR1, SIGINT}) std::signal(sig, on_stop_signal);
 
-  const int64_t rows = cfg.train.batch_rows / mesh.data_size;
-  const int64_t tokens_per_step = cfg.train.batch_rows * cfg.model.seq_len;
   const auto start = std::chrono::steady_clock::now();
-  auto last_checkpoint = start;
-  StepRecord r;
-  r.skipped_total = st.skipped_total;
-  for (size_t s = 0; s < corpus.size(); s++) r.sources.push_back(corpus.source(s).name);
   const int64_t first_step = st.step;
-  DataLoader loader(corpus, loader_options(cfg, mesh, st.step));
-  for (int64_t step = st.step; step < cfg.train.steps; step++) {
-    const auto t0 = std::chrono::steady_clock::now();
-    debug_kill_point("step", step);
-    LoadedBatch loaded;
-    {
-      ScopedPhase phase(model.timers, "io");
-      loaded = loader.next();
-    }
-    GLAM_ASSERT(loaded.step == step && loaded.batch.rows == rows);
-    const Batch& batch = loaded.batch;
-    r.data_wait_s = loader.last_wait_s();
-    r.epochs = epochs_after(corpus, loaded, cfg.model.seq_len);
-    model.set_step(step);
-    r.parts = forward_backward(model, batch, micro_rows, mesh);  // zeroes, accumulates, sums over data
-    r.step = step + 1;
-    {  // the model times its optimizer phase on the backend's clock
-      r.grad_norm = model.grad_norm();
-      r.skipped = mesh.any(!std::isfinite(r.grad_norm) || !std::isfinite(r.parts.loss));
-      r.lr = learning_rate(cfg.train, step + 1);
-      if (r.skipped) r.skipped_total++;
-      else model.optimizer_step(optimizer, r.lr, st.updates++);
-    }
-    st.step = step + 1;
-    st.skipped_total = r.skipped_total;
-    st.data_next_row = st.step * cfg.train.batch_rows;
-    const auto t1 = std::chrono::steady_clock::now();
-    r.tokens_per_s = tokens_per_step / std::chrono::duration<double>(t1 - t0).count();
-    r.eta_s = std::chrono::duration<double>(t1 - start).count() / (st.step - first_step) * (cfg.train.steps - st.step);
-    if (mesh.is_root()) {
-      metrics.append(metrics_record(r));
-      if (r.step % cfg.train.log_every == 0 || r.step == cfg.train.steps || r.skipped) print_progress(r, cfg.train.steps);
-    }
-    if (validator && st.step % cfg.train.val_every == 0)  // at fixed steps: a resumed run validates as one run
-      validate(*validator, model, st.step, metrics, mesh);
-    // A metrics.jsonl that cannot be written (disk full) ends the run on every rank;
-    // the last checkpoint stays the one to resume from.
-    if (mesh.any(!metrics.error().empty())) {
-      if (mesh.is_root())
-        std::fprintf(stderr, "glam: error: %s; stopping after step %lld without a checkpoint (free space and rerun "
-                     "to resume from the last one)\n", metrics.error().c_str(), static_cast<long long>(st.step));
-      return kExitIoError;
-    }
-    // one decision for the whole mesh: a signal seen by any rank, or a due checkpoint
-    const bool stop = mesh.any(g_stop_signal != 0);
-    const bool timed = cfg.checkpoint.every_minutes > 0 &&
-                       std::chrono::duration<double>(t1 - last_checkpoint).count() >= 60.0 * cfg.checkpoint.every_minutes;
-    const bool due = mesh.any(timed) || st.step == cfg.train.steps ||
-                     (cfg.checkpoint.every_steps > 0 && st.step % cfg.checkpoint.every_steps == 0);
-    if (stop || due) {
-      ScopedPhase phase(model.timers, "checkpoint");
-      const CommStats step_bytes = mesh.stats;  // the report's bytes are the steps', without checkpoints
-      model.sync_to_host(&optimizer);
-      const std::string path = save_checkpoint(run_dir, model.params(), optimizer, st, cfg, mesh, cfg.checkpoint.keep);
-      const double mpi_seconds = mesh.stats.seconds;
-      mesh.stats = step_bytes;
-      mesh.stats.seconds = mpi_seconds;
-      last_checkpoint = std::chrono::steady_clock::now();
-      if (mesh.is_root() && (stop || cfg.train.log_every == 1 || st.step % cfg.train.log_every == 0))
-        std::printf("# checkpoint %s\n", path.c_str());
-    }
-    if (stop) {
-      if (mesh.is_root())
-        std::printf("# stopped by a signal after step %lld; checkpoint written; exit %d (requeue and rerun to resume)\n",
-                    static_cast<long long>(st.step), kExitPreempted);
-      return kExitPreempted;
-    }
-  }
+  Run run{cfg, mesh, run_dir, model, optimizer, st, corpus, validator.get(), metrics, start, start};
+  const int stopped = train_steps(run);
+  if (stopped != 0) return stopped;
   {
     ScopedPhase phase(model.timers, "io");
     model.sync_to_host(&optimizer);
@@ -470,10 +531,7 @@ int train_main(const std::vector<std::string>& args) {
   if (mesh.is_root())
     std::printf("# done: step %lld of %lld (%lld skipped) in %.1fs; weights in %s/weights.h5\n",
                 static_cast<long long>(st.step), static_cast<long long>(cfg.train.steps),
-                static_cast<long long>(r.skipped_total), total, run_dir.c_str());
-  if (mesh.is_root())
-    std::printf("# data loader: the steps waited %.3f s in all for batches (%.3f ms per step)\n", loader.total_wait_s(),
-                1e3 * loader.total_wait_s() / std::max<int64_t>(1, st.step - first_step));
+                static_cast<long long>(st.skipped_total), total, run_dir.c_str());
   model.finish_phases();
   print_phase_report(model.timers, mesh, total, st.step - first_step);
   return 0;

@@ -26,7 +26,7 @@ SHAPE=(--config "$config" --model.d_model 32 --model.n_layers 2 --model.n_heads 
        --model.n_experts 4 --model.seq_len 32 --model.group_size 32 --train.batch_rows 4
        --train.warmup_steps 10 --train.log_every 1 --train.val_every 4 --train.val_rows 8)
 MODEL=("${SHAPE[@]}" --data.corpus "$work/mix.ini" --data.tokenizer "$model" --model.vocab_size 200)
-metrics() { sed -E 's/"tokens_per_s": [^,]*, //' "$1/metrics.jsonl"; }
+metrics() { sed -E 's/"tokens_per_s": [^,]*, //; s/, "resumed_from": [0-9]+//' "$1/metrics.jsonl"; }
 
 mpi -np 2 "$glam" train "${MODEL[@]}" --mesh 2x1 --run-dir "$work/full" --train.steps 12 > "$work/full.log" \
   || fail "training on the mixture: $(tail -5 "$work/full.log")"

@@ -41,8 +41,8 @@ wait_unlocked() {  # wait_unlocked RUN_DIR
   fail "the lock $lock is still held 30 s after the job ended"
 }
 
-# The loss terms of each step in metrics.jsonl, without timings.
-losses() { sed -E 's/"tokens_per_s": [^,]*, //' "$1/metrics.jsonl"; }
+# The loss terms of each step in metrics.jsonl, without timings or resume marks.
+losses() { sed -E 's/"tokens_per_s": [^,]*, //; s/, "resumed_from": [0-9]+//' "$1/metrics.jsonl"; }
 loss_at() { grep "\"step\": $2," "$1/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*/\1/'; }
 
 same_params() {  # exact equality of every /params dataset of two checkpoints
@@ -60,6 +60,9 @@ resume_exact)
   train 2x2 "$dir/part" --train.steps 3 > "$dir/part.log"
   train 2x2 "$dir/part" --train.steps 6 > "$dir/resume.log"
   grep -q "resumed from .*step_00000003.h5 at step 3" "$dir/resume.log" || fail "did not resume at step 3"
+  # the first record after the resume says so (tools/plot marks it), and only that one
+  [[ $(grep -c '"resumed_from": 3}' "$dir/part/metrics.jsonl") == 1 && $(grep -c resumed_from "$dir/part/metrics.jsonl") == 1 ]] \
+    || fail "the step-4 record does not carry resumed_from 3"
   diff <(losses "$dir/full") <(losses "$dir/part") || fail "losses differ after resuming"
   same_params "$dir/full/checkpoints/step_00000006.h5" "$dir/part/checkpoints/step_00000006.h5"
   h5diff "$dir/full/checkpoints/step_00000006.h5" "$dir/part/checkpoints/step_00000006.h5" /optimizer /optimizer \

@@ -47,7 +47,7 @@ for n, line in enumerate(open(sys.argv[1]), 1):
         sys.exit(f"{sys.argv[1]}:{n}: not a JSON object with a step: {e}: {line[:80]!r}")
 print(" ".join(map(str, steps)))' "$1"
 }
-losses() { sed -E 's/"tokens_per_s": [^,]*, //' "$1/metrics.jsonl"; }
+losses() { sed -E 's/"tokens_per_s": [^,]*, //; s/, "resumed_from": [0-9]+//' "$1/metrics.jsonl"; }
 checkpoint_complete() {  # RUN_DIR [killed]: latest names an existing checkpoint; no .tmp left (unless killed)
   [[ -f $1/checkpoints/latest ]] || fail "no $1/checkpoints/latest"
   local name
