@@ -20,6 +20,7 @@
 
 #include "glam/bounded_read.h"
 #include "glam/check.h"
+#include "glam/hash.h"
 #include "glam/io/h5.h"
 
 namespace fs = std::filesystem;
@@ -51,12 +52,6 @@ Param without_dim(const Param& p, const std::string& name, int k) {
   return descriptor(name, g, l, moved(p.model_axis), data_axis, data_axis >= 0 ? p.data_replicas : 1);
 }
 
-uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
 // Selects this rank's part in the file's dataspace (its hyperslab, or nothing)
 // and returns the memory dataspace to match.
 h5::Space select_shard(const Param& d, const Mesh& mesh, bool all_replicas, hid_t filespace) {
@@ -72,10 +67,7 @@ h5::Space select_shard(const Param& d, const Mesh& mesh, bool all_replicas, hid_
 }
 
 uint64_t global_checksum(const CheckpointTensor& t, const Mesh& mesh) {
-  uint64_t sum = checksum_shard(t.desc, t.data, mesh);
-  if (mesh.world_size > 1)
-    GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, mesh.world));
-  return sum;
+  return mesh.sum_world(checksum_shard(t.desc, t.data, mesh));
 }
 
 void fsync_path(const fs::path& p) {
@@ -182,7 +174,7 @@ std::vector<CheckpointTensor> checkpoint_tensors(ParamTable& table, Adafactor& o
 uint64_t checksum_element(uint64_t global_index, float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, sizeof bits);
-  return mix(global_index * 0x9E3779B97F4A7C15ULL + bits);
+  return mix64(global_index * kSplitmixGamma + bits);
 }
 
 uint64_t checksum_shard(const Param& desc, const float* data, const Mesh& mesh) {
@@ -304,7 +296,7 @@ std::string save_checkpoint(const std::string& run_dir, ParamTable& table, Adafa
     write_atomic(dir / "latest", name + "\n");
     prune(dir, keep, name);
   }
-  MPI_Barrier(mesh.world);
+  mesh.barrier();
   return final_path.string();
 }
 

@@ -12,17 +12,6 @@ namespace glam {
 
 namespace {
 
-// Ranks of the mesh on this node (they share its memory).
-int ranks_on_node(const Mesh& mesh) {
-  if (mesh.world == MPI_COMM_NULL || mesh.world_size <= 1) return 1;
-  MPI_Comm node = MPI_COMM_NULL;
-  GLAM_CHECK_MPI(MPI_Comm_split_type(mesh.world, MPI_COMM_TYPE_SHARED, mesh.world_rank, MPI_INFO_NULL, &node));
-  int n = 1;
-  GLAM_CHECK_MPI(MPI_Comm_size(node, &n));
-  GLAM_CHECK_MPI(MPI_Comm_free(&node));
-  return n;
-}
-
 // The keys that size the largest part of the per-rank memory.
 const char* keys_of_largest(const MemoryPlan& m, MemoryUse use) {
   const int64_t params = m.weights + m.gradients + (use == MemoryUse::training ? m.optimizer : 0);
@@ -49,7 +38,7 @@ int64_t bytes_needed(const Config& cfg, const Mesh& mesh, MemoryUse use, MemoryP
 }  // namespace
 
 void require_fits_host_memory(const Config& cfg, const Mesh& mesh, MemoryUse use, const char* what) {
-  const int local = ranks_on_node(mesh);
+  const int local = mesh.node_ranks().size;
   const int64_t have = host_memory_bytes();
   if (have <= 0) return;  // unknown: nothing to compare with
   MemoryPlan m;

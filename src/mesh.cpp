@@ -301,24 +301,6 @@ void Mesh::allreduce_sum_model_bf16(float* buf, int64_t n) const {
   for (int64_t i = 0; i < n; i++) buf[i] = from_bf16(wire[i]);
 }
 
-void Mesh::reduce_scatter_sum_data(float* buf, const std::vector<int64_t>& counts) const {
-  if (data_size == 1) return;
-  CommTimer timer(stats);
-  std::vector<int> rc(data_size);
-  int64_t total = 0, offset = 0;
-  for (int r = 0; r < data_size; r++) {
-    GLAM_REQUIRE(counts[r] <= count_limit, "reduce-scatter part of ", counts[r], " elements exceeds the MPI count limit");
-    rc[r] = to_int(counts[r]);
-    if (r < data_rank) offset += counts[r];
-    total += counts[r];
-  }
-  stats.reduce_scatter_bytes += total * static_cast<int64_t>(sizeof(float));
-  stats.allreduce_calls++;
-  std::vector<float> part(counts[data_rank]);
-  GLAM_CHECK_MPI(MPI_Reduce_scatter(buf, part.data(), rc.data(), MPI_FLOAT, MPI_SUM, data_comm));
-  std::memcpy(buf + offset, part.data(), sizeof(float) * part.size());
-}
-
 static double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }

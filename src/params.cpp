@@ -1,5 +1,5 @@
 // The parameter table of a GLaM model: names, shapes (global and local shard),
-// sharding axes and initialisation, following the reference's public-code init.
+// sharding axes and initialisation, as GLaM's public code initialises them.
 #include "glam/params.h"
 
 #include <algorithm>
@@ -238,7 +238,7 @@ std::vector<float> gather_global(const Param& p, const std::vector<float>& local
   if (is_primary(p, mesh)) {
     for_each_element(p, mesh, [&](int64_t i, int64_t g) { global[g] = local[i]; });
   }
-  mesh.allreduce_sum(global.data(), p.global_size(), mesh.world);
+  mesh.allreduce_sum_world(global.data(), p.global_size());
   return global;
 }
 

@@ -63,8 +63,7 @@ void read_param(hid_t file, const std::string& path, int64_t file_size, int64_t 
   const bool alone = mesh.world == MPI_COMM_NULL && mesh.world_size > 1;
   GLAM_REQUIRE(!(alone ? !ok : mesh.any(!ok)), what, ": dataset ", name, " cannot be read (truncated or corrupt file?)");
   if (version < 2 || alone) return;
-  uint64_t sum = checksum_shard(p, p.w.data(), mesh);
-  if (mesh.world_size > 1) GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, mesh.world));
+  const uint64_t sum = mesh.sum_world(checksum_shard(p, p.w.data(), mesh));
   GLAM_REQUIRE(sum == *stored, what, ": dataset ", name, " is corrupt (checksum mismatch; glam-ckpt verify ", path,
                " lists every bad tensor)");
 }

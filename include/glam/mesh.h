@@ -119,10 +119,8 @@ struct Mesh {
   // out [model_size, n] = every model rank's in [n], in model-rank order.
   void allgather_model(const float* in, int64_t n, float* out) const;
   // train.shard_state over the data axis. buf [sum counts] holds data rank r's part
-  // at offset counts[0] + ... + counts[r-1]. reduce_scatter: this rank's part of
-  // buf becomes the sum of every data rank's (the other parts are left as they
-  // were); allgather: every part becomes its owner's.
-  void reduce_scatter_sum_data(float* buf, const std::vector<int64_t>& counts) const;
+  // at offset counts[0] + ... + counts[r-1]; allgather: every part becomes its
+  // owner's. The reduce-scatter runs without waiting (start_reduce_scatter_sum_data).
   void allgather_data(float* buf, const std::vector<int64_t>& counts) const;
   // The reduce-scatter without waiting: buf must stay untouched until x finishes.
   void start_reduce_scatter_sum_data(const float* buf, const std::vector<int64_t>& counts,

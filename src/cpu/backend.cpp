@@ -115,7 +115,7 @@ class CpuBackend final : public Backend {
       float* g = const_cast<float*>(p.g.data());
       if (p.zero_sharded()) continue;  // close_grads reduce-scattered it
       if (p.data_axis < 0) mesh_.allreduce_sum_data(g, p.size());
-      else if (p.data_replicas > 1) mesh_.allreduce_sum(g, p.size(), place.replica_comm);
+      else if (p.data_replicas > 1) mesh_.allreduce_sum_replicas(g, p.size(), place);
     }
   }
   double grad_norm(const ParamTable& table) override { return global_grad_norm(table, mesh_); }

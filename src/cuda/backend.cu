@@ -136,7 +136,7 @@ class CudaBackend final : public Backend {
       const int64_t count = offset_[j] - offset_[i];  // with the zero padding
       float* g = g_[i].f32();
       if (kind == 1) reduce(g, count, [&](float* x) { mesh_.allreduce_sum_data(x, count); });
-      if (kind == 2) reduce(g, count, [&](float* x) { mesh_.allreduce_sum(x, count, place.replica_comm); });
+      if (kind == 2) reduce(g, count, [&](float* x) { mesh_.allreduce_sum_replicas(x, count, place); });
       i = j;
     }
   }
