@@ -1,4 +1,4 @@
-// Adafactor (reference section 4) on small hand-built parameter tables, against
+// Adafactor (the GLaM paper, Du et al. 2022) on small hand-built parameter tables, against
 // numbers worked out by hand and against a reference step written here from the
 // formulas, in double, independently of src/adafactor.cpp:
 //   rho_t = 1 - (t+1)^-0.8;  G2 = g^2 + eps

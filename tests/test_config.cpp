@@ -3,7 +3,7 @@
 // the command line wins over the file; unknown keys, bad values and impossible
 // shapes raise UserError naming the key (and the file when it came from one);
 // to_ini() round-trips; every shipped input/*.cfg parses and validates; and the
-// parameter counts of GLaM 64B/64E match the paper (reference section 5).
+// parameter counts of GLaM 64B/64E match the paper (the GLaM paper, Du et al. 2022).
 // Temporary INI files go to std::filesystem::temp_directory_path(); the repo's
 // input/ directory is found by walking up from the working directory (ctest runs
 // the test inside the build tree, which lies inside the repo).

@@ -1,4 +1,4 @@
-// Top-2 gating (reference section 2) on hand-built router logits, where the order
+// Top-2 gating (the GLaM paper, Du et al. 2022) on hand-built router logits, where the order
 // of the softmax is obvious by construction:
 //   capacity C = int(S*cf/E) rounded up to a multiple of 4 (at least 4);
 //   top-2 choice, g1, g2 renormalised by g1+g2+1e-9 BEFORE capacity;

@@ -1,4 +1,4 @@
-// T5-style relative position buckets (reference section 1) against the formula
+// T5-style relative position buckets (the GLaM paper, Du et al. 2022) against the formula
 // written out here independently of src/cpu/relpos.cpp:
 //   n = max(0, i - j); bucket = n if n < 16, else min(31, 16 + int(log(n/16) / log(128/16) * 16)).
 // Checked three ways: the formula over n = -50 .. 2000, a table of values worked

@@ -79,7 +79,7 @@ std::vector<int64_t> zero_counts(const Param& p, int D);
 
 // Deterministic init from (seed, name, global index): the same weights on any mesh.
 void init_params(ParamTable& table, uint64_t seed, const Mesh& mesh);
-// Parameter counts in the paper's sense (reference section 5).
+// Parameter counts in the paper's sense (the GLaM paper, Du et al. 2022).
 int64_t count_params(const ModelConfig& cfg);
 int64_t count_activated_params(const ModelConfig& cfg);
 

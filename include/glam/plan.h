@@ -47,7 +47,7 @@ struct CommPlan {
 struct Plan {
   std::string config;              // file the config came from
   int data = 1, model = 1;
-  int64_t n_params = 0, n_act_params = 0;   // paper's counting (reference section 5)
+  int64_t n_params = 0, n_act_params = 0;   // paper's counting (the GLaM paper, Du et al. 2022)
   int64_t tokens_per_step = 0;     // global batch
   int64_t tokens_per_rank = 0;     // T
   int64_t micro_steps = 1;         // train.micro_rows: forwards per step on a rank

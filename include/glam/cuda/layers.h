@@ -1,7 +1,7 @@
 // CUDA layers of GLaM: the GPU counterpart of glam::cpu (include/glam/layers.h),
 // checked against it by tests/cuda. Only built when CMake finds nvcc.
 //
-// Precision (reference section "precision"): GEMM operands in bf16 with fp32
+// Precision (docs/GPU.md): GEMM operands in bf16 with fp32
 // accumulation and fp32 results; the residual stream, norm statistics, attention
 // and gating softmax, and the output log-softmax in fp32. A layer whose output
 // feeds a GEMM writes it in bf16 (rmsnorm, geglu, the expert activation).
@@ -106,7 +106,7 @@ class Buffer {
   size_t n_ = 0;
 };
 
-// ---- convert.cu ---------------------------------------------------------------
+// ---- gemm.cu: bf16 <-> fp32 conversions ----------------------------------------
 void to_bf16(const Context& ctx, bf16* out, const float* in, int64_t n);
 void to_f32(const Context& ctx, float* out, const bf16* in, int64_t n);
 
@@ -192,7 +192,7 @@ void softmax_xent_backward(const Context& ctx, float* dlogits, const float* logi
 // ---- router.cu: GShard top-2 gating with capacity, in the CPU's exact order -------
 // The decisions and the bookkeeping: glam/cuda/routing.h (router_decide, routing.cu).
 
-// ---- dispatch.cu: the permutation into expert rows and its inverse -----------------
+// ---- router.cu, routing.cu: the permutation into expert rows and its inverse -------
 void dispatch_forward(const Context& ctx, bf16* expert_in, const bf16* x, const int32_t* row,
                       int64_t T, int64_t M);
 void dispatch_backward(const Context& ctx, float* dx, const float* dexpert_in, const int32_t* row,
