@@ -9,7 +9,6 @@
 
 #include "glam/check.h"
 #include "glam/cli.h"
-#include "glam/gemm.h"
 
 namespace po = boost::program_options;
 
@@ -93,16 +92,22 @@ void require_mesh_shape(const po::options_description& cli, const po::variables_
 
 }  // namespace
 
+namespace {
+
+// A key that names one of two choices; a UserError naming the key otherwise.
+void require_either(const std::string& value, const char* key, const char* a, const char* b) {
+  GLAM_REQUIRE(value == a || value == b, key, " must be ", a, " or ", b, ", got '", value, "'");
+}
+
+}  // namespace
+
 // Ranges and sizes first (config_ranges.cpp), then the choices among names.
 void Config::validate() const {
   validate_ranges(*this);
-  GLAM_REQUIRE(model.expert_act == "relu" || model.expert_act == "gelu",
-               "model.expert_act must be relu or gelu, got '", model.expert_act, "'");
-  GLAM_REQUIRE(model.second_policy == "all" || model.second_policy == "random",
-               "model.second_policy must be all or random, got '", model.second_policy, "'");
-  cpu::parse_precision(train.cpu_precision, "train.cpu_precision");  // throws for anything but fp32 | bf16
-  GLAM_REQUIRE(train.exchange_dtype == "fp32" || train.exchange_dtype == "bf16",
-               "train.exchange_dtype must be fp32 or bf16, got '", train.exchange_dtype, "'");
+  require_either(model.expert_act, "model.expert_act", "relu", "gelu");
+  require_either(model.second_policy, "model.second_policy", "all", "random");
+  require_either(train.cpu_precision, "train.cpu_precision", "fp32", "bf16");
+  require_either(train.exchange_dtype, "train.exchange_dtype", "fp32", "bf16");
 }
 
 std::string Config::to_ini() const {

@@ -331,15 +331,13 @@ void check_batch_split(const Config& cfg, const Mesh& mesh) {
                mesh.data_size, " data ranks)");
 }
 
-// The corpus the config names, tokenized with the config's tokenizer.
-Mixture open_corpus(const Config& cfg, const Tokenizer& tokenizer) {
-  Mixture corpus = Mixture::open(cfg.data.corpus, cfg.model.vocab_size);
+// The corpus must be tokenized with the config's tokenizer, whose pieces fit the vocabulary.
+void check_tokenizer(const Config& cfg, const Mixture& corpus, const Tokenizer& tokenizer) {
   GLAM_REQUIRE(corpus.info().tokenizer_hash == tokenizer.hash(), "corpus '", cfg.data.corpus,
                "' was tokenized with another SentencePiece model than '", cfg.data.tokenizer,
                "' (hash ", corpus.info().tokenizer_hash, " vs ", tokenizer.hash(), ")");
   GLAM_REQUIRE(tokenizer.vocab_size() <= cfg.model.vocab_size, "tokenizer '", cfg.data.tokenizer, "' has ",
                tokenizer.vocab_size(), " pieces but model.vocab_size is ", cfg.model.vocab_size);
-  return corpus;
 }
 
 // Collective (the thread-binding check): the effective config, the mesh and the device.
@@ -495,8 +493,9 @@ int train_main(const std::vector<std::string>& args) {
   // within every key's range, a config may still not fit this machine: say which keys to lower
   if (device == Device::cpu) require_fits_host_memory(cfg, mesh, MemoryUse::training, "glam train");
   check_batch_split(cfg, mesh);
+  const Mixture corpus = Mixture::open(cfg.data.corpus, cfg.model.vocab_size);  // first: its errors name the corpus
   const Tokenizer tokenizer(cfg.data.tokenizer);
-  const Mixture corpus = open_corpus(cfg, tokenizer);
+  check_tokenizer(cfg, corpus, tokenizer);
   print_header(cfg, mesh, device);
 
   const std::unique_ptr<Validator> validator = make_validator(corpus, cfg, mesh);

@@ -93,7 +93,10 @@ def main():
     # remat runs that alone is 25% of the plan, so an excess of at most 96 MiB passes.
     excess = got - want
     print(f"unplanned {excess / mib:.1f} MiB")
-    if not (0.85 <= ratio <= 1.25 or (ratio >= 0.85 and excess <= 96 * mib)):
+    # Under mpirun in a CUDA build the baseline is ~240 MiB of CUDA's libraries, whose
+    # resident pages vary by tens of MiB between two runs: 16 MiB below the plan pass.
+    low = 0.85 <= ratio or (np_ > 1 and -excess <= 16 * mib)
+    if not ((low and ratio <= 1.25) or (low and excess <= 96 * mib)):
         sys.exit("FAILED: the plan's memory does not describe the run")
 
 
