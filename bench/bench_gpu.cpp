@@ -27,12 +27,12 @@
 #include <string>
 #include <vector>
 
-#include "glam/adafactor.h"
-#include "glam/config.h"
-#include "glam/cuda/layers.h"
-#include "glam/device.h"
-#include "glam/model.h"
-#include "glam/params.h"
+#include "glam/model/adafactor.h"
+#include "glam/model/config.h"
+#include "glam/layers/cuda/layers.h"
+#include "glam/mesh/device.h"
+#include "glam/model/model.h"
+#include "glam/model/params.h"
 
 namespace {
 

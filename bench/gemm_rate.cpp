@@ -10,8 +10,8 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include "glam/check.h"
-#include "glam/gemm.h"
+#include "glam/base/check.h"
+#include "glam/layers/cpu/gemm.h"
 
 #include <chrono>
 #include <cstdio>

@@ -1,6 +1,6 @@
 """glam's INI configs in Python, for the bench scripts: the keys of
-include/glam/config.h with their defaults, and the parameter counts of
-src/params.cpp (count_params, count_activated_params)."""
+include/glam/model/config.h with their defaults, and the parameter counts of
+src/model/params.cpp (count_params, count_activated_params)."""
 import sys
 
 

@@ -2,7 +2,7 @@
 """The glam model and its training step written in PyTorch: the peer that
 `make bench` times against the C++ CPU path, at the same shapes and thread count.
 
-Same model as src/model.cpp and src/cpu/*: tied embedding (not scaled), pre-norm
+Same model as src/model/model.cpp and src/layers/cpu/*: tied embedding (not scaled), pre-norm
 RMSNorm, attention without 1/sqrt(d_head) plus a per-layer T5-bucket relative bias,
 a segment mask for packed rows and one extra zero logit in the softmax; GEGLU
 dense FFN on odd layers; on even layers top-2 gating (GShard: renormalised before
@@ -252,7 +252,7 @@ class GlamTorch(torch.nn.Module):
         return loss, ce.detach(), aux_sum.detach()
 
 
-# ---- Adafactor (src/adafactor.cpp) -------------------------------------------------
+# ---- Adafactor (src/model/adafactor.cpp) -------------------------------------------------
 
 class Adafactor:
     def __init__(self, params, c):

@@ -1,6 +1,6 @@
 // Adafactor (the GLaM paper, Du et al. 2022) on small hand-built parameter tables, against
 // numbers worked out by hand and against a reference step written here from the
-// formulas, in double, independently of src/adafactor.cpp:
+// formulas, in double, independently of src/model/adafactor.cpp:
 //   rho_t = 1 - (t+1)^-0.8;  G2 = g^2 + eps
 //   full:      v = rho v + (1-rho) G2;                      U = g / sqrt(v)
 //   factored:  vr = rho vr + (1-rho) mean_cols(G2), vc = rho vc + (1-rho) mean_rows(G2),
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "glam/adafactor.h"
+#include "glam/model/adafactor.h"
 
 using namespace glam;
 

@@ -8,10 +8,10 @@
 #include <random>
 #include <set>
 
-#include "glam/adafactor.h"
-#include "glam/backend.h"
-#include "glam/model.h"
-#include "glam/tensor.h"
+#include "glam/model/adafactor.h"
+#include "glam/model/backend.h"
+#include "glam/model/model.h"
+#include "glam/model/tensor.h"
 
 using namespace glam;
 

@@ -1,4 +1,4 @@
-// The run configuration (include/glam/config.h): INI files plus --section.key
+// The run configuration (include/glam/model/config.h): INI files plus --section.key
 // overrides through glam::parse_args, as `glam train` calls it. Checks that
 // the command line wins over the file; unknown keys, bad values and impossible
 // shapes raise UserError naming the key (and the file when it came from one);
@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "glam/check.h"
-#include "glam/config.h"
-#include "glam/params.h"
+#include "glam/base/check.h"
+#include "glam/model/config.h"
+#include "glam/model/params.h"
 
 namespace fs = std::filesystem;
 namespace po = boost::program_options;

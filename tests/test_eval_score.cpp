@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <random>
 
-#include "glam/corpus.h"
-#include "glam/eval.h"
+#include "glam/data/corpus.h"
+#include "glam/eval/eval.h"
 
 using namespace glam;
 

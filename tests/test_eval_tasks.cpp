@@ -7,8 +7,8 @@
 #include <fstream>
 #include <set>
 
-#include "glam/check.h"
-#include "glam/eval.h"
+#include "glam/base/check.h"
+#include "glam/eval/eval.h"
 
 using namespace glam;
 namespace fs = std::filesystem;

@@ -12,10 +12,10 @@
 #include <random>
 #include <string>
 
-#include "../src/cpu/fastmath.h"
-#include "glam/layers_fast.h"
-#include "glam/mesh.h"
-#include "glam/model.h"
+#include "../src/layers/cpu/fastmath.h"
+#include "glam/layers/cpu/layers_fast.h"
+#include "glam/mesh/mesh.h"
+#include "glam/model/model.h"
 #include "gradcheck.h"
 
 using namespace glam;

@@ -19,7 +19,7 @@
 #include <utility>
 #include <vector>
 
-#include "glam/moe.h"
+#include "glam/model/moe.h"
 
 using namespace glam::cpu;
 

@@ -11,9 +11,9 @@
 #include <random>
 #include <vector>
 
-#include "glam/adafactor.h"
-#include "glam/gemm.h"
-#include "glam/model.h"
+#include "glam/model/adafactor.h"
+#include "glam/layers/cpu/gemm.h"
+#include "glam/model/model.h"
 #include "gradcheck.h"
 
 using namespace glam;

@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <random>
 
-#include "glam/generator.h"
+#include "glam/model/generator.h"
 
 using namespace glam;
 

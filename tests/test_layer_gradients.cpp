@@ -7,8 +7,8 @@
 #include <cstdio>
 #include <numeric>
 
-#include "glam/layers.h"
-#include "glam/mesh.h"
+#include "glam/layers/cpu/layers.h"
+#include "glam/mesh/mesh.h"
 #include "gradcheck.h"
 
 using namespace glam;

@@ -9,8 +9,8 @@
 // and so the combine weights and the aux loss's P, are still recomputed.
 #include <catch2/catch.hpp>
 
-#include "glam/model.h"
-#include "glam/moe.h"
+#include "glam/model/model.h"
+#include "glam/model/moe.h"
 #include "gradcheck.h"
 
 using namespace glam;

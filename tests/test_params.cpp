@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "glam/config.h"
-#include "glam/mesh.h"
-#include "glam/params.h"
+#include "glam/model/config.h"
+#include "glam/mesh/mesh.h"
+#include "glam/model/params.h"
 
 using namespace glam;
 

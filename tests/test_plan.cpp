@@ -1,4 +1,4 @@
-// glam plan's resource model (src/plan.cpp, src/perf_model.cpp) against the code it
+// glam plan's resource model (src/plan/plan.cpp, src/plan/perf_model.cpp) against the code it
 // describes and against relations derived here independently:
 //  - n_params / n_act_params equal count_params and the parameter table's sizes, and
 //    the paper's 64B/64E row (1,161.8B and 96.6B, Table 4);
@@ -18,10 +18,10 @@
 #include <fstream>
 #include <string>
 
-#include "glam/adafactor.h"
-#include "glam/check.h"
-#include "glam/perf_model.h"
-#include "glam/plan.h"
+#include "glam/model/adafactor.h"
+#include "glam/base/check.h"
+#include "glam/plan/perf_model.h"
+#include "glam/plan/plan.h"
 
 using namespace glam;
 

@@ -1,5 +1,5 @@
 // T5-style relative position buckets (the GLaM paper, Du et al. 2022) against the formula
-// written out here independently of src/cpu/relpos.cpp:
+// written out here independently of src/layers/cpu/relpos.cpp:
 //   n = max(0, i - j); bucket = n if n < 16, else min(31, 16 + int(log(n/16) / log(128/16) * 16)).
 // Checked three ways: the formula over n = -50 .. 2000, a table of values worked
 // out by hand, and the first distance of every log bucket from its closed form
@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "glam/layers.h"
+#include "glam/layers/cpu/layers.h"
 
 using glam::cpu::relpos_bucket;
 

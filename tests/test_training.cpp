@@ -7,10 +7,10 @@
 #include <filesystem>
 #include <random>
 
-#include "glam/adafactor.h"
-#include "glam/check.h"
-#include "glam/model.h"
-#include "glam/weights.h"
+#include "glam/model/adafactor.h"
+#include "glam/base/check.h"
+#include "glam/model/model.h"
+#include "glam/checkpoint/weights.h"
 
 using namespace glam;
 

@@ -32,17 +32,17 @@
 #include <unordered_map>
 #include <vector>
 
-#include "glam/bounded_read.h"
-#include "glam/check.h"
-#include "glam/cli.h"
-#include "glam/corpus.h"
-#include "glam/data_comm.h"
-#include "glam/encode.h"
-#include "glam/loader.h"
-#include "glam/mixture.h"
-#include "glam/shards.h"
-#include "glam/text_input.h"
-#include "glam/tokenizer.h"
+#include "glam/data/bounded_read.h"
+#include "glam/base/check.h"
+#include "glam/base/cli.h"
+#include "glam/data/corpus.h"
+#include "glam/data/data_comm.h"
+#include "glam/data/encode.h"
+#include "glam/data/loader.h"
+#include "glam/data/mixture.h"
+#include "glam/data/shards.h"
+#include "glam/data/text_input.h"
+#include "glam/data/tokenizer.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;

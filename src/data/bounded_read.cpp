@@ -1,7 +1,7 @@
-// Checks that keep reads of untrusted files bounded (include/glam/bounded_read.h).
+// Checks that keep reads of untrusted files bounded (include/glam/data/bounded_read.h).
 // A dataset's declared shape is compared with the bytes its storage really holds
 // and with the file's size before a reader allocates a buffer for it.
-#include "glam/bounded_read.h"
+#include "glam/data/bounded_read.h"
 
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -13,7 +13,7 @@
 #include <filesystem>
 #include <limits>
 
-#include "glam/check.h"
+#include "glam/base/check.h"
 
 namespace glam {
 

@@ -2,12 +2,12 @@
 // one after another (the file format is corpus_file.cpp's), and Corpus::rows
 // packing that stream into training rows. Document boundaries come from
 // /doc_offsets, never from the eod id value.
-#include "glam/corpus.h"
+#include "glam/data/corpus.h"
 
 #include <algorithm>
 #include <limits>
 
-#include "glam/check.h"
+#include "glam/base/check.h"
 
 namespace glam {
 

@@ -1,4 +1,4 @@
-// The corpus file format (layout in include/glam/corpus.h) over the HDF5 layer
+// The corpus file format (layout in include/glam/data/corpus.h) over the HDF5 layer
 // (io/h5.h), serial file access.
 //  - write_corpus writes `path + ".tmp"`, flushes and closes it, then renames it
 //    over `path`: a reader never sees a half-written corpus. HDF5 failures while
@@ -14,9 +14,9 @@
 #include <filesystem>
 #include <limits>
 
-#include "glam/bounded_read.h"
-#include "glam/check.h"
-#include "glam/corpus.h"
+#include "glam/data/bounded_read.h"
+#include "glam/base/check.h"
+#include "glam/data/corpus.h"
 #include "glam/io/h5.h"
 
 namespace glam {

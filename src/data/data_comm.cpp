@@ -1,9 +1,9 @@
-// The data tools' collectives (include/glam/data_comm.h) over MPI.
-#include "glam/data_comm.h"
+// The data tools' collectives (include/glam/data/data_comm.h) over MPI.
+#include "glam/data/data_comm.h"
 
 #include <climits>
 
-#include "glam/check.h"
+#include "glam/base/check.h"
 
 namespace glam {
 

@@ -1,9 +1,9 @@
-// Parallel encoding into shards (include/glam/encode.h): each rank reads its
+// Parallel encoding into shards (include/glam/data/encode.h): each rank reads its
 // part of the inputs, the ranks share the documents' sizes and plan the shards
 // from them, the documents of each shard travel to the rank that writes it, the
 // per-shard numbers are summed over the ranks and rank 0 writes the manifest.
 // All communication goes through DataComm (data_comm.h).
-#include "glam/encode.h"
+#include "glam/data/encode.h"
 
 #include <unistd.h>
 
@@ -13,10 +13,10 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "glam/bounded_read.h"
-#include "glam/check.h"
-#include "glam/corpus.h"
-#include "glam/shards.h"
+#include "glam/data/bounded_read.h"
+#include "glam/base/check.h"
+#include "glam/data/corpus.h"
+#include "glam/data/shards.h"
 
 namespace glam {
 

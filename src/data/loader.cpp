@@ -1,10 +1,10 @@
-// RowPlan and DataLoader (include/glam/loader.h). The thread only packs rows
+// RowPlan and DataLoader (include/glam/data/loader.h). The thread only packs rows
 // from corpora already in memory: no MPI and no HDF5 calls happen on it.
-#include "glam/loader.h"
+#include "glam/data/loader.h"
 
 #include <chrono>
 
-#include "glam/check.h"
+#include "glam/base/check.h"
 
 namespace glam {
 

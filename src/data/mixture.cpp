@@ -1,6 +1,6 @@
 // Mixture files, sources and the choice of a source for each global row
-// (include/glam/mixture.h). A source is loaded once, whole, into memory.
-#include "glam/mixture.h"
+// (include/glam/data/mixture.h). A source is loaded once, whole, into memory.
+#include "glam/data/mixture.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,10 +9,10 @@
 #include <set>
 #include <sstream>
 
-#include "glam/bounded_read.h"
-#include "glam/check.h"
-#include "glam/hash.h"
-#include "glam/shards.h"
+#include "glam/data/bounded_read.h"
+#include "glam/base/check.h"
+#include "glam/base/hash.h"
+#include "glam/data/shards.h"
 
 namespace glam {
 

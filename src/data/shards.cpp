@@ -1,7 +1,7 @@
-// The shard manifest (layout in include/glam/shards.h) as JSON through
+// The shard manifest (layout in include/glam/data/shards.h) as JSON through
 // nlohmann::json. Reading checks every field it uses and names the manifest and
 // the field in its UserErrors; loading checks every shard against its entry.
-#include "glam/shards.h"
+#include "glam/data/shards.h"
 
 #include <cerrno>
 #include <cstdio>
@@ -12,8 +12,8 @@
 #include <type_traits>
 #include <nlohmann/json.hpp>
 
-#include "glam/bounded_read.h"
-#include "glam/check.h"
+#include "glam/data/bounded_read.h"
+#include "glam/base/check.h"
 
 namespace glam {
 

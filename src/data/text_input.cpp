@@ -1,7 +1,7 @@
-// Reading text sources (include/glam/text_input.h): gzip through zlib, JSON
+// Reading text sources (include/glam/data/text_input.h): gzip through zlib, JSON
 // Lines through nlohmann::json, UTF-8 checked line by line so that an error can
 // name the line.
-#include "glam/text_input.h"
+#include "glam/data/text_input.h"
 
 #include <zlib.h>
 
@@ -12,8 +12,8 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 
-#include "glam/bounded_read.h"
-#include "glam/check.h"
+#include "glam/data/bounded_read.h"
+#include "glam/base/check.h"
 
 namespace glam {
 

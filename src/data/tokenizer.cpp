@@ -3,7 +3,7 @@
 // corpus files record, and the same bytes are handed to SentencePiece, so the
 // hash always describes the model actually in use. Every failure is a
 // UserError naming the model file.
-#include "glam/tokenizer.h"
+#include "glam/data/tokenizer.h"
 
 #include <sentencepiece_processor.h>
 
@@ -12,8 +12,8 @@
 #include <iterator>
 #include <sstream>
 
-#include "glam/bounded_read.h"
-#include "glam/check.h"
+#include "glam/data/bounded_read.h"
+#include "glam/base/check.h"
 
 namespace glam {
 

@@ -7,8 +7,8 @@
 #include <iterator>
 #include <sstream>
 
-#include "glam/check.h"
-#include "glam/eval.h"
+#include "glam/base/check.h"
+#include "glam/eval/eval.h"
 
 namespace glam {
 

@@ -9,8 +9,8 @@
 #include <map>
 #include <sstream>
 
-#include "glam/check.h"
-#include "glam/eval.h"
+#include "glam/base/check.h"
+#include "glam/eval/eval.h"
 
 namespace glam {
 

@@ -12,8 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "glam/check.h"
-#include "glam/eval.h"
+#include "glam/base/check.h"
+#include "glam/eval/eval.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;

@@ -3,7 +3,7 @@
 
 #include <filesystem>
 
-#include "glam/bounded_read.h"
+#include "glam/data/bounded_read.h"
 
 namespace glam::h5 {
 

@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "glam/adafactor.h"
-#include "glam/checkpoint.h"
-#include "glam/params.h"
-#include "glam/weights.h"
+#include "glam/model/adafactor.h"
+#include "glam/checkpoint/checkpoint.h"
+#include "glam/model/params.h"
+#include "glam/checkpoint/weights.h"
 
 using namespace glam;
 namespace fs = std::filesystem;

@@ -6,10 +6,10 @@
 #include <limits>
 #include <sstream>
 
-#include "glam/cli.h"
-#include "glam/hash.h"
-#include "glam/json_line.h"
-#include "glam/version.h"
+#include "glam/base/cli.h"
+#include "glam/base/hash.h"
+#include "glam/io/json_line.h"
+#include "glam/base/version.h"
 
 namespace po = boost::program_options;
 using nlohmann::ordered_json;

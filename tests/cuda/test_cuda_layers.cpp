@@ -22,18 +22,18 @@
 #include <cstring>
 #include <string>
 
-#include "glam/adafactor.h"
-#include "glam/params.h"
+#include "glam/model/adafactor.h"
+#include "glam/model/params.h"
 #include <cstdio>
 #include <random>
 #include <vector>
 
-#include "glam/cuda/optimizer.h"
-#include "glam/cuda/routing.h"
-#include "glam/cuda/layers.h"
-#include "glam/layers.h"
-#include "glam/mesh.h"
-#include "glam/moe.h"
+#include "glam/layers/cuda/optimizer.h"
+#include "glam/layers/cuda/routing.h"
+#include "glam/layers/cuda/layers.h"
+#include "glam/layers/cpu/layers.h"
+#include "glam/mesh/mesh.h"
+#include "glam/model/moe.h"
 
 namespace cu = glam::cuda;
 namespace cpu = glam::cpu;

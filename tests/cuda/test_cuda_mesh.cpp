@@ -22,9 +22,9 @@
 #include <cstdlib>
 #include <random>
 
-#include "glam/adafactor.h"
-#include "glam/device.h"
-#include "glam/model.h"
+#include "glam/model/adafactor.h"
+#include "glam/mesh/device.h"
+#include "glam/model/model.h"
 
 using namespace glam;
 

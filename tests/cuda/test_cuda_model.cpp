@@ -24,11 +24,11 @@
 #include <cstring>
 #include <random>
 
-#include "glam/adafactor.h"
-#include "glam/backend.h"
-#include "glam/cuda/layers.h"
-#include "glam/device.h"
-#include "glam/model.h"
+#include "glam/model/adafactor.h"
+#include "glam/model/backend.h"
+#include "glam/layers/cuda/layers.h"
+#include "glam/mesh/device.h"
+#include "glam/model/model.h"
 
 using namespace glam;
 

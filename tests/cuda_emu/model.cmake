@@ -1,4 +1,4 @@
-# The whole CUDA backend (every src/cuda/*.cu: kernels, glue, decode, routing) on
+# The whole CUDA backend (every src/layers/cuda/*.cu: kernels, glue, decode, routing) on
 # the CPU emulation, linked with glam_model, runs tests/cuda's whole-model and
 # mesh tests in CI: cuda_emu_model, cuda_emu_mesh_<D>x<M> (the mesh test under mpirun).
 foreach(name test_cuda_model test_cuda_mesh)

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "glam/cuda/layers.h"
-#include "glam/gemm.h"
+#include "glam/layers/cuda/layers.h"
+#include "glam/layers/cpu/gemm.h"
 #include "launch.cuh"
 
 namespace cu = glam::cuda;

@@ -1,4 +1,4 @@
-// Tests of the corpus file (include/glam/corpus.h): write_corpus -> Corpus round
+// Tests of the corpus file (include/glam/data/corpus.h): write_corpus -> Corpus round
 // trip, packing of rows (shifted targets, -1 at document ends, segment ids,
 // wraparound, determinism) and the UserErrors of the reader and the writer.
 // Files go to ./corpus/ under the working directory CTest gives (the build tree).
@@ -10,8 +10,8 @@
 #include <functional>
 #include <iterator>
 
-#include "glam/check.h"
-#include "glam/corpus.h"
+#include "glam/base/check.h"
+#include "glam/data/corpus.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;

@@ -7,9 +7,9 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 
-#include "glam/corpus.h"
-#include "glam/loader.h"
-#include "glam/mixture.h"
+#include "glam/data/corpus.h"
+#include "glam/data/loader.h"
+#include "glam/data/mixture.h"
 
 namespace fs = std::filesystem;
 

@@ -1,4 +1,4 @@
-// Tests of mixtures and the loader (include/glam/mixture.h, loader.h): source
+// Tests of mixtures and the loader (include/glam/data/mixture.h, loader.h): source
 // frequencies against the weights, a one-source mixture equals the plain corpus
 // stream, the global batch does not depend on the number of data ranks, a
 // resumed loader continues with the same rows, mixture files and manifests
@@ -10,11 +10,11 @@
 #include <fstream>
 #include <functional>
 
-#include "glam/check.h"
-#include "glam/corpus.h"
-#include "glam/loader.h"
-#include "glam/mixture.h"
-#include "glam/shards.h"
+#include "glam/base/check.h"
+#include "glam/data/corpus.h"
+#include "glam/data/loader.h"
+#include "glam/data/mixture.h"
+#include "glam/data/shards.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;

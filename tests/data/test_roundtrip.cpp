@@ -1,4 +1,4 @@
-// Text -> tokens -> text through the whole encode path (include/glam/encode.h):
+// Text -> tokens -> text through the whole encode path (include/glam/data/encode.h):
 // plain text, JSON Lines and gzip-compressed JSON Lines are read, encoded into
 // shards with a byte-fallback model, read back from the shards and decoded; each
 // document must come back as its text after SentencePiece's normalisation
@@ -15,11 +15,11 @@
 #include <fstream>
 #include <functional>
 
-#include "glam/check.h"
-#include "glam/encode.h"
-#include "glam/mixture.h"
-#include "glam/text_input.h"
-#include "glam/tokenizer.h"
+#include "glam/base/check.h"
+#include "glam/data/encode.h"
+#include "glam/data/mixture.h"
+#include "glam/data/text_input.h"
+#include "glam/data/tokenizer.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;

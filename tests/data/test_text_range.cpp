@@ -1,4 +1,4 @@
-// read_document_range (include/glam/text_input.h) against read_documents: for
+// read_document_range (include/glam/data/text_input.h) against read_documents: for
 // 1 to 7 parts, the parts' documents, one part after another, are exactly the
 // documents of the whole file, and their text bytes sum to the file's size.
 // Inputs whose documents straddle the part boundaries, a last line without a
@@ -10,8 +10,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "glam/check.h"
-#include "glam/text_input.h"
+#include "glam/base/check.h"
+#include "glam/data/text_input.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;

@@ -15,8 +15,8 @@
 #include <iterator>
 #include <random>
 
-#include "glam/check.h"
-#include "glam/tokenizer.h"
+#include "glam/base/check.h"
+#include "glam/data/tokenizer.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;

@@ -16,7 +16,7 @@ forwards a signal to the batch shell to the step), --open-mode=append, --output;
 the environment, SBATCH_GPUS_PER_TASK=1), the GLAM_MODEL line, the
 GLAM_MESH="${GLAM_MESH:-DxM}" line (the default mesh; the environment may replace it)
 and the `source .../jobs/common.sh` line; then the default mesh DxM against the
-config, as glam checks it at start (src/train.cpp, src/params.cpp):
+config, as glam checks it at start (src/commands/train.cpp, src/model/params.cpp):
   D * M = nodes * ntasks-per-node; M divides ntasks-per-node (a model group lies
   inside one node: srun places consecutive ranks on one node);
   M divides n_heads, d_ff and vocab_size;

@@ -35,10 +35,10 @@
 #include <string>
 #include <vector>
 
-#include "glam/check.h"
-#include "glam/exchange.h"
-#include "glam/mesh.h"
-#include "glam/moe.h"
+#include "glam/base/check.h"
+#include "glam/mesh/exchange.h"
+#include "glam/mesh/mesh.h"
+#include "glam/model/moe.h"
 
 using namespace glam;
 using Catch::Matchers::Contains;

@@ -37,9 +37,9 @@
 #include <string>
 #include <vector>
 
-#include "glam/adafactor.h"
-#include "glam/model.h"
-#include "glam/params.h"
+#include "glam/model/adafactor.h"
+#include "glam/model/model.h"
+#include "glam/model/params.h"
 
 using namespace glam;
 

@@ -18,9 +18,9 @@
 #include <cstdlib>
 #include <random>
 
-#include "glam/adafactor.h"
-#include "glam/micro_steps.h"
-#include "glam/model.h"
+#include "glam/model/adafactor.h"
+#include "glam/model/micro_steps.h"
+#include "glam/model/model.h"
 
 using namespace glam;
 

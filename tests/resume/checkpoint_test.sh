@@ -30,7 +30,7 @@ train() {  # train MESH RUN_DIR [args...]: mpirun replaces the calling (sub)shel
 }
 exec_mpirun() { mpirun "$@"; }
 # After an aborted job mpirun may return before every rank has died; the run dir's
-# lock stays held until then (src/run_dir.cpp). Wait (at most 30 s) for it.
+# lock stays held until then (src/io/run_dir.cpp). Wait (at most 30 s) for it.
 wait_unlocked() {  # wait_unlocked RUN_DIR
   local lock=$1/glam.lock i
   for i in $(seq 300); do

@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "glam/check.h"
-#include "glam/cli.h"
-#include "glam/config.h"
-#include "glam/moe.h"
-#include "glam/plan.h"
+#include "glam/base/check.h"
+#include "glam/base/cli.h"
+#include "glam/model/config.h"
+#include "glam/model/moe.h"
+#include "glam/plan/plan.h"
 
 namespace po = boost::program_options;
 using Catch::Matchers::Contains;

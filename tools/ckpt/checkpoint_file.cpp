@@ -8,10 +8,10 @@
 #include <fstream>
 
 #include "ckpt.h"
-#include "glam/adafactor.h"
-#include "glam/bounded_read.h"
-#include "glam/params.h"
-#include "glam/weights.h"
+#include "glam/model/adafactor.h"
+#include "glam/data/bounded_read.h"
+#include "glam/model/params.h"
+#include "glam/checkpoint/weights.h"
 
 namespace fs = std::filesystem;
 

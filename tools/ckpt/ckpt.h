@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "glam/checkpoint.h"
-#include "glam/config.h"
+#include "glam/checkpoint/checkpoint.h"
+#include "glam/model/config.h"
 #include "glam/io/h5.h"
-#include "glam/mesh.h"
+#include "glam/mesh/mesh.h"
 
 namespace glam::ckpt {
 

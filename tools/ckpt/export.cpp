@@ -7,8 +7,8 @@
 #include <cstdio>
 
 #include "ckpt.h"
-#include "glam/gemm.h"
-#include "glam/weights.h"
+#include "glam/layers/cpu/gemm.h"
+#include "glam/checkpoint/weights.h"
 
 namespace glam::ckpt {
 

@@ -18,8 +18,8 @@
 #include <new>
 
 #include "ckpt.h"
-#include "glam/bounded_read.h"
-#include "glam/cli.h"
+#include "glam/data/bounded_read.h"
+#include "glam/base/cli.h"
 
 namespace {
 

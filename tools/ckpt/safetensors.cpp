@@ -7,7 +7,7 @@
 #include <fstream>
 
 #include "ckpt.h"
-#include "glam/gemm.h"
+#include "glam/layers/cpu/gemm.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "glam-ckpt writes safetensors and bfloat16 from memory and assumes a little-endian host"

@@ -6,7 +6,7 @@
 #include <cstdio>
 
 #include "ckpt.h"
-#include "glam/bounded_read.h"
+#include "glam/data/bounded_read.h"
 
 namespace glam::ckpt {
 

@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "glam/check.h"
+#include "glam/base/check.h"
 
 // A call on input glam did not write (a file being read): a failure (negative
 // status) is a UserError built from the message parts. Returns the call's value.

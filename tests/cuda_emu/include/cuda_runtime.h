@@ -7,7 +7,7 @@
 //    switch back to the block's scheduler.
 //  - __shared__ variables are function statics in one linker section that is
 //    filled with 0xFF bytes before every block (blocks never overlap); dynamic
-//    shared memory (GLAM_DYNAMIC_SHARED in src/cuda/launch.cuh) likewise.
+//    shared memory (GLAM_DYNAMIC_SHARED in src/layers/cuda/launch.cuh) likewise.
 //  - Device memory is host memory filled with 0xFF bytes by cudaMalloc (NaN as
 //    floats, -1 as integers), so reads of memory never written show up.
 //  - Work is done when it is queued (streams are in order and synchronous), and
@@ -211,7 +211,7 @@ cudaError_t launch_kernel(const char* name, void (*kernel)(P...), dim3 grid, dim
 
 namespace glam::cuda {
 
-// The emulated build's glam::cuda::launch (include/glam/cuda/launch.h declares the
+// The emulated build's glam::cuda::launch (include/glam/layers/cuda/launch.h declares the
 // nvcc one): launch(kernel, grid, block, shared_bytes, stream, "name", args...)
 // runs the kernel and throws naming it if the launch is refused.
 template <typename... KArgs, typename... Args>
