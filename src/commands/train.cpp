@@ -198,6 +198,14 @@ void print_phase_report(const PhaseTimers& timers, const Mesh& mesh, double tota
     std::printf("# gradient reduce-scatters (rank 0): %.3f s in flight behind the backward, %.3f s exposed (%.1f%%)\n",
                 mesh.stats.inflight_seconds, mesh.stats.exposed_seconds,
                 mesh.stats.inflight_seconds > 0 ? 100.0 * mesh.stats.exposed_seconds / mesh.stats.inflight_seconds : 0.0);
+  const CommStats& x = mesh.stats;  // expert all-to-alls: train.exchange_chunks > 1 overlaps them
+  if (x.a2a_nonblocking_calls > 0)
+    std::printf("# expert all-to-alls (rank 0): %.3f s in flight over %lld chunk exchanges, %.3f s exposed (%.1f%%)\n",
+                x.a2a_inflight_seconds, static_cast<long long>(x.a2a_nonblocking_calls), x.a2a_exposed_seconds,
+                x.a2a_inflight_seconds > 0 ? 100.0 * x.a2a_exposed_seconds / x.a2a_inflight_seconds : 0.0);
+  else if (x.alltoall_calls > 0)
+    std::printf("# expert all-to-alls (rank 0): %.3f s, all exposed (blocking: train.exchange_chunks 1)\n",
+                x.alltoall_seconds);
 }
 
 

@@ -25,12 +25,19 @@ void parse_shape(const std::string& shape, int world, int* D, int* M) {
 }
 
 // Adds the wall time of one MPI call to the mesh's statistics.
+// `also`: a second counter the same time goes to (CommStats::alltoall_seconds).
 class CommTimer {
  public:
-  explicit CommTimer(CommStats& s) : stats_(s), t0_(std::chrono::steady_clock::now()) {}
-  ~CommTimer() { stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+  explicit CommTimer(CommStats& s, double* also = nullptr)
+      : stats_(s), also_(also), t0_(std::chrono::steady_clock::now()) {}
+  ~CommTimer() {
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    stats_.seconds += t;
+    if (also_) *also_ += t;
+  }
  private:
   CommStats& stats_;
+  double* also_;
   std::chrono::steady_clock::time_point t0_;
 };
 
@@ -77,6 +84,8 @@ Mesh Mesh::single() {
   mesh.world = mesh.data_comm = mesh.model_comm = MPI_COMM_SELF;
   return mesh;
 }
+
+h5::Plist Mesh::mpio_file_access() const { return h5::mpio_file_access(world); }
 
 void Mesh::allreduce_sum(float* buf, int64_t n, MPI_Comm comm) const {
   int size = 1;
@@ -229,7 +238,7 @@ void Mesh::alltoallv_rows(const void* send, const std::vector<int64_t>& send_row
                           const std::vector<int64_t>& recv_rows, int64_t width, MPI_Datatype elem,
                           int64_t elem_bytes) const {
   const int D = data_size;
-  CommTimer timer(stats);
+  CommTimer timer(stats, &stats.alltoall_seconds);
   int64_t send_total = 0, recv_total = 0;
   for (int r = 0; r < D; r++) {
     send_total += send_rows[r];
@@ -306,7 +315,7 @@ static double now_seconds() {
 }
 
 void Mesh::start_reduce_scatter_sum_data(const float* buf, const std::vector<int64_t>& counts,
-                                         ScatterInFlight& x) const {
+                                         InFlight& x) const {
   GLAM_ASSERT(x.finished_);
   x.mesh_ = this;
   x.counts_.assign(data_size, 0);
@@ -331,7 +340,7 @@ void Mesh::start_reduce_scatter_sum_data(const float* buf, const std::vector<int
                                      &x.request_));
 }
 
-bool ScatterInFlight::done() {
+bool InFlight::done() {
   if (finished_) return true;
   const double t0 = now_seconds();
   int flag = 0;
@@ -341,7 +350,7 @@ bool ScatterInFlight::done() {
   return finished_;
 }
 
-void ScatterInFlight::wait() {
+void InFlight::wait() {
   if (finished_) return;
   const double t0 = now_seconds();
   GLAM_CHECK_MPI(MPI_Wait(&request_, MPI_STATUS_IGNORE));
@@ -351,31 +360,140 @@ void ScatterInFlight::wait() {
   finish();
 }
 
-void ScatterInFlight::finish() {
+void InFlight::finish() {
   CommStats& s = mesh_->stats;
   if (--s.active == 0) s.inflight_seconds += now_seconds() - s.active_since;
   finished_ = true;
 }
 
-ScatterInFlight::~ScatterInFlight() {
+InFlight::~InFlight() {
   if (!finished_) GLAM_CHECK_MPI(MPI_Wait(&request_, MPI_STATUS_IGNORE));  // never leave MPI writing into freed memory
 }
 
-void Mesh::allgather_data(float* buf, const std::vector<int64_t>& counts) const {
-  if (data_size == 1) return;
-  CommTimer timer(stats);
-  std::vector<int> rc(data_size), rd(data_size);
+// MPI's counts and displacements of an all-gather of parts counts[r] over data.
+static void gather_layout(const std::vector<int64_t>& counts, int64_t limit, std::vector<int>& rc,
+                          std::vector<int>& rd) {
+  rc.assign(counts.size(), 0);
+  rd.assign(counts.size(), 0);
   int64_t offset = 0;
-  for (int r = 0; r < data_size; r++) {
-    GLAM_REQUIRE(offset + counts[r] <= count_limit, "all-gather of ", offset + counts[r],
+  for (size_t r = 0; r < counts.size(); r++) {
+    GLAM_REQUIRE(offset + counts[r] <= limit, "all-gather of ", offset + counts[r],
                  " elements exceeds the MPI count limit");
     rc[r] = to_int(counts[r]);
     rd[r] = to_int(offset);
     offset += counts[r];
   }
+}
+
+void Mesh::allgather_data(float* buf, const std::vector<int64_t>& counts) const {
+  if (data_size == 1) return;
+  CommTimer timer(stats);
+  std::vector<int> rc, rd;
+  gather_layout(counts, count_limit, rc, rd);
   stats.allgather_bytes += counts[data_rank] * static_cast<int64_t>(sizeof(float));
   stats.allreduce_calls++;
   GLAM_CHECK_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, rc.data(), rd.data(), MPI_FLOAT, data_comm));
+}
+
+void Mesh::start_allgather_data(float* buf, const std::vector<int64_t>& counts, InFlight& x) const {
+  GLAM_ASSERT(x.finished_);
+  x.mesh_ = this;
+  if (data_size == 1) return;  // the buffer holds the whole tensor already
+  CommTimer timer(stats);
+  gather_layout(counts, count_limit, x.counts_, x.displs_);
+  stats.allgather_bytes += counts[data_rank] * static_cast<int64_t>(sizeof(float));
+  stats.allreduce_calls++;
+  stats.nonblocking_calls++;
+  if (stats.active++ == 0) stats.active_since = now_seconds();
+  x.finished_ = false;
+  GLAM_CHECK_MPI(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, x.counts_.data(), x.displs_.data(),
+                                 MPI_FLOAT, data_comm, &x.request_));
+}
+
+// ---- non-blocking all-to-all (train.exchange_chunks) ----------------------------
+
+void Mesh::start_alltoallv_rows_data(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                                     const std::vector<int64_t>& recv_rows, int64_t width, bool bf16,
+                                     AlltoallInFlight& x) const {
+  GLAM_ASSERT(x.finished_);
+  const int D = data_size;
+  int64_t n_send = 0, n_recv = 0;
+  for (int r = 0; r < D; r++) { n_send += send_rows[r]; n_recv += recv_rows[r]; }
+  x.mesh_ = this;
+  x.recv_ = recv;
+  x.wire_recv_.clear();
+  if (bf16) {  // rounded as alltoallv_rows_data_bf16 rounds, also on one data rank
+    x.wire_send_.resize(n_send * width);
+    cpu::to_bf16(x.wire_send_.data(), send, n_send * width);
+    if (D > 1) x.wire_recv_.resize(n_recv * width);
+  }
+  if (D == 1) {
+    if (bf16) for (int64_t i = 0; i < n_recv * width; i++) recv[i] = from_bf16(x.wire_send_[i]);
+    else if (n_send > 0) std::memcpy(recv, send, sizeof(float) * n_send * width);
+    return;
+  }
+  const double t0 = now_seconds();
+  GLAM_REQUIRE(std::max(n_send, n_recv) <= count_limit, "all-to-all of ", std::max(n_send, n_recv),
+               " rows exceeds the MPI count limit ", count_limit);
+  x.counts_.assign(4 * D, 0);  // MPI reads them until the exchange is done
+  int* sc = x.counts_.data(), *sd = sc + D, *rc = sc + 2 * D, *rd = sc + 3 * D;
+  for (int r = 0, so = 0, ro = 0; r < D; r++) {
+    sc[r] = to_int(send_rows[r]); sd[r] = so; so += sc[r];
+    rc[r] = to_int(recv_rows[r]); rd[r] = ro; ro += rc[r];
+    if (r != data_rank) stats.alltoall_bytes += send_rows[r] * width * (bf16 ? 2 : 4);
+  }
+  stats.alltoall_calls++;
+  stats.a2a_nonblocking_calls++;
+  if (stats.a2a_active++ == 0) stats.a2a_active_since = t0;
+  MPI_Datatype row;  // freed at once: MPI keeps it alive for the pending exchange
+  GLAM_CHECK_MPI(MPI_Type_contiguous(to_int(width), bf16 ? MPI_UINT16_T : MPI_FLOAT, &row));
+  GLAM_CHECK_MPI(MPI_Type_commit(&row));
+  const void* sbuf = bf16 ? static_cast<const void*>(x.wire_send_.data()) : send;
+  void* rbuf = bf16 ? static_cast<void*>(x.wire_recv_.data()) : recv;
+  x.finished_ = false;
+  GLAM_CHECK_MPI(MPI_Ialltoallv(sbuf, sc, sd, row, rbuf, rc, rd, row, data_comm, &x.request_));
+  GLAM_CHECK_MPI(MPI_Type_free(&row));
+  const double spent = now_seconds() - t0;
+  stats.seconds += spent;
+  stats.alltoall_seconds += spent;
+  stats.a2a_exposed_seconds += spent;
+}
+
+bool AlltoallInFlight::done() {
+  if (finished_) return true;
+  const double t0 = now_seconds();
+  int flag = 0;
+  GLAM_CHECK_MPI(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE));
+  const double spent = now_seconds() - t0;
+  CommStats& s = mesh_->stats;
+  s.seconds += spent;
+  s.alltoall_seconds += spent;
+  s.a2a_exposed_seconds += spent;
+  if (flag) finish();
+  return finished_;
+}
+
+void AlltoallInFlight::wait() {
+  if (finished_) return;
+  const double t0 = now_seconds();
+  GLAM_CHECK_MPI(MPI_Wait(&request_, MPI_STATUS_IGNORE));
+  const double spent = now_seconds() - t0;
+  CommStats& s = mesh_->stats;
+  s.seconds += spent;
+  s.alltoall_seconds += spent;
+  s.a2a_exposed_seconds += spent;
+  finish();
+}
+
+void AlltoallInFlight::finish() {
+  CommStats& s = mesh_->stats;
+  if (--s.a2a_active == 0) s.a2a_inflight_seconds += now_seconds() - s.a2a_active_since;
+  for (size_t i = 0; i < wire_recv_.size(); i++) recv_[i] = from_bf16(wire_recv_[i]);
+  finished_ = true;
+}
+
+AlltoallInFlight::~AlltoallInFlight() {
+  if (!finished_) GLAM_CHECK_MPI(MPI_Wait(&request_, MPI_STATUS_IGNORE));  // never leave MPI writing into freed memory
 }
 
 }  // namespace glam

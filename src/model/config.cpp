@@ -50,7 +50,9 @@ void add_config_options(po::options_description& desc, Config& c) {
     ("train.micro_rows", po::value(&t.micro_rows)->default_value(t.micro_rows), "rows per data rank per micro-step, gradients accumulating over the step's micro-steps (0: one micro-step)")
     ("train.remat", po::value(&t.remat)->default_value(t.remat), "rematerialise: keep each layer's input only and recompute its forward inside the backward (true | false)")
     ("train.shard_state", po::value(&t.shard_state)->default_value(t.shard_state), "shard the gradients, Adafactor statistics and update of every tensor replicated over data across the data axis (reduce-scatter, update, all-gather; true | false)")
+    ("train.shard_weights", po::value(&t.shard_weights)->default_value(t.shard_weights), "with train.shard_state: keep only each data rank's rows of those weights too, and gather each layer's just before use (the next layer's while this one computes; true | false)")
     ("train.exchange_dtype", po::value(&t.exchange_dtype)->default_value(t.exchange_dtype), "what the expert all-to-all and the model-axis activation sums send: fp32 | bf16")
+    ("train.exchange_chunks", po::value(&t.exchange_chunks)->default_value(t.exchange_chunks), "split each MoE layer's all-to-all into k chunks: chunk c+1 travels (non-blocking) while chunk c's experts compute, and its results go back while the next computes (1: one blocking all-to-all; CPU backend only)")
     ("train.lr", real_value(&t.lr), "learning rate for the first warmup_steps")
     ("train.warmup_steps", po::value(&t.warmup_steps)->default_value(t.warmup_steps), "steps at constant lr before lr*sqrt(warmup/t)")
     ("train.decay_pow", real_value(&t.decay_pow), "Adafactor second-moment decay exponent")
@@ -108,6 +110,8 @@ void Config::validate() const {
   require_either(model.second_policy, "model.second_policy", "all", "random");
   require_either(train.cpu_precision, "train.cpu_precision", "fp32", "bf16");
   require_either(train.exchange_dtype, "train.exchange_dtype", "fp32", "bf16");
+  GLAM_REQUIRE(!train.shard_weights || train.shard_state, "train.shard_weights needs train.shard_state true "
+               "(the weights are sharded with the rows whose state a data rank keeps)");
 }
 
 std::string Config::to_ini() const {

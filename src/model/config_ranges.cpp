@@ -57,6 +57,8 @@ void train_ranges(const TrainConfig& t) {
   require_int(t.batch_rows, "train.batch_rows", 1, int64_t{1} << 24);
   GLAM_REQUIRE(t.micro_rows >= 0 && t.micro_rows <= t.batch_rows, "train.micro_rows must be in [0, ",
                "train.batch_rows = ", t.batch_rows, "], got ", t.micro_rows);
+  require_int(t.exchange_chunks, "train.exchange_chunks", 1, 64,
+              " (chunks of each MoE all-to-all, every one an MPI call per direction; 1 is one blocking call)");
   // Adafactor's step is relative to the weights' RMS: lr 1 already moves a weight
   // by its own size every step.
   require_real(t.lr, "train.lr", 0, 1, true, " (Adafactor steps are relative to the weights' RMS; GLaM used 0.01)");

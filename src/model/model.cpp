@@ -10,6 +10,7 @@
 #include <cstdio>
 
 #include "glam/model/adafactor.h"
+#include "glam/model/moe_chunks.h"
 #include "glam/base/check.h"
 
 namespace glam {
@@ -74,12 +75,14 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   parts_ = LossParts{};
   upload_batch(batch.ids, &batch.targets, &batch.segments);
 
+  be_->gather_weights(params_, outer_params_, 0);
   be_->embedding_forward(acts_[0].x, ids_, w32(p_emb_), T_, M, v0_, V_);
   be_->allreduce_sum_model(acts_[0].x);
   GLAM_REQUIRE(!frozen || !shared_acts_, "frozen routing (finite-difference tests) needs train.remat false");
   for (int64_t l = 0; l < L; l++) {
     LayerActs& a = acts_[l];
     Tensor ffn_out = grads_.dffn;  // [T, M] scratch until the backward
+    gather_layer_weights(l, l + 1);
     layer_forward(l, ffn_out, no_drop, frozen, /*recompute=*/false);
     Tensor next = l + 1 < L ? acts_[l + 1].x : x_final;
     be_->copy(next, a.x_mid);
@@ -93,6 +96,14 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   }
   be_->collect_phases(timers, false);
   return parts_;
+}
+
+// train.shard_weights: layer l's weights (waited for at their first use) and the
+// next layer's, gathered while layer l computes. No-ops without it.
+void Model::gather_layer_weights(int64_t l, int64_t next) {
+  be_->gather_weights(params_, layer_params_[l], 1 + static_cast<int>(l % 2));
+  if (next >= 0 && next < cfg_.n_layers)
+    be_->gather_weights(params_, layer_params_[next], 1 + static_cast<int>(next % 2));
 }
 
 // Layer l from its input acts_[l].x: x_mid, then the FFN (dense or MoE) of
@@ -160,10 +171,16 @@ void Model::moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen, bool r
     be_->dispatch_forward(a.ein.rows(0, rows), a.xn2, a.route, M);
     a.xplan = plan_exchange(a.route.plan, place_, mesh_);
     size_expert_rows(l, a.xplan.n_recv());
-    be_->send_to_experts(a.xin.rows(0, a.xplan.n_recv()), a.ein.rows(0, rows), a.xplan, M);
+    if (exchange_chunks_ == 1) be_->send_to_experts(a.xin.rows(0, a.xplan.n_recv()), a.ein.rows(0, rows), a.xplan, M);
   }
   const int64_t n = a.xplan.n_recv();
-  {  // experts (hidden dim split over model: sum the partial outputs)
+  if (exchange_chunks_ > 1) {  // send, experts and return in chunks that overlap (moe_chunks.h)
+    BackendPhase phase(*be_, "experts");
+    ChunkedExchange cx = plan_chunks(a.xplan, a.route.plan, place_, mesh_.data_rank, exchange_chunks_);
+    experts_forward_chunked(*be_, cx, a.eout.rows(0, rows), a.xin.rows(0, n), a.pre.rows(0, n), a.eh.rows(0, n),
+                            a.xout.rows(0, n), a.ein.rows(0, rows), w(pid(l, "moe/wi")), w(pid(l, "moe/wo")), M, H_,
+                            expert_act());
+  } else {  // experts (hidden dim split over model: sum the partial outputs)
     BackendPhase phase(*be_, "experts");
     be_->experts_forward(a.xout.rows(0, n), a.pre.rows(0, n), a.eh.rows(0, n), a.xin.rows(0, n),
                          w(pid(l, "moe/wi")), w(pid(l, "moe/wo")), a.xplan.local_offsets, M, H_, expert_act());
@@ -171,7 +188,7 @@ void Model::moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen, bool r
   }
   {  // combine: back to router order, then weight and sum the two choices
     BackendPhase phase(*be_, "combine");
-    be_->return_from_experts(a.eout.rows(0, rows), a.xout.rows(0, n), a.xplan, M);
+    if (exchange_chunks_ == 1) be_->return_from_experts(a.eout.rows(0, rows), a.xout.rows(0, n), a.xplan, M);
     be_->combine_forward(out, a.eout.rows(0, rows), a.route, M);
   }
   if (!recompute) add_routing_statistics(parts_, a.route.plan, T_, mesh_);
@@ -189,16 +206,18 @@ void Model::output_forward(const Tensor& x) {
 
 void Model::forward_cached(KVCache& cache, const std::vector<int32_t>& ids, int64_t n) {
   const int64_t M = cfg_.d_model, L = cfg_.n_layers;
-  GLAM_REQUIRE(cache.len + n <= cache.capacity, "KV cache holds ", cache.capacity, " positions; ", cache.len + n, " asked");
+  GLAM_REQUIRE(cache.len + n <= cache.max_positions, "KV cache holds ", cache.max_positions, " positions; ", cache.len + n, " asked");
   plan_buffers(cache.rows, n, /*no_drop=*/true, /*decode=*/true);
   ensure_cache(cache);
   have_targets_ = false;
   parts_ = LossParts{};
   upload_batch(ids, nullptr, nullptr);
+  be_->gather_weights(params_, outer_params_, 0);
   be_->embedding_forward(acts_[0].x, ids_, w32(p_emb_), T_, M, v0_, V_);
   be_->allreduce_sum_model(acts_[0].x);
   for (int64_t l = 0; l < L; l++) {
     LayerActs& a = acts_[l];
+    gather_layer_weights(l, l + 1);
     decode_attention(l, a.x, cache, n);
     be_->rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w32(pid(l, "ffn/norm_scale")), T_, M, a.xn2_f32);
     Tensor ffn_out = grads_.dffn;
@@ -221,10 +240,10 @@ void Model::decode_attention(int64_t l, const Tensor& x, KVCache& cache, int64_t
   be_->matmul_forward(a.q, a.xn1, w(pid(l, "attn/wq")), T_, M, A);
   be_->matmul_forward(a.k, a.xn1, w(pid(l, "attn/wk")), T_, M, A);
   be_->matmul_forward(a.v, a.xn1, w(pid(l, "attn/wv")), T_, M, A);
-  be_->kv_append(cache.k[l], a.k, B, n, cache.len, cache.capacity, A);
-  be_->kv_append(cache.v[l], a.v, B, n, cache.len, cache.capacity, A);
+  be_->kv_append(cache.k[l], a.k, B, n, cache.len, cache.max_positions, A);
+  be_->kv_append(cache.v[l], a.v, B, n, cache.len, cache.max_positions, A);
   be_->attention_decode(a.att, a.q, cache.k[l], cache.v[l], w32(pid(l, "attn/rel_bias")), B, n, cache.len,
-                        cache.capacity, nh_, dh);
+                        cache.max_positions, nh_, dh);
   be_->matmul_forward(a.x_mid, a.att, w(pid(l, "attn/wo")), T_, A, M);
   be_->allreduce_sum_model(a.x_mid);
   be_->add_into(a.x_mid, x);
@@ -251,7 +270,7 @@ void Model::backward() {
   const int64_t M = cfg_.d_model, L = cfg_.n_layers;
   GLAM_ASSERT(have_targets_);
   GradActs& d = grads_;
-  const std::vector<size_t> outer = {p_emb_, p_final_};  // their gradients build up over the whole backward
+  const std::vector<size_t>& outer = outer_params_;  // their gradients build up over the whole backward
   be_->open_grads(params_, outer, 0);
   be_->zero(d.dx);
   {
@@ -261,6 +280,7 @@ void Model::backward() {
   for (int64_t l = L - 1; l >= 0; l--) {
     LayerActs& a = acts_[l];
     be_->open_grads(params_, layer_params_[l], 1);
+    gather_layer_weights(l, l - 1);
     // train.remat: the shared activations hold the last layer's; recompute the others'
     if (shared_acts_ && l < L - 1) layer_forward(l, grads_.dffn, planned_no_drop_, false, /*recompute=*/true);
     be_->zero(d.dxn);
@@ -344,9 +364,15 @@ void Model::moe_backward(int64_t l, const Tensor& dout) {
   {  // combine backward: gradients of the expert outputs and of the combine weights
     BackendPhase phase(*be_, "combine");
     be_->combine_backward(d.deout.rows(0, rows), d.dweight, dout, a.eout.rows(0, rows), a.route, M);
-    be_->send_to_experts(d.dxout.rows(0, n), d.deout.rows(0, rows), a.xplan, M);
+    if (exchange_chunks_ == 1) be_->send_to_experts(d.dxout.rows(0, n), d.deout.rows(0, rows), a.xplan, M);
   }
-  {  // experts backward (hidden dim split over model: sum the input gradient)
+  if (exchange_chunks_ > 1) {  // send, experts backward and return in chunks that overlap (moe_chunks.h)
+    BackendPhase phase(*be_, "experts");
+    ChunkedExchange cx = plan_chunks(a.xplan, a.route.plan, place_, mesh_.data_rank, exchange_chunks_);
+    experts_backward_chunked(*be_, cx, d.dein.rows(0, rows), g(wi), g(wo), d.dxin.rows(0, n), d.dxout.rows(0, n),
+                             d.dscratch.rows(0, n), d.deout.rows(0, rows), a.xin.rows(0, n), a.pre.rows(0, n),
+                             a.eh.rows(0, n), w(wi), w(wo), M, H_, expert_act());
+  } else {  // experts backward (hidden dim split over model: sum the input gradient)
     BackendPhase phase(*be_, "experts");
     be_->zero(d.dxin.rows(0, n));
     be_->experts_backward(d.dxin.rows(0, n), g(wi), g(wo), d.dscratch.rows(0, n), d.dxout.rows(0, n),
@@ -356,7 +382,7 @@ void Model::moe_backward(int64_t l, const Tensor& dout) {
   }
   {  // dispatch backward
     BackendPhase phase(*be_, "dispatch");
-    be_->return_from_experts(d.dein.rows(0, rows), d.dxin.rows(0, n), a.xplan, M);
+    if (exchange_chunks_ == 1) be_->return_from_experts(d.dein.rows(0, rows), d.dxin.rows(0, n), a.xplan, M);
     be_->dispatch_backward(d.dxn, d.dein.rows(0, rows), a.route, M);
   }
   BackendPhase phase(*be_, "router");  // replicated over model: no reduction

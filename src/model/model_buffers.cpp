@@ -36,10 +36,14 @@ Model::Model(const Config& cfg, const Mesh& mesh, std::unique_ptr<Backend> backe
   bf16_exchanges_ = cfg.train.exchange_dtype == "bf16";
   GLAM_REQUIRE(device_ == Device::cpu || !bf16_exchanges_, "train.exchange_dtype bf16 runs on the CPU backend only "
                "so far; set it to fp32 with --device cuda");
+  exchange_chunks_ = cfg.train.exchange_chunks;
+  GLAM_REQUIRE(device_ == Device::cpu || exchange_chunks_ == 1, "train.exchange_chunks ", exchange_chunks_,
+               " runs on the CPU backend only so far; set train.exchange_chunks 1 with --device cuda");
   if (cfg.train.shard_state) {
     GLAM_REQUIRE(device_ == Device::cpu, "train.shard_state runs on the CPU backend only so far; set it to false "
                  "with --device cuda");
     shard_state_over_data(params_, mesh);
+    if (cfg.train.shard_weights) shard_weights_over_data(params_);  // dropped by sync_to_device
   }
   nh_ = cfg_.n_heads / mesh.model_size;
   H_ = cfg_.d_ff / mesh.model_size;
@@ -50,6 +54,7 @@ Model::Model(const Config& cfg, const Mesh& mesh, std::unique_ptr<Backend> backe
   for (size_t i = 0; i < params_.params.size(); i++) index_[params_.params[i].name] = i;
   p_emb_ = index_.at("embedding");
   p_final_ = index_.at("final_norm_scale");
+  outer_params_ = {p_emb_, p_final_};
   layer_params_.assign(cfg_.n_layers, {});
   for (int64_t l = 0; l < cfg_.n_layers; l++)
     for (size_t i = 0; i < params_.params.size(); i++)
@@ -313,8 +318,8 @@ void Model::grads_to_host() { be_->grads_to_host(params_); }
 // ---- KV cache -------------------------------------------------------------------
 
 void KVCache::reset(int64_t B, int64_t cap, int64_t L, int64_t w) {
-  if (B != rows || cap != capacity || L != n_layers || w != width) arena.reset();
-  rows = B; capacity = cap; len = 0; width = w; n_layers = L;
+  if (B != rows || cap != max_positions || L != n_layers || w != width) arena.reset();
+  rows = B; max_positions = cap; len = 0; width = w; n_layers = L;
 }
 
 void KVCache::reorder(const std::vector<int64_t>& parent) {
@@ -334,7 +339,7 @@ void Model::ensure_cache(KVCache& cache) {
   cache.arena = std::make_shared<Arena>(*be_);
   cache.k.assign(cache.n_layers, Tensor{});
   cache.v.assign(cache.n_layers, Tensor{});
-  const std::vector<int64_t> shape = {cache.rows, cache.capacity, cache.width};
+  const std::vector<int64_t> shape = {cache.rows, cache.max_positions, cache.width};
   for (int64_t l = 0; l < cache.n_layers; l++) {
     cache.arena->add(cache.k[l], lname(l, "kv_cache/k"), DType::f32, shape);
     cache.arena->add(cache.v[l], lname(l, "kv_cache/v"), DType::f32, shape);

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "glam/mesh/mesh.h"
@@ -45,5 +46,38 @@ void return_from_experts(float* dispatched, const float* expert_rows, float* out
 // the experts' rows [local expert][source]; f(received_row, grouped_row, n) is
 // called for each contiguous run (backends that move rows themselves use it).
 void for_each_exchange_run(const ExchangePlan& x, const std::function<void(int64_t, int64_t, int64_t)>& f);
+
+// train.exchange_chunks = k: the exchange as k smaller ones that overlap the experts.
+// Chunk c of every (destination, expert) run of n dispatched rows is its rows
+// [n c / k, n (c+1) / k), so each chunk is a valid exchange of its own and a
+// receiver derives its chunk counts from the whole plan's (no more messages).
+// Rows for the experts are chunk-major: [chunk][local expert][source]; the
+// dispatched rows in flight are packed chunk-major too ([chunk][destination][expert]).
+struct ChunkedExchange {
+  int64_t k = 1;
+  std::vector<ExchangePlan> chunk;       // [k] what each chunk sends and receives
+  std::vector<int64_t> expert_first;     // [k + 1] chunk c's rows among the experts' [n_recv]
+  std::vector<int64_t> packed_first;     // [k + 1] chunk c's rows among the packed dispatched [n_send]
+  std::vector<int64_t> expert_offset;    // [E + 1] the router's runs of the dispatched rows
+  std::vector<std::unique_ptr<AlltoallInFlight>> sends, returns;  // [k] in flight
+};
+ChunkedExchange plan_chunks(const ExchangePlan& whole, const cpu::RoutingPlan& plan, const ExpertPlacement& place,
+                            int data_rank, int64_t k);
+// First row of chunk c in a run of n rows.
+inline int64_t chunk_start(int64_t n, int64_t c, int64_t k) { return n * c / k; }
+
+// Host rows (the CPU backend). packed [n_send, M] and staged [n_recv, M] are the
+// caller's scratch, untouched by anything else until every chunk has come back.
+// start_send: packs chunk c of dispatched [rows, M] (router order) and starts it;
+// finish_send: waits and regroups it into expert_rows [n_recv, M] (chunk-major).
+// start_return: chunk c of expert_rows back; finish_return: waits and puts it
+// into dispatched (router order). progress: lets MPI advance what is in flight.
+void start_send_chunk(ChunkedExchange& cx, int64_t c, const float* dispatched, float* packed, float* staged,
+                      const Mesh& mesh, int64_t M, bool bf16_wire);
+void finish_send_chunk(ChunkedExchange& cx, int64_t c, float* expert_rows, const float* staged, int64_t M);
+void start_return_chunk(ChunkedExchange& cx, int64_t c, const float* expert_rows, float* packed, float* staged,
+                        const Mesh& mesh, int64_t M, bool bf16_wire);
+void finish_return_chunk(ChunkedExchange& cx, int64_t c, float* dispatched, const float* packed, int64_t M);
+void progress_chunks(ChunkedExchange& cx);
 
 }  // namespace glam

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "glam/io/h5.h"  // h5::Plist, for mpio_file_access
+
 namespace glam {
 
 // Time and bytes spent in MPI by this rank, for the phase report and the benchmark.
@@ -29,6 +31,15 @@ struct CommStats {
   int active = 0;             // reductions in flight now
   double active_since = 0.0;  // when the first of them started
   int64_t alltoall_calls = 0, allreduce_calls = 0;
+  // Expert all-to-alls: wall time inside the blocking ones (train.exchange_chunks 1:
+  // all of it exposed); for the non-blocking ones (AlltoallInFlight, more chunks) the
+  // wall time while at least one was in flight, and the time this rank spent inside
+  // their MPI calls (starting, testing, waiting), which no compute hid.
+  double alltoall_seconds = 0.0;
+  double a2a_inflight_seconds = 0.0, a2a_exposed_seconds = 0.0;
+  int64_t a2a_nonblocking_calls = 0;
+  int a2a_active = 0;             // non-blocking all-to-alls in flight now
+  double a2a_active_since = 0.0;  // when the first of them started
 };
 
 // Where the E experts of a MoE layer live on the data axis (experts with the same
@@ -49,16 +60,18 @@ struct ExpertPlacement {
 
 struct Mesh;
 
-// A reduce-scatter over data started by Mesh::start_reduce_scatter_sum_data: the
-// sum of this rank's part lands in `part` when done() or wait() says so. MPI
-// advances it only inside MPI calls: done() is such a call (test it between
-// kernels), wait() blocks. Not copyable; destroyed only when finished.
-class ScatterInFlight {
+// A collective over data started without waiting: a reduce-scatter
+// (Mesh::start_reduce_scatter_sum_data; the sum of this rank's part lands in `part`)
+// or an all-gather (Mesh::start_allgather_data, into the caller's buffer), finished
+// when done() or wait() says so. MPI advances it only inside MPI calls: done() is
+// such a call (test it between kernels), wait() blocks. Not copyable; destroyed
+// only when finished.
+class InFlight {
  public:
-  ScatterInFlight() = default;
-  ScatterInFlight(const ScatterInFlight&) = delete;
-  ScatterInFlight& operator=(const ScatterInFlight&) = delete;
-  ~ScatterInFlight();
+  InFlight() = default;
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+  ~InFlight();
   bool done();
   void wait();
   const std::vector<float>& part() const { return part_; }
@@ -69,7 +82,32 @@ class ScatterInFlight {
   const Mesh* mesh_ = nullptr;
   MPI_Request request_ = MPI_REQUEST_NULL;
   std::vector<float> part_;  // [counts[data_rank]] this rank's sum
-  std::vector<int> counts_;
+  std::vector<int> counts_, displs_;  // [data_size] MPI's counts (and the all-gather's offsets)
+  bool finished_ = true;
+};
+using ScatterInFlight = InFlight;
+
+// An all-to-all over data started by Mesh::start_alltoallv_rows_data: the rows land
+// in its recv when done() or wait() says so; send and recv stay untouched until then.
+// Like ScatterInFlight, MPI advances it only inside MPI calls (done() is one). With
+// bf16 the wire buffers live here and the received rows are widened when it finishes.
+class AlltoallInFlight {
+ public:
+  AlltoallInFlight() = default;
+  AlltoallInFlight(const AlltoallInFlight&) = delete;
+  AlltoallInFlight& operator=(const AlltoallInFlight&) = delete;
+  ~AlltoallInFlight();
+  bool done();
+  void wait();
+
+ private:
+  friend struct Mesh;
+  void finish();
+  const Mesh* mesh_ = nullptr;
+  MPI_Request request_ = MPI_REQUEST_NULL;
+  std::vector<int> counts_;                   // [4, D] send counts, displacements, recv counts, displacements (rows)
+  std::vector<uint16_t> wire_send_, wire_recv_;  // [rows, width] bf16 on the wire
+  float* recv_ = nullptr;                     // bf16: where wire_recv_ is widened to
   bool finished_ = true;
 };
 
@@ -77,12 +115,6 @@ struct Mesh {
   int data_size = 1, model_size = 1;   // mesh shape D x M
   int data_rank = 0, model_rank = 0;   // this rank's cell
   int world_rank = 0, world_size = 1;
-  // The communicators. Only this module calls MPI on them; they stay public for
-  // the callers that must hand one to a library (HDF5's MPI-IO file access in the
-  // checkpoint) and for the tests. Everything else asks for a collective below.
-  MPI_Comm world = MPI_COMM_NULL;      // all ranks of the mesh
-  MPI_Comm data_comm = MPI_COMM_NULL;  // ranks that share model_rank (the data axis)
-  MPI_Comm model_comm = MPI_COMM_NULL; // ranks that share data_rank (the model axis)
 
   // Builds a D x M mesh over MPI_COMM_WORLD. shape "DxM"; empty = all ranks on data.
   static Mesh create(const std::string& shape);
@@ -90,6 +122,12 @@ struct Mesh {
   static Mesh single();
 
   bool is_root() const { return world_rank == 0; }
+  // A stand-in for one rank of a larger mesh (sizes and ranks set by a test or a
+  // tool, no communicator): it cannot take part in a collective.
+  bool is_stand_in() const { return world == MPI_COMM_NULL && world_size > 1; }
+  // HDF5's MPI-IO file access over the mesh's ranks (h5::mpio_file_access): the
+  // one way a library gets hold of the mesh's communicator.
+  h5::Plist mpio_file_access() const;
 
   // Splits E experts over the data axis; UserError when neither divides the other.
   ExpertPlacement place_experts(int64_t n_experts) const;
@@ -124,13 +162,22 @@ struct Mesh {
   void allgather_data(float* buf, const std::vector<int64_t>& counts) const;
   // The reduce-scatter without waiting: buf must stay untouched until x finishes.
   void start_reduce_scatter_sum_data(const float* buf, const std::vector<int64_t>& counts,
-                                     ScatterInFlight& x) const;
+                                     InFlight& x) const;
+  // allgather_data without waiting (train.shard_weights): buf must stay untouched,
+  // but for this rank's part, until x finishes.
+  void start_allgather_data(float* buf, const std::vector<int64_t>& counts, InFlight& x) const;
   // bf16 exchanges (train.exchange_dtype): the same collectives with the payload
   // rounded to bfloat16 on the wire; the sums of the all-reduce are taken in fp32
   // at every step and rounded again (MPI sees 2-byte elements).
   void allreduce_sum_model_bf16(float* buf, int64_t n) const;
   void alltoallv_rows_data_bf16(const float* send, const std::vector<int64_t>& send_rows, float* recv,
                                 const std::vector<int64_t>& recv_rows, int64_t width) const;
+  // alltoallv_rows_data (bf16: alltoallv_rows_data_bf16) without waiting, for
+  // train.exchange_chunks: counts in rows of a contiguous type (no collective to
+  // agree on units); on a data axis of one rank the rows are copied at once.
+  void start_alltoallv_rows_data(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                                 const std::vector<int64_t>& recv_rows, int64_t width, bool bf16,
+                                 AlltoallInFlight& x) const;
   // Sums over the expert replicas of a placement (place.replica_comm).
   void allreduce_sum_replicas(float* buf, int64_t n, const ExpertPlacement& place) const;
   void allreduce_sum_world(float* buf, int64_t n) const;
@@ -163,6 +210,14 @@ struct Mesh {
 
   // Which share of a global dim of size n this rank holds on an axis.
   static int64_t shard_size(int64_t n, int parts) { return n / parts; }
+
+ private:
+  // The communicators: only this module calls MPI on them; everything else asks
+  // for a collective above. They inherit MPI_COMM_WORLD's MPI_ERRORS_RETURN
+  // (base/mpi_session.h), so GLAM_CHECK_MPI sees every failure on them.
+  MPI_Comm world = MPI_COMM_NULL;      // all ranks of the mesh
+  MPI_Comm data_comm = MPI_COMM_NULL;  // ranks that share model_rank (the data axis)
+  MPI_Comm model_comm = MPI_COMM_NULL; // ranks that share data_rank (the model axis)
 };
 
 }  // namespace glam

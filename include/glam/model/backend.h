@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "glam/base/check.h"
 #include "glam/model/config.h"
 #include "glam/mesh/exchange.h"
 #include "glam/layers/cpu/layers.h"
@@ -83,6 +84,12 @@ class Backend : public Allocator {
   // final norm), window 1 one layer's. Tensors not sharded: no-ops.
   virtual void open_grads(const ParamTable& table, const std::vector<size_t>& ids, int window) = 0;
   virtual void close_grads(ParamTable& table, const std::vector<size_t>& ids) = 0;
+  // train.shard_weights: starts gathering over data the whole shard of each tensor
+  // of ids that keeps only this rank's rows (Param::w_on_shard) into window `slot`
+  // (0: embedding and final norm, 1 and 2: the layers in turn), without waiting;
+  // weight(i) waits for tensor i. A window that holds ids since the last update
+  // stays as it is. Tensors not sharded: no-ops.
+  virtual void gather_weights(const ParamTable& table, const std::vector<size_t>& ids, int slot) = 0;
   virtual double grad_norm(const ParamTable& table) = 0;
   virtual void optimizer_step(ParamTable& table, Adafactor& opt, double lr, int64_t t) = 0;
 
@@ -100,6 +107,20 @@ class Backend : public Allocator {
   virtual void send_to_experts(Tensor expert_rows, const Tensor& dispatched, const ExchangePlan& x, int64_t M) = 0;
   virtual void return_from_experts(Tensor dispatched, const Tensor& expert_rows, const ExchangePlan& x,
                                    int64_t M) = 0;
+  // train.exchange_chunks > 1: the same exchange in chunks (ChunkedExchange, exchange.h),
+  // each started without waiting and finished later, expert_rows chunk-major.
+  // Backends without them refuse (the model refuses first, naming the key).
+  virtual void start_send_chunk(ChunkedExchange& cx, int64_t c, const Tensor& dispatched, int64_t M) {
+    refuse_chunks();
+  }
+  virtual void finish_send_chunk(ChunkedExchange& cx, int64_t c, Tensor expert_rows, int64_t M) { refuse_chunks(); }
+  virtual void start_return_chunk(ChunkedExchange& cx, int64_t c, const Tensor& expert_rows, int64_t M) {
+    refuse_chunks();
+  }
+  virtual void finish_return_chunk(ChunkedExchange& cx, int64_t c, Tensor dispatched, int64_t M) {
+    refuse_chunks();
+  }
+  virtual void progress_chunks(ChunkedExchange& cx) { refuse_chunks(); }
 
   // ---- layers (layers.h, moe.h state the math) -----------------------------------
   virtual void embedding_forward(Tensor out, const Tensor& ids, const Tensor& emb, int64_t T, int64_t M,
@@ -178,6 +199,10 @@ class Backend : public Allocator {
  protected:
   BackendStats stats_;
   bool bf16_exchanges_ = false;
+  [[noreturn]] void refuse_chunks() const {
+    throw UserError(msg("train.exchange_chunks > 1 runs on the CPU backend only so far, not on ", name(),
+                        "; set train.exchange_chunks 1"));
+  }
 };
 
 // The CPU backend: reference or fast kernels, GEMM operands in precision p.

@@ -31,7 +31,7 @@ struct ModelConfig {
   int64_t d_head = 64;
   int64_t d_ff = 1024;           // H: GEGLU hidden and each expert's hidden
   int64_t n_experts = 8;         // E; 0 = dense model (GEGLU in every layer)
-  int64_t group_size = 512;      // tokens per routing group S (fixed in tokens)
+  int64_t group_size = 512;      // tokens per routing group (fixed in tokens)
   double capacity_factor = 2.0;
   std::string expert_act = "relu";        // relu | gelu
   std::string second_policy = "all";      // all | random (GShard)
@@ -49,7 +49,9 @@ struct TrainConfig {
   int64_t micro_rows = 0;        // rows per data rank per micro-step; gradients accumulate (0: all of them)
   bool remat = false;            // keep each layer's input only; recompute its forward in the backward
   bool shard_state = false;      // ZeRO over data: gradients reduce-scattered, state and update sharded
+  bool shard_weights = false;    // ... and the weights too, gathered per layer before use (needs shard_state)
   std::string exchange_dtype = "fp32";  // all-to-all and model-axis activations on the wire: fp32 | bf16
+  int64_t exchange_chunks = 1;   // each MoE all-to-all in k chunks, overlapping the experts (1: one blocking call)
   double lr = 0.01;              // constant for warmup_steps, then lr*sqrt(warmup/t)
   int64_t warmup_steps = 10000;
   double decay_pow = 0.8;        // Adafactor: rho_t = 1 - (t+1)^-decay_pow

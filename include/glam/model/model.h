@@ -104,14 +104,14 @@ void add_output_loss(LossParts& parts, const cpu::LossSums& sums, const ModelCon
 // Keys and values of every layer for incremental decoding (this rank's heads), on
 // the model's device. Model::forward_cached (re)allocates it after reset().
 struct KVCache {
-  int64_t rows = 0, capacity = 0, len = 0;  // B, positions it can hold, positions filled
+  int64_t rows = 0, max_positions = 0, len = 0;  // B, positions it can hold, positions filled
   int64_t width = 0;                        // local heads * d_head
   int64_t n_layers = 0;
-  std::vector<Tensor> k, v;                 // [L][B, capacity, width]
-  Tensor scratch;                           // [B, capacity, width] for reorder
+  std::vector<Tensor> k, v;                 // [L][B, max_positions, width]
+  Tensor scratch;                           // [B, max_positions, width] for reorder
   std::shared_ptr<Arena> arena;
   Backend* backend = nullptr;
-  void reset(int64_t rows, int64_t capacity, int64_t n_layers, int64_t width);
+  void reset(int64_t rows, int64_t max_positions, int64_t n_layers, int64_t width);
   // Beam search: row r becomes a copy of row parent[r].
   void reorder(const std::vector<int64_t>& parent);
 };
@@ -192,6 +192,7 @@ class Model {
   void dense_forward(int64_t l, Tensor out);
   void dense_backward(int64_t l, const Tensor& dout);
   void layer_forward(int64_t l, Tensor ffn_out, bool no_drop, bool frozen, bool recompute);
+  void gather_layer_weights(int64_t l, int64_t next);
   void moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen, bool recompute);
   void share_layer_views();
   void moe_backward(int64_t l, const Tensor& dout);
@@ -213,7 +214,9 @@ class Model {
   MicroStep micro_;
   bool remat_ = false;        // train.remat
   bool bf16_exchanges_ = false;  // train.exchange_dtype = bf16
+  int64_t exchange_chunks_ = 1;  // train.exchange_chunks: each MoE all-to-all in this many chunks
   std::vector<std::vector<size_t>> layer_params_;  // [L] table indices of each layer's tensors
+  std::vector<size_t> outer_params_;                // the embedding and the final norm
   bool shared_acts_ = false;  // remat in a training shape: layers share one set of activations but x
   Device device_ = Device::cpu;
   ParamTable params_;

@@ -1,6 +1,7 @@
 // The CPU backend: every operation of backend.h on host memory with the kernels
 // of layers.h (the readable reference) or layers_fast.h (the default), GEMM
 // operands in fp32 or bf16 (gemm.h). The parameters are the table's own vectors.
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -58,9 +59,10 @@ class CpuBackend final : public Backend {
     w_.clear();
     g_.clear();
     for (Param& p : table.params) {
-      w_.push_back(host_view(p.w, p.shape));
+      w_.push_back(p.w_on_shard ? Tensor{} : host_view(p.w, p.shape));  // gather_weights gives it a window
       g_.push_back(p.zero_sharded() ? Tensor{} : host_view(p.g, p.shape));  // open_grads gives it a buffer
     }
+    pending_.assign(table.params.size(), nullptr);
     table_ = &table;
   }
   // The layers' windows alternate between two buffers, so the reduce-scatter of
@@ -69,7 +71,7 @@ class CpuBackend final : public Backend {
   void open_grads(const ParamTable& table, const std::vector<size_t>& ids, int window) override {
     if (window == 1) layer_slot_ = layer_slot_ == 1 ? 2 : 1;
     const int slot = window == 0 ? 0 : layer_slot_;
-    for (GradWindow& w : windows_) progress(w);
+    for (GradWindow& w : windows_) progress(w.inflight);
     finish(windows_[slot]);
     GradWindow& win = windows_[slot];
     int64_t n = 0;
@@ -97,17 +99,65 @@ class CpuBackend final : public Backend {
       g_[i] = Tensor{};
     }
   }
-  Tensor weight(size_t i) override { return w_.at(i); }
-  Tensor gemm_weight(size_t i) override { return w_.at(i); }
+  // The layers' weight windows alternate too: layer l+1's gather (l-1's in the
+  // backward) runs while layer l computes, and weight(i) waits for tensor i's.
+  void gather_weights(const ParamTable& table, const std::vector<size_t>& ids, int slot) override {
+    for (GradWindow& w : windows_) progress(w.inflight);
+    WeightWindow& win = weight_windows_[slot];
+    if (win.ids == ids) return;  // gathered since the last update
+    release(win);
+    int64_t n = 0;
+    for (size_t i : ids) n += table.params[i].w_on_shard ? table.params[i].size() : 0;
+    win.buf.resize(n);  // [sum of the sharded tensors' sizes] (the capacity stays)
+    n = 0;
+    for (size_t i : ids) {
+      const Param& p = table.params[i];
+      if (!p.w_on_shard) continue;
+      float* whole = win.buf.data() + n;  // [shape], this rank's rows at their place
+      std::copy(p.w.begin(), p.w.end(), whole + p.zero_row0 * p.row_size());
+      win.inflight.push_back(std::make_unique<InFlight>());
+      mesh_.start_allgather_data(whole, zero_counts(p, mesh_.data_size), *win.inflight.back());
+      w_[i] = host_view(win.buf, p.shape);
+      w_[i].ptr = whole;
+      pending_[i] = win.inflight.back().get();
+      n += p.size();
+    }
+    win.ids = ids;
+  }
+  Tensor weight(size_t i) override {
+    if (pending_.at(i)) {
+      pending_[i]->wait();
+      pending_[i] = nullptr;
+    }
+    if (!w_.at(i).ptr) fatal("a weight kept as this rank's rows used outside every gathered window", __FILE__, __LINE__);
+    return w_[i];
+  }
+  Tensor gemm_weight(size_t i) override { return weight(i); }
   Tensor grad(size_t i) override { return g_.at(i); }
   void refresh_gemm_weights() override {}
   void zero_grads() override { table_->zero_grad(); }
   // The table is the weights already; the optimizer's statistics go back to the
   // layout of an unsharded run (train.shard_state), which checkpoints store.
+  // train.shard_weights: the weights are whole on the host side and this rank's
+  // rows on the device side.
   void params_to_host(ParamTable& table, Adafactor* opt) override {
+    release_weight_windows();
+    for (size_t i = 0; i < table.params.size(); i++) {
+      if (!table.params[i].w_on_shard) continue;
+      gather_weight_rows(table.params[i], mesh_);
+      w_[i] = host_view(table.params[i].w, table.params[i].shape);
+    }
     if (opt) opt->gather_state(table, mesh_);
   }
-  void params_to_device(const ParamTable&, const Adafactor*) override {}
+  void params_to_device(const ParamTable& table, const Adafactor*) override {
+    release_weight_windows();
+    for (size_t i = 0; i < table.params.size(); i++) {
+      Param& p = table_->params.at(i);
+      GLAM_ASSERT(&p == &table.params[i]);
+      keep_weight_rows(p);
+      if (p.w_on_shard) w_[i] = Tensor{};
+    }
+  }
   void grads_to_host(ParamTable&) override {}
   void reduce_gradients(const ParamTable& table, const ExpertPlacement& place) override {
     for (GradWindow& w : windows_) finish(w);
@@ -120,7 +170,10 @@ class CpuBackend final : public Backend {
   }
   double grad_norm(const ParamTable& table) override { return global_grad_norm(table, mesh_); }
   void optimizer_step(ParamTable& table, Adafactor& opt, double lr, int64_t t) override {
+    release_weight_windows();
     opt.step(table, lr, t, mesh_);
+    for (size_t i = 0; i < table.params.size(); i++)
+      if (table.params[i].w_on_shard) w_[i] = Tensor{};  // train.shard_weights: gathered again when used
   }
 
   // ---- memory -------------------------------------------------------------------------
@@ -153,6 +206,25 @@ class CpuBackend final : public Backend {
     glam::return_from_experts(dispatched.f32(), expert_rows.f32(), scratch(x.n_recv() * M), x, mesh_, M,
                               bf16_exchanges_);
   }
+  // The chunks stage in packed_ [n_send, M] and scratch_ [n_recv, M], sized when the
+  // first chunk starts and left alone until the last one is back.
+  void start_send_chunk(ChunkedExchange& cx, int64_t c, const Tensor& dispatched, int64_t M) override {
+    if (c == 0) {
+      scratch(cx.expert_first[cx.k] * M);
+      if (static_cast<int64_t>(packed_.size()) < cx.packed_first[cx.k] * M) packed_.resize(cx.packed_first[cx.k] * M);
+    }
+    glam::start_send_chunk(cx, c, dispatched.f32(), packed_.data(), scratch_.data(), mesh_, M, bf16_exchanges_);
+  }
+  void finish_send_chunk(ChunkedExchange& cx, int64_t c, Tensor expert_rows, int64_t M) override {
+    glam::finish_send_chunk(cx, c, expert_rows.f32(), scratch_.data(), M);
+  }
+  void start_return_chunk(ChunkedExchange& cx, int64_t c, const Tensor& expert_rows, int64_t M) override {
+    glam::start_return_chunk(cx, c, expert_rows.f32(), packed_.data(), scratch_.data(), mesh_, M, bf16_exchanges_);
+  }
+  void finish_return_chunk(ChunkedExchange& cx, int64_t c, Tensor dispatched, int64_t M) override {
+    glam::finish_return_chunk(cx, c, dispatched.f32(), packed_.data(), M);
+  }
+  void progress_chunks(ChunkedExchange& cx) override { glam::progress_chunks(cx); }
 
   // ---- layers ---------------------------------------------------------------------------
   void embedding_forward(Tensor out, const Tensor& ids, const Tensor& emb, int64_t T, int64_t M, int64_t row0,
@@ -300,8 +372,8 @@ class CpuBackend final : public Backend {
       if (!w.buf.empty() && g >= w.buf.data() && g < w.buf.data() + w.buf.size()) return w;
     fatal("a sharded gradient outside every open window", __FILE__, __LINE__);
   }
-  void progress(GradWindow& w) {
-    for (auto& x : w.inflight) if (!x->done()) break;  // each test lets MPI advance the rest
+  static void progress(std::vector<std::unique_ptr<InFlight>>& inflight) {
+    for (auto& x : inflight) if (!x->done()) break;  // each test lets MPI advance the rest
   }
   // Waits for the window's reduce-scatters and adds this rank's rows to Param::g.
   void finish(GradWindow& w) {
@@ -315,6 +387,27 @@ class CpuBackend final : public Backend {
     w.inflight.clear();
   }
   GradWindow windows_[3];
+  // gather_weights' buffers: [0] the embedding and final norm, [1] and [2] the layers in turn
+  struct WeightWindow {
+    std::vector<float> buf;
+    std::vector<size_t> ids;                                 // the tensors it holds
+    std::vector<std::unique_ptr<InFlight>> inflight;         // their all-gathers
+  };
+  // Waits for the window's all-gathers (MPI writes into buf) and forgets its tensors.
+  void release(WeightWindow& win) {
+    for (auto& x : win.inflight) x->wait();
+    for (size_t i : win.ids) {
+      pending_[i] = nullptr;
+      if (table_->params[i].w_on_shard) w_[i] = Tensor{};
+    }
+    win.inflight.clear();
+    win.ids.clear();
+  }
+  void release_weight_windows() {
+    for (WeightWindow& w : weight_windows_) release(w);
+  }
+  WeightWindow weight_windows_[3];
+  std::vector<InFlight*> pending_;  // [params] tensor i's all-gather while in flight
   int layer_slot_ = 1;
   const Mesh& mesh_;
   cpu::Kernels kern_;
@@ -323,6 +416,7 @@ class CpuBackend final : public Backend {
   ParamTable* table_ = nullptr;
   std::vector<Tensor> w_, g_;
   std::vector<float> scratch_;  // [n_recv, M] the exchange's staging rows
+  std::vector<float> packed_;   // [n_send, M] dispatched rows of the chunks in flight (train.exchange_chunks)
   std::vector<std::pair<std::string, Clock::time_point>> open_;
   PhaseTimers done_;
 };
