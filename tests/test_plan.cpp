@@ -309,3 +309,41 @@ TEST_CASE("shard_state splits the replicated gradients and state over data; bf16
   CHECK(bf16.comm.allreduce_model < fp32.comm.allreduce_model * 51 / 100);  // the loss sums stay fp32
   CHECK(bf16.comm.allreduce_data == fp32.comm.allreduce_data);
 }
+
+TEST_CASE("chunked all-to-alls: the first send and last return exposed, the rest behind the experts",
+          "[plan][chunks]") {
+  // the formula: a / k + max(0, (k - 1) a / k - e) per block of a seconds of all-to-all
+  CHECK(chunked_alltoall_exposed(1.0, 0.5, 1) == 1.0);
+  CHECK(chunked_alltoall_exposed(1.0, 0.5, 2) == Approx(0.5));         // 0.5 behind 0.5 of compute
+  CHECK(chunked_alltoall_exposed(1.0, 0.25, 2) == Approx(0.5 + 0.25));  // compute too short for the rest
+  CHECK(chunked_alltoall_exposed(1.0, 10.0, 4) == Approx(0.25));
+  Cluster k;
+  k.name = "hand";
+  k.devices = 4; k.devices_per_node = 2;
+  k.peak_tflops = 1.0; k.achievable = 0.5;
+  k.memory_gbps = 100; k.intra_node_gbps = 10; k.inter_node_gbps = 1; k.latency_us = 0;
+  Config c = tiny(4);
+  c.train.remat = true;  // recomputed forward blocks count too
+  const Plan one = make_plan(c, on(4, 1));
+  const StepPrediction s1 = predict_step(one, k);
+  CHECK(s1.alltoall_exposed_s == s1.alltoall_s);  // k = 1: today's figure exactly
+  CHECK(s1.alltoall_hidden_s == 0.0);
+  c.train.exchange_chunks = 4;
+  const Plan four = make_plan(c, on(4, 1));
+  const StepPrediction s4 = predict_step(four, k);
+  CHECK(four.comm.alltoall == one.comm.alltoall);  // the same bytes in 4 times the calls
+  CHECK(four.comm.alltoall_calls == 4 * one.comm.alltoall_calls);
+  CHECK(s4.alltoall_s == s1.alltoall_s);
+  // by hand: MoE layers 0 and 2 of 4, remat recomputes both: 4 forward and 2 backward blocks
+  CHECK(four.a2a_forward_blocks == 4);
+  CHECK(four.a2a_backward_blocks == 2);
+  const double a = s4.alltoall_s / 6, e = four.expert_block_flops / 0.5e12;
+  CHECK(four.expert_block_flops == Approx(4.0 * four.rows_per_rank * 128 * 256));
+  const double exposed = 4 * (a / 4 + std::max(0.0, 0.75 * a - e)) + 2 * (a / 4 + std::max(0.0, 0.75 * a - 2 * e));
+  CHECK(s4.alltoall_exposed_s == Approx(exposed));
+  CHECK(s4.alltoall_exposed_s >= s4.alltoall_s / 4);
+  CHECK(s4.alltoall_exposed_s < s1.alltoall_s);
+  // the packed rows in flight stream through memory too
+  CHECK(s4.step_s == Approx(s1.step_s - s4.alltoall_hidden_s + s4.elementwise_s - s1.elementwise_s));
+  CHECK(four.memory.dispatch > one.memory.dispatch);  // the packed rows in flight
+}

@@ -121,6 +121,10 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
   if (s.hidden_s > 0)
     std::printf("  overlap %.4g s of the reduce-scatters run behind the backward (train.shard_state), taken off\n",
                 s.hidden_s);
+  if (p.exchange_chunks > 1)
+    std::printf("  all-to-all in %lld chunks (train.exchange_chunks): %.4g s of %.4g s exposed, %.4g s behind the "
+                "experts, taken off\n",
+                static_cast<long long>(p.exchange_chunks), s.alltoall_exposed_s, s.alltoall_s, s.alltoall_hidden_s);
   std::printf("  step %.4g s, %.4g tokens/s, MFU %.1f%%\n", s.step_s, s.tokens_per_s, 100.0 * s.mfu);
 }
 
@@ -156,7 +160,8 @@ void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r, in
   j["predicted"] = {{"cluster", r.cluster.name},       {"share", s.share},
                     {"matmul_s", s.matmul_s},          {"elementwise_s", s.elementwise_s},
                     {"hidden_s", s.hidden_s},
-                    {"alltoall_s", s.alltoall_s},      {"allreduce_data_s", s.allreduce_data_s},
+                    {"alltoall_s", s.alltoall_s},      {"alltoall_exposed_s", s.alltoall_exposed_s},
+                    {"allreduce_data_s", s.allreduce_data_s},
                     {"allreduce_model_s", s.allreduce_model_s}, {"latency_s", s.latency_s},
                     {"step_s", s.step_s},              {"tokens_per_s", s.tokens_per_s},
                     {"mfu", s.mfu}};
@@ -223,7 +228,7 @@ int plan_main(const std::vector<std::string>& args) {
   GLAM_REQUIRE(vm.count("config"), "glam plan: --config is required");
   const PlanRequest req = read_request(vm);
   int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  GLAM_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   if (vm["all-meshes"].as<bool>()) {
     if (rank == 0) print_all_meshes(cfg, req);
     return 0;

@@ -123,6 +123,27 @@ Cluster Cluster::measure_local() {
   return c;
 }
 
+// train.exchange_chunks = k: each block's all-to-all (a send, the experts, the
+// return; time a) in k chunks. Exposed: the first chunk's send and the last one's
+// return (a / k), and what of the other (k - 1) a / k exceeds the block's expert
+// compute e: a / k + max(0, (k - 1) a / k - e); k = 1 gives a. A backward block's
+// experts take twice a forward one's. docs/PLAN.md, assumption 1.
+double chunked_alltoall_exposed(double a, double e, int64_t k) {
+  const double kk = double(std::max<int64_t>(1, k));
+  return a / kk + std::max(0.0, (kk - 1.0) * a / kk - e);
+}
+
+static void chunked_alltoall(StepPrediction& s, const Plan& p, double flops) {
+  s.alltoall_exposed_s = s.alltoall_s;
+  s.alltoall_hidden_s = 0.0;
+  const int64_t blocks = p.a2a_forward_blocks + p.a2a_backward_blocks;
+  if (p.exchange_chunks <= 1 || blocks == 0 || s.alltoall_s <= 0) return;
+  const double a = s.alltoall_s / double(blocks), e = p.expert_block_flops / flops * s.share;
+  s.alltoall_exposed_s = double(p.a2a_forward_blocks) * chunked_alltoall_exposed(a, e, p.exchange_chunks) +
+                         double(p.a2a_backward_blocks) * chunked_alltoall_exposed(a, 2.0 * e, p.exchange_chunks);
+  s.alltoall_hidden_s = s.alltoall_s - s.alltoall_exposed_s;
+}
+
 StepPrediction predict_step(const Plan& p, const Cluster& c) {
   StepPrediction s;
   const int64_t ranks = int64_t(p.data) * p.model;
@@ -159,10 +180,14 @@ StepPrediction predict_step(const Plan& p, const Cluster& c) {
     s.alltoall_s = std::max(double(p.comm.alltoall) * local / intra, double(p.comm.alltoall) * (1 - local) / inter) *
                    s.share;
   }
-  // an all-to-all is three calls (counts, the max of the row counts, the rows)
-  const int64_t calls = 3 * p.comm.alltoall_calls + p.comm.allreduce_model_calls + p.comm.allreduce_data_calls;
+  chunked_alltoall(s, p, flops);
+  // an all-to-all is three calls (counts, the max of the row counts, the rows); in k
+  // chunks k calls of rows after the counts (alltoall_calls counts the chunks)
+  const int64_t k = std::max<int64_t>(1, p.exchange_chunks);
+  const int64_t a2a_calls = k == 1 ? 3 * p.comm.alltoall_calls : p.comm.alltoall_calls + p.comm.alltoall_calls / k;
+  const int64_t calls = a2a_calls + p.comm.allreduce_model_calls + p.comm.allreduce_data_calls;
   s.latency_s = double(calls) * c.latency_us * 1e-6 * (ranks > 1 ? 1.0 : 0.0);
-  s.step_s = s.matmul_s + s.elementwise_s + s.comm_s() - s.hidden_s;
+  s.step_s = s.matmul_s + s.elementwise_s + s.comm_s() - s.hidden_s - s.alltoall_hidden_s;
   s.tokens_per_s = double(p.tokens_per_step) / s.step_s;
   const double used = double(std::min(ranks, c.devices));
   s.mfu = p.train_flops_per_token * s.tokens_per_s / (used * c.peak_tflops * 1e12);

@@ -198,9 +198,15 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   p.memory.activations = opt.act_bytes * activation_elements(c, Tm, routed_micro, A, nh, H, V, remat);
   // ein, eout, xin, xout [rows, M] per MoE layer (remat: one set)
   p.memory.dispatch = opt.act_bytes * (remat ? std::min<int64_t>(1, n_moe) : n_moe) * 4 * routed_micro * M;
+  // train.exchange_chunks: the dispatched rows in flight, packed chunk-major (one buffer)
+  if (cfg.train.exchange_chunks > 1 && n_moe > 0) p.memory.dispatch += opt.act_bytes * routed_micro * M;
   // remat recomputes the forward of every layer but the last inside the backward
   const int64_t re_moe = remat ? n_moe - (c.is_moe_layer(c.n_layers - 1) ? 1 : 0) : 0;
   const int64_t re_dense = remat ? c.n_layers - 1 - re_moe : 0;
+  p.exchange_chunks = cfg.train.exchange_chunks;
+  p.a2a_forward_blocks = (n_moe + re_moe) * p.micro_steps;
+  p.a2a_backward_blocks = n_moe * p.micro_steps;
+  p.expert_block_flops = 4.0 * double(routed_micro) * double(M) * double(H);  // two GEMMs of M x H per row
   if (remat) {
     ModelConfig layers = c;
     layers.n_layers = c.n_layers - 1;
@@ -213,7 +219,7 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   if (D > 1) {
     const double remote = c.n_experts > 0 ? 1.0 - 1.0 / static_cast<double>(std::min<int64_t>(c.n_experts, D)) : 0.0;
     p.comm.alltoall = static_cast<int64_t>(std::llround((4.0 * n_moe + 2.0 * re_moe) * routed * remote * M * fx));
-    p.comm.alltoall_calls = (4 * n_moe + 2 * re_moe) * p.micro_steps;
+    p.comm.alltoall_calls = (4 * n_moe + 2 * re_moe) * p.micro_steps * cfg.train.exchange_chunks;  // a call per chunk
     p.comm.allreduce_data = f * sh.allreduced;
     p.comm.allreduce_replicas = f * repl_experts;
     p.comm.reduce_scatter = f * sh.scattered * p.micro_steps;  // every micro-step's backward reduce-scatters
@@ -234,6 +240,8 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   // Micro-steps repeat the activation reductions and the MoE statistics; the
   // gradients cross the mesh once per step.
   int64_t model_calls = (2 + 4 * c.n_layers + 3 + 2 * (re_moe + re_dense)) * p.micro_steps;
+  // train.exchange_chunks: the experts' outputs and input gradients are summed per chunk
+  model_calls += (cfg.train.exchange_chunks - 1) * (2 * n_moe + re_moe) * p.micro_steps;
   int64_t data_calls = (n_moe + 1) * p.micro_steps + (p.micro_steps > 1);  // + the step's target count
   for (const Param& q : table.params) {
     if (q.model_axis >= 0) model_calls += 2;

@@ -42,10 +42,17 @@ struct StepPrediction {
   // train.shard_state: the reduce-scatters of layers L-1..1 run behind the backward
   // of the layer below (the code's non-blocking windows); at most that backward's time
   double hidden_s = 0.0;
+  // train.exchange_chunks: the part of alltoall_s that stays exposed (all of it for
+  // one chunk) and the rest, behind the expert compute (docs/PLAN.md)
+  double alltoall_exposed_s = 0.0, alltoall_hidden_s = 0.0;
   double step_s = 0.0, tokens_per_s = 0.0;
   double mfu = 0.0;                // model FLOPs per second / (devices used x peak)
   double comm_s() const { return alltoall_s + allreduce_data_s + allreduce_model_s + latency_s; }
 };
+
+// The exposed part of one block's all-to-all of a seconds in k chunks beside e
+// seconds of expert compute: a / k + max(0, (k - 1) a / k - e) (docs/PLAN.md).
+double chunked_alltoall_exposed(double a, double e, int64_t k);
 
 // UserError when the mesh needs more devices than the cluster has (unless time-shared).
 StepPrediction predict_step(const Plan& plan, const Cluster& cluster);

@@ -59,6 +59,13 @@ struct Plan {
   double train_flops_per_token = 0.0;    // forward + backward = 3 x forward
   double train_flops_per_rank = 0.0;     // what one rank computes per step (router replicated over model)
   double recompute_flops_per_rank = 0.0; // train.remat: the forwards recomputed in the backward (not model FLOPs)
+  // The all-to-all's blocks per step (a send, one MoE layer's experts, the return):
+  // forwards (remat's recomputed ones too) and backwards, each micro-step's; and the
+  // expert GEMM FLOPs of one forward block per rank (a backward block's are twice).
+  // train.exchange_chunks = k overlaps each block's all-to-all with its experts.
+  int64_t exchange_chunks = 1;
+  int64_t a2a_forward_blocks = 0, a2a_backward_blocks = 0;
+  double expert_block_flops = 0.0;
   MemoryPlan memory;
   CommPlan comm;
 };
