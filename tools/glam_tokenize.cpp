@@ -6,9 +6,8 @@
 //   info       prints the header of a corpus file, or checks and sums up a manifest
 //   mixture    loads a mixture as training does; times the loader (mixture.h, loader.h)
 // Every subcommand takes --help. Bad input is a glam::UserError: main prints
-// "glam-tokenize: error: <message>" on stderr and exits with status 2.
+// "glam-tokenize: error: <message>" on stderr and exits with status 2 (glam/base/tool_main.h).
 // Errors that every rank sees the same way (bad input) are printed by rank 0 only.
-#include <hdf5.h>
 #include <mpi.h>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
@@ -19,22 +18,16 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <iostream>
-#include <iterator>
-#include <map>
 #include <memory>
-#include <new>
 #include <string>
-#include <string_view>
 #include <thread>
 #include <unistd.h>
 #include <unordered_map>
 #include <vector>
 
-#include "glam/data/bounded_read.h"
 #include "glam/base/check.h"
 #include "glam/base/cli.h"
+#include "glam/base/tool_main.h"
 #include "glam/data/corpus.h"
 #include "glam/data/data_comm.h"
 #include "glam/data/encode.h"
@@ -49,33 +42,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string& usage() {
-  static const std::string text = glam::tool_usage(
-      "glam-tokenize",
-      {{"train-spm", "train a SentencePiece model on plain text files"},
-       {"encode", "tokenize text or JSON Lines files into a corpus file (.h5) or shards"},
-       {"info", "print the header of a corpus file (.h5) or check a shard manifest (.json)"},
-       {"mixture", "check a mixture (sources, weights, sizes) and time its loader"}});
-  return text;
-}
-
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Parses the options of one subcommand. Returns false when --help was printed.
-bool parse_options(const std::vector<std::string>& args, const std::string& command,
-                   const std::string& synopsis, const po::options_description& options,
-                   const po::positional_options_description& positional, po::variables_map& vm) {
-  po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-  if (vm.count("help")) {
-    std::cout << "usage: glam-tokenize " << command << " " << synopsis << "\n" << options;
-    return false;
-  }
-  po::notify(vm);
-  return true;
 }
 
 void require_input_files(const std::vector<std::string>& paths) {
@@ -158,7 +128,7 @@ int train_spm(const std::vector<std::string>& args) {
   po::variables_map vm;
   const char* synopsis =
       "--input F [--input F2 ...] --model-prefix PREFIX --vocab-size N [options]";
-  if (!parse_options(args, "train-spm", synopsis, opt, {}, vm)) return 0;
+  if (!glam::parse_command_options(args, "glam-tokenize train-spm", synopsis, opt, {}, vm)) return 0;
 
   const auto inputs = vm["input"].as<std::vector<std::string>>();
   const auto prefix = vm["model-prefix"].as<std::string>();
@@ -224,7 +194,7 @@ void encode_one_file(const glam::Tokenizer& tok, const std::vector<std::string>&
                      const glam::InputOptions& in, const std::string& output,
                      const std::string& source, bool overwrite) {
   int ranks = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  GLAM_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
   GLAM_REQUIRE(ranks == 1, "--output writes one file on one rank; under mpirun use --output-dir");
   GLAM_REQUIRE(overwrite || !fs::exists(output), "output file '", output,
                "' already exists (", glam::kOverwriteHint, ")");
@@ -313,7 +283,7 @@ int encode(const std::vector<std::string>& args) {
   const char* synopsis =
       "--tokenizer M.model --input F [--input F2 ...] (--output OUT.h5 | --output-dir DIR) "
       "--source NAME [options]";
-  if (!parse_options(args, "encode", synopsis, opt, {}, vm)) return 0;
+  if (!glam::parse_command_options(args, "glam-tokenize encode", synopsis, opt, {}, vm)) return 0;
 
   GLAM_REQUIRE(vm.count("output") + vm.count("output-dir") == 1,
                "encode needs one of --output FILE.h5 or --output-dir DIR");
@@ -375,7 +345,7 @@ int info(const std::vector<std::string>& args) {
   po::positional_options_description pos;
   pos.add("file", 1);
   po::variables_map vm;
-  if (!parse_options(args, "info", "FILE.h5", opt, pos, vm)) return 0;
+  if (!glam::parse_command_options(args, "glam-tokenize info", "FILE.h5", opt, pos, vm)) return 0;
 
   GLAM_REQUIRE(vm.count("file"), "info needs a corpus file: glam-tokenize info FILE.h5");
   const auto path = vm["file"].as<std::string>();
@@ -412,7 +382,8 @@ int mixture(const std::vector<std::string>& args) {
   po::positional_options_description pos;
   pos.add("corpus", 1);
   po::variables_map vm;
-  if (!parse_options(args, "mixture", "CORPUS [--steps N --batch-rows B --seq-len S]", opt, pos, vm))
+  if (!glam::parse_command_options(args, "glam-tokenize mixture", "CORPUS [--steps N --batch-rows B --seq-len S]", opt,
+                                   pos, vm))
     return 0;
   GLAM_REQUIRE(vm.count("corpus"), "mixture needs a corpus: glam-tokenize mixture FILE");
   const auto load_start = Clock::now();
@@ -448,43 +419,15 @@ int mixture(const std::vector<std::string>& args) {
   return 0;
 }
 
-int run(int argc, char** argv) {
-  const std::map<std::string, std::function<int(const std::vector<std::string>&)>> commands = {
-      {"train-spm", train_spm}, {"encode", encode}, {"info", info}, {"mixture", mixture}};
-  if (glam::top_level_request("glam-tokenize", usage(), argc, argv)) return 0;
-  const std::string command = argv[1];
-  const auto it = commands.find(command);
-  if (it == commands.end()) throw glam::unknown_command(command, usage());
-  return it->second(std::vector<std::string>(argv + 2, argv + argc));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(nullptr, nullptr);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // failures become messages naming the file
-  int rc = 0;
-  try {
-    rc = run(argc, argv);
-  } catch (const glam::UserError& e) {
-    if (rank == 0) std::fprintf(stderr, "glam-tokenize: error: %s\n", e.what());
-    rc = 2;
-  } catch (const po::error& e) {
-    if (rank == 0)
-      std::fprintf(stderr, "glam-tokenize: error: %s (see 'glam-tokenize %s --help')\n", e.what(),
-                   argc > 1 ? argv[1] : "");
-    rc = 2;
-  } catch (const std::bad_alloc&) {
-    const std::string file = glam::ReadingFile::current();
-    std::fprintf(stderr, "glam-tokenize: error: out of memory while reading '%s' (a damaged size in the file?)\n",
-                 file.empty() ? "the input" : file.c_str());
-    rc = 2;
-  } catch (const fs::filesystem_error& e) {
-    if (rank == 0) std::fprintf(stderr, "glam-tokenize: error: %s\n", e.what());
-    rc = 2;
-  }
-  MPI_Finalize();
-  return rc;
+  glam::Tool tool{"glam-tokenize",
+                  {{"train-spm", "train a SentencePiece model on plain text files", train_spm},
+                   {"encode", "tokenize text or JSON Lines files into a corpus file (.h5) or shards", encode},
+                   {"info", "print the header of a corpus file (.h5) or check a shard manifest (.json)", info},
+                   {"mixture", "check a mixture (sources, weights, sizes) and time its loader", mixture}}};
+  tool.quiet_hdf5 = true;
+  tool.filesystem_errors_are_input = true;
+  return glam::tool_main(tool, argc, argv);
 }

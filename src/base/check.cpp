@@ -12,8 +12,10 @@ namespace glam {
 // The error path itself: its MPI calls are not checked (a failure here has
 // nowhere left to go but exit).
 [[noreturn]] void fatal(const std::string& what, const char* file, int line) {
-  int initialised = 0, rank = 0;
+  int initialised = 0, finalised = 0, rank = 0;
   MPI_Initialized(&initialised);
+  MPI_Finalized(&finalised);
+  if (finalised) initialised = 0;  // a failed MPI_Finalize: no MPI call is allowed any more
   if (initialised) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   std::fprintf(stderr, "glam: fatal on rank %d: %s (%s:%d)\n", rank, what.c_str(), file, line);
   std::fflush(stderr);
@@ -21,11 +23,15 @@ namespace glam {
   std::exit(3);
 }
 
-[[noreturn]] void fatal_mpi(int rc, const char* call, const char* file, int line) {
+std::string mpi_error(int rc, const char* call) {
   char text[MPI_MAX_ERROR_STRING] = "unknown error";
   int length = 0;
   if (MPI_Error_string(rc, text, &length) != MPI_SUCCESS) std::snprintf(text, sizeof text, "error code %d", rc);
-  fatal(msg("MPI call failed: ", call, ": ", text), file, line);
+  return msg("MPI call failed: ", call, ": ", text);
+}
+
+[[noreturn]] void fatal_mpi(int rc, const char* call, const char* file, int line) {
+  fatal(mpi_error(rc, call), file, line);
 }
 
 void debug_kill_point(const char* where, int64_t step, int64_t index) {

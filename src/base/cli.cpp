@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
+#include <iostream>
 
 #include "glam/base/check.h"
 #include "glam/base/version.h"
@@ -16,7 +17,7 @@ namespace glam {
 
 std::string tool_usage(const std::string& tool, const std::vector<ToolCommand>& commands) {
   std::vector<ToolCommand> all = commands;
-  all.push_back({"version", "print the version and the git commit of this build"});
+  all.push_back({"version", "print the version and the git commit of this build", nullptr});
   size_t width = 0;
   for (const ToolCommand& c : all) width = std::max(width, c.name.size());
   std::string out = "usage: " + tool + " <command> [options]\ncommands:\n";
@@ -54,6 +55,18 @@ po::typed_value<double>* real_value(double* target) {
   return po::value(target)->default_value(*target, shortest_text(*target));
 }
 
+bool parse_command_options(const std::vector<std::string>& args, const std::string& tool_command,
+                           const std::string& synopsis, const po::options_description& options,
+                           const po::positional_options_description& positional, po::variables_map& vm) {
+  po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: " << tool_command << " " << synopsis << "\n" << options;
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
+
 po::parsed_options parse_command_line(const std::vector<std::string>& args, const po::options_description& desc,
                                       const std::string& command) {
   po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
@@ -64,6 +77,19 @@ po::parsed_options parse_command_line(const std::vector<std::string>& args, cons
                         "' (every option is --name VALUE; quote a value that holds spaces)"));
   }
   return parsed;
+}
+
+bool parse_glam_command(const std::vector<std::string>& args, const po::options_description& desc,
+                        const std::string& command, po::variables_map& vm) {
+  try {
+    po::store(parse_command_line(args, desc, command), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UserError(msg(command, ": ", e.what()));
+  }
+  if (!vm.count("help")) return true;
+  std::cout << desc << "\n";
+  return false;
 }
 
 namespace {

@@ -264,7 +264,7 @@ std::string save_checkpoint(const std::string& run_dir, ParamTable& table, Adafa
   QuietHdf5 quiet;  // failures are reported below, naming the file and the cause
   const std::string file_name = tmp.string();
 
-  const h5::Plist fapl = h5::mpio_file_access(mesh.world);
+  const h5::Plist fapl = mesh.mpio_file_access();
   errno = 0;
   h5::File file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
   const int create_errno = errno;
@@ -356,7 +356,7 @@ void read_tensor(hid_t file, const std::string& path, int64_t file_size, hid_t d
 TrainState load_checkpoint(const std::string& path, ParamTable& table, Adafactor& opt, const Mesh& mesh) {
   GLAM_REQUIRE(fs::exists(path), "checkpoint '", path, "' does not exist");
   QuietHdf5 quiet;  // failures are reported naming the file and the dataset
-  const h5::Plist fapl = h5::mpio_file_access(mesh.world);
+  const h5::Plist fapl = mesh.mpio_file_access();
   const h5::File file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()));
   GLAM_REQUIRE(file.valid(), "checkpoint '", path, "' is not a readable HDF5 file (truncated or corrupt?)");
   const TrainState st = read_train_state(file.get(), path);

@@ -60,7 +60,7 @@ void read_param(hid_t file, const std::string& path, int64_t file_size, int64_t 
                   H5Dread(ds.get(), H5T_NATIVE_FLOAT, mem.get(), space.get(), H5P_DEFAULT, p.w.data()) >= 0;
   // A mesh without a communicator (a test's or a tool's stand-in for one rank of
   // a larger mesh) reads its shard alone: it cannot sum the checksum over the mesh.
-  const bool alone = mesh.world == MPI_COMM_NULL && mesh.world_size > 1;
+  const bool alone = mesh.is_stand_in();
   GLAM_REQUIRE(!(alone ? !ok : mesh.any(!ok)), what, ": dataset ", name, " cannot be read (truncated or corrupt file?)");
   if (version < 2 || alone) return;
   const uint64_t sum = mesh.sum_world(checksum_shard(p, p.w.data(), mesh));

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 
 #include <nlohmann/json.hpp>
 
@@ -253,13 +252,7 @@ json run_text(const EvalRequest& r, Model& model, const Tokenizer& tok, const Me
 int eval_main(const std::vector<std::string>& args) {
   const po::options_description cli = eval_options();
   po::variables_map vm;
-  try {
-    po::store(parse_command_line(args, cli, "glam eval"), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UserError(msg("glam eval: ", e.what()));
-  }
-  if (vm.count("help")) { std::cout << cli << "\n"; return 0; }
+  if (!parse_glam_command(args, cli, "glam eval", vm)) return 0;  // --help
   EvalRequest r = parse_request(vm);
 
   Config cfg = load_config_file((r.run_dir / "config.cfg").string());

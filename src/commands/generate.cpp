@@ -50,9 +50,7 @@ SamplingOptions sampling_options(const po::variables_map& vm) {
   return opt;
 }
 
-}  // namespace
-
-int generate_main(const std::vector<std::string>& args) {
+po::options_description generate_options() {
   po::options_description cli("glam generate --run-dir DIR --prompt TEXT [options]");
   cli.add_options()
     ("help,h", "show this help")
@@ -68,14 +66,15 @@ int generate_main(const std::vector<std::string>& args) {
     ("seed", po::value<Seed>()->default_value(Seed(1)), "sampling seed (0 to 2^64-1)")
     ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
     ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)");
+  return cli;
+}
+
+}  // namespace
+
+int generate_main(const std::vector<std::string>& args) {
+  const po::options_description cli = generate_options();
   po::variables_map vm;
-  try {
-    po::store(parse_command_line(args, cli, "glam generate"), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UserError(msg("glam generate: ", e.what()));
-  }
-  if (vm.count("help")) { std::cout << cli << "\n"; return 0; }
+  if (!parse_glam_command(args, cli, "glam generate", vm)) return 0;  // --help
   GLAM_REQUIRE(vm.count("run-dir"), "glam generate: --run-dir is required");
   const std::vector<std::string> prompts = read_prompts(vm);
   const SamplingOptions opt = sampling_options(vm);

@@ -20,7 +20,7 @@ Plist mpio_file_access(MPI_Comm comm) {
   GLAM_CHECK_MPI(MPI_Comm_split(comm, 0, rank, &plain));
   Plist fapl(GLAM_CHECK_H5(H5Pcreate(H5P_FILE_ACCESS)));
   GLAM_CHECK_H5(H5Pset_fapl_mpio(fapl.get(), plain, MPI_INFO_NULL));
-  MPI_Comm_free(&plain);  // HDF5 keeps its own duplicate
+  GLAM_CHECK_MPI(MPI_Comm_free(&plain));  // HDF5 keeps its own duplicate
   return fapl;
 }
 

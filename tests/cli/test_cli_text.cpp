@@ -34,7 +34,7 @@ TEST_CASE("json_line escapes strings through nlohmann") {
 }
 
 TEST_CASE("every tool's usage has one layout, with version among the commands") {
-  const std::string u = glam::tool_usage("glam-x", {{"a", "does a"}, {"long-one", "does b"}});
+  const std::string u = glam::tool_usage("glam-x", {{"a", "does a", nullptr}, {"long-one", "does b", nullptr}});
   CHECK(u == "usage: glam-x <command> [options]\n"
              "commands:\n"
              "  a         does a\n"

@@ -231,7 +231,7 @@ void run_case(const Case& c) {
   // would make that rank throw while the others wait in the all-to-all)
   const int64_t my_rows = std::max(sum(r.xp.send_rows), sum(r.xp.recv_rows));
   int64_t most_rows = my_rows;  // over every rank and both directions
-  MPI_Allreduce(&my_rows, &most_rows, 1, MPI_INT64_T, MPI_MAX, mesh.world);
+  MPI_Allreduce(&my_rows, &most_rows, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
   std::vector<int64_t> limits = {most_rows,                                          // rows everywhere
                                  std::max(most_rows, M + (most_rows * M - M) / 2),  // rows or floats by rank
                                  most_rows * M};                                    // floats, at the edge
@@ -268,7 +268,7 @@ void run_case(const Case& c) {
     CHECK(threw);
     CHECK_THAT(what, Contains("exceeds the MPI count limit"));
     int all = threw ? 1 : 0;
-    MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, mesh.world);
+    MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     CHECK(all == 1);
   }
 }

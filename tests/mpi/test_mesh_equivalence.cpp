@@ -209,10 +209,10 @@ void report(const Mesh& mesh, const std::string& what, const Worst& w, bool over
   std::snprintf(line, sizeof line, "%s: |diff| %.3g, tolerance %.3g", w.where.c_str(), w.err, w.tol);
   struct { double ratio; int rank; } mine{w.err / w.tol, mesh.world_rank}, worst = mine;
   if (over_ranks) {
-    MPI_Allreduce(&mine, &worst, 1, MPI_DOUBLE_INT, MPI_MAXLOC, mesh.world);
+    MPI_Allreduce(&mine, &worst, 1, MPI_DOUBLE_INT, MPI_MAXLOC, MPI_COMM_WORLD);
     if (worst.rank != 0) {  // that rank hands its description to rank 0
-      if (mesh.world_rank == worst.rank) MPI_Send(line, sizeof line, MPI_CHAR, 0, 7, mesh.world);
-      if (mesh.is_root()) MPI_Recv(line, sizeof line, MPI_CHAR, worst.rank, 7, mesh.world, MPI_STATUS_IGNORE);
+      if (mesh.world_rank == worst.rank) MPI_Send(line, sizeof line, MPI_CHAR, 0, 7, MPI_COMM_WORLD);
+      if (mesh.is_root()) MPI_Recv(line, sizeof line, MPI_CHAR, worst.rank, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     }
   }
   if (mesh.is_root()) std::printf("  %-24s worst %.3f of tolerance (rank %d) %s\n", what.c_str(), worst.ratio,

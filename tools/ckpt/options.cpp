@@ -3,9 +3,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 
 #include "ckpt.h"
+#include "glam/base/cli.h"
 
 namespace fs = std::filesystem;
 
@@ -23,13 +23,7 @@ bool parse_options(const std::vector<std::string>& args, const std::string& comm
                    const po::options_description& options, po::variables_map& vm) {
   po::positional_options_description positional;
   positional.add("checkpoint", 1);
-  po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-  if (vm.count("help")) {
-    std::cout << "usage: glam-ckpt " << command << " " << synopsis << "\n" << options;
-    return false;
-  }
-  po::notify(vm);
-  return true;
+  return glam::parse_command_options(args, "glam-ckpt " + command, synopsis, options, positional, vm);
 }
 
 void add_chunk_option(po::options_description& opt) {

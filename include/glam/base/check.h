@@ -5,7 +5,9 @@
 // Every external call (MPI, HDF5, BLAS setup) is checked with a macro naming file and line;
 // CUDA and cuBLAS calls with GLAM_CHECK_CUDA / GLAM_CHECK_CUBLAS (glam/layers/cuda/check.h).
 // MPI returns errors to these checks only on communicators whose error handler
-// is MPI_ERRORS_RETURN; under the default handler MPI aborts the job first.
+// is MPI_ERRORS_RETURN, which MpiSession (mpi_session.h) sets on MPI_COMM_WORLD
+// and every communicator made from it inherits; under MPI's default handler the
+// job would abort inside the call first.
 #pragma once
 #include <cstdint>
 #include <sstream>
@@ -19,8 +21,10 @@ struct UserError : std::runtime_error {
 };
 
 [[noreturn]] void fatal(const std::string& what, const char* file, int line);
-// fatal() for an MPI call that returned rc: names the call and MPI's error string.
+// fatal() for an MPI call that returned rc, with the message of mpi_error.
 [[noreturn]] void fatal_mpi(int rc, const char* call, const char* file, int line);
+// "MPI call failed: <call>: <MPI's error string for rc>".
+std::string mpi_error(int rc, const char* call);
 
 // Test hook: GLAM_DEBUG_KILL_AT="RANK:STEP[:WHERE[:INDEX]]" kills world rank RANK
 // with SIGKILL when it reaches point WHERE ("step", the default, or "checkpoint")

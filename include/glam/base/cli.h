@@ -5,6 +5,7 @@
 // the activity that main() names when memory runs out.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,9 @@ namespace glam {
 struct ToolCommand {
   std::string name;     // "train"
   std::string summary;  // what it does, perhaps with an example
+  // The command's main: its arguments after the command's name; returns the exit
+  // status (tool_main.h runs it; tool_usage reads only the two lines above).
+  std::function<int(const std::vector<std::string>& args)> run;
 };
 
 // The usage every tool prints, in one layout:
@@ -53,12 +57,26 @@ std::string shortest_text(double v);
 constexpr int kMaxMeshAxis = 1 << 20;
 constexpr int64_t kMaxMeshRanks = int64_t{1} << 24;
 
+// The options of one command of a tool, `positional` naming its positional
+// arguments: with --help prints "usage: <tool_command> <synopsis>" and the options
+// and returns false; else stores and checks them in vm (po::error escapes).
+bool parse_command_options(const std::vector<std::string>& args, const std::string& tool_command,
+                           const std::string& synopsis, const boost::program_options::options_description& options,
+                           const boost::program_options::positional_options_description& positional,
+                           boost::program_options::variables_map& vm);
+
 // Runs Boost's command-line parser on args against desc. Boost silently drops
 // arguments that are not options; here each one throws UserError naming it and
 // `command` ("glam eval"). po::error still escapes for the caller to wrap.
 boost::program_options::parsed_options parse_command_line(const std::vector<std::string>& args,
                                                           const boost::program_options::options_description& desc,
                                                           const std::string& command);
+
+// The options of a glam command (`command`: "glam eval"): parse_command_line and
+// po::notify into vm, a Boost option error rethrown as UserError("<command>: ...");
+// with --help prints desc and returns false.
+bool parse_glam_command(const std::vector<std::string>& args, const boost::program_options::options_description& desc,
+                        const std::string& command, boost::program_options::variables_map& vm);
 
 // "DxM" -> D, M: two decimal integers from 1 to kMaxMeshAxis joined by 'x', with
 // D * M <= kMaxMeshRanks; no sign, space, leading '+', or trailing junk. Anything
