@@ -1,6 +1,8 @@
 // glam-ckpt's shared pieces (tools/ckpt/*.cpp): the file being read and the
-// datasets its stored config implies, tensors read in slabs, checksums of slabs,
-// and the command-line and output-file helpers every command uses.
+// datasets its stored config implies, checksums of blocks, the ranks of mpirun
+// that share verify, export and reshard (Team) and the pieces they split the
+// tensors into (a memory limit per rank), and the command-line and output-file
+// helpers every command uses.
 // Every failure is a glam::UserError (main prints it, exit 2); HDF5 goes through
 // glam's HDF5 layer (glam/io/h5.h).
 #pragma once
@@ -80,35 +82,118 @@ bool is_float32_le(hid_t dataset);
 // naming c (`then` after it) when it is missing, has another shape or is not float32.
 h5::Dataset open_tensor(const Checkpoint& c, const CheckpointDataset& t, const std::string& then = "");
 
-// f(first slice, slices, data [slices, count[1:]...]) for each slab.
-using SlabFn = std::function<void(int64_t, int64_t, const float*)>;
-// Reads the region [offset, offset + count) of a float32 dataset in slabs of whole
-// slices of the region's leading dim, at most chunk_bytes each (at least one slice).
-void read_region(hid_t ds, const std::vector<int64_t>& offset, const std::vector<int64_t>& count,
-                 int64_t chunk_bytes, const std::string& what, const SlabFn& f);
-// Writes slices [first, first + n) of the leading dim of `dst` (dataspace `space`
-// of dims `dims`) from `data` in mem_type.
-void write_slices(hid_t dst, hid_t space, const std::vector<int64_t>& dims, int64_t first, int64_t n,
-                  hid_t mem_type, const void* data, const std::string& what);
+// Sum of checksum_element over a block of a tensor of global shape `dims`: the
+// block starts at `offset` (global coordinates) and holds `count` elements per
+// dim, row-major.
+uint64_t checksum_block(const std::vector<int64_t>& dims, const std::vector<int64_t>& offset,
+                        const std::vector<int64_t>& count, const float* data);
 
-// Sum of checksum_element over a slab of a region of a tensor of global shape `dims`:
-// the region starts at `offset`; the slab holds its slices [first, first + n) of the
-// leading dim, row-major.
-uint64_t checksum_slab(const std::vector<int64_t>& dims, const std::vector<int64_t>& offset,
-                       const std::vector<int64_t>& count, int64_t first, int64_t n, const float* data);
+// An output HDF5 file without time stamps (the same tensors, the same bytes).
+h5::File create_untimed_file(const std::string& path);
+// A dataset whose bytes any rank writes at a file offset (raw_offset) after this
+// process closed the file: contiguous, allocated when created, never filled, no
+// time stamps, its missing groups created untimed as well.
+h5::Dataset create_raw_dataset(hid_t file, const std::string& path, hid_t type, const std::vector<int64_t>& shape,
+                               const std::string& what);
+// The file offset of a raw dataset's first byte (0 for a dataset of no elements).
+int64_t raw_offset(hid_t dataset, const std::string& what);
 
 // Copies every attribute of `from` onto `to` (same file type, any class), except `skip`.
 void copy_attrs(hid_t from, hid_t to, const std::vector<std::string>& skip);
 
+// ---- the ranks that share a command (team.cpp: every MPI call of glam-ckpt) ----------
+
+// The message of the exception being handled (call it in a catch block).
+std::string current_error_text();
+
+// MPI_COMM_WORLD, as the ranks sharing the work see it. Collective calls must be
+// made by every rank in the same order.
+class Team {
+ public:
+  static const Team& world();
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  bool root() const { return rank_ == 0; }
+  // Runs `step` here, then tells every rank whether it failed on any: if so, every
+  // rank throws the UserError of the lowest failing rank (naming that rank when it
+  // is not 0). Collective.
+  void agree(const std::function<void()>& step) const;
+  // Element-wise sums modulo 2^64 over the ranks, in place on every rank. Collective.
+  void sum(std::vector<uint64_t>& values) const;
+  int64_t max(int64_t value) const;  // collective
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+};
+
+// ---- pieces: the reads and writes of a command split over the ranks (pieces.cpp) -------
+
+// A region of a checkpoint dataset that a command reads: all of it (verify,
+// export) or one rank's shard (reshard); where its bytes go, when they go anywhere.
+struct Region {
+  std::string path;                    // the dataset
+  std::vector<int64_t> global;         // its shape: checksums index its elements in it
+  std::vector<int64_t> offset, count;  // the region within the dataset
+  int file = -1;                       // the output file it is written to (PieceJob::outputs), -1: none
+  int64_t at = 0;                      // byte offset there of its first element (row-major after it)
+};
+
+// A block of a region: one range along dim `dim`, whole dims after it, single
+// indices before it, so its elements are consecutive in the region's row-major order.
+struct Block {
+  size_t region = 0;
+  std::vector<int64_t> offset, count;  // within the region
+  int64_t first = 0;                   // flat index in the region of its first element
+  int64_t elements() const;
+};
+
+// The blocks of a region of `count`, in order, of at most max_elements (>= 1)
+// each: runs of whole slices of the outermost dim whose one slice fits (as many
+// as make about `preferred` elements, at least one), finer ones only when a slice
+// does not fit.
+std::vector<Block> split_region(size_t region, const std::vector<int64_t>& count, int64_t max_elements,
+                                int64_t preferred);
+// Each block's rank: largest first, each to the rank with the fewest elements so
+// far (the lowest on a tie). Depends on the blocks and `ranks` alone.
+std::vector<int> assign_blocks(const std::vector<Block>& blocks, int ranks);
+
+// The work of one command, the same on every rank.
+struct PieceJob {
+  const Checkpoint* c = nullptr;
+  std::vector<Region> regions;
+  std::vector<std::string> outputs;  // the files the regions go to; they exist at full size
+  bool bf16 = false;                 // the outputs hold bfloat16 bits, else float32
+  bool keep_going = false;           // verify: a block that cannot be read marks its region
+  int64_t memory_limit = 0;          // bytes of tensor data a rank holds at once
+  int64_t chunk = 0;                 // preferred bytes of float32 per read
+};
+struct PieceResult {
+  std::vector<uint64_t> sums;        // per region: the checksum terms of its elements
+  std::vector<uint64_t> unreadable;  // per region: blocks that could not be read (keep_going)
+  int64_t peak_buffer = 0;           // the most bytes of tensor data any rank held at once
+};
+// Reads, checks and writes this rank's blocks, then sums the results over the
+// team. A failure on any rank is a UserError on every rank. Collective.
+PieceResult run_pieces(const Team& team, const PieceJob& job);
+
+// Prints (rank 0) the largest tensor buffer of any rank against the limit and the
+// largest peak resident memory (VmHWM) of any rank. Collective.
+void report_memory(const Team& team, int64_t peak_buffer, int64_t memory_limit);
+
 // ---- export (export.cpp, safetensors.cpp) ---------------------------------------------
 
-// Streams parameter t of c (ds: its open dataset) in slabs to sink, then checks
-// the stored checksum where the file has checksums (a weights file of version 1
-// has none); returns the sum over its values, the checksum of what was streamed.
-uint64_t stream_param(const Checkpoint& c, const CheckpointDataset& t, hid_t ds, int64_t chunk, const SlabFn& sink);
-// Writes the parameters as safetensors to `out` (f32, or bf16); returns the tensor bytes.
-int64_t write_safetensors(const Checkpoint& c, const std::vector<CheckpointDataset>& params, bool bf16,
-                          int64_t chunk, const std::string& out);
+// The safetensors layout of the parameters: its header bytes and, per parameter
+// (in params order), its byte offset in the file; the order they are stored in.
+struct SafetensorsLayout {
+  std::string head;           // the u64 length and the padded JSON
+  std::vector<int64_t> at;    // per parameter
+  std::vector<size_t> order;  // indices into params, sorted by name
+  int64_t bytes = 0;          // tensor bytes
+};
+SafetensorsLayout safetensors_layout(const Checkpoint& c, const std::vector<CheckpointDataset>& params, bool bf16);
+// Creates `out` holding the header, at its full size.
+void create_safetensors(const SafetensorsLayout& layout, const std::string& out);
 // The model config as JSON, for loaders outside glam (step: when the file has one).
 std::string config_json(const Config& cfg, const std::optional<int64_t>& step);
 
@@ -119,8 +204,20 @@ void add_command_options(po::options_description& opt, const char* file_help = "
 // Parses the options of one command, the file positional. Returns false when --help was printed.
 bool parse_options(const std::vector<std::string>& args, const std::string& command, const std::string& synopsis,
                    const po::options_description& options, po::variables_map& vm);
-void add_chunk_option(po::options_description& opt);
-int64_t chunk_bytes(const po::variables_map& vm);
+
+// --memory-limit and --chunk-bytes, and their values.
+constexpr int64_t kDefaultMemoryLimit = int64_t(1) << 30;
+constexpr int64_t kMinMemoryLimit = 4096;
+void add_memory_options(po::options_description& opt);
+struct MemoryOptions {
+  int64_t limit = kDefaultMemoryLimit;  // bytes of tensor data a rank holds at once
+  int64_t chunk = 0;                    // preferred bytes per read
+};
+MemoryOptions memory_options(const po::variables_map& vm);
+// A size as users write it: bytes ("1048576"), or a number with a unit: KiB, MiB,
+// GiB, TiB (or K, M, G, T: powers of 1024), kB, MB, GB, TB (powers of 1000), B.
+// A UserError naming `flag` for anything else.
+int64_t parse_size(const std::string& text, const std::string& flag);
 
 // An output path that may be written: absent (or overwrite) and in an existing directory.
 void require_output(const std::string& path, bool overwrite);

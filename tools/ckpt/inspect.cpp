@@ -58,9 +58,13 @@ int inspect(const std::vector<std::string>& args) {
   add_command_options(opt);
   po::variables_map vm;
   if (!parse_options(args, "inspect", "CKPT", opt, vm)) return 0;
-  const Checkpoint c = open_checkpoint(vm["checkpoint"].as<std::string>(), false);
-  print_state(c);
-  print_datasets(c);
+  const Team& team = Team::world();
+  team.agree([&] {  // rank 0 alone under mpirun; its errors end every rank
+    if (!team.root()) return;
+    const Checkpoint c = open_checkpoint(vm["checkpoint"].as<std::string>(), false);
+    print_state(c);
+    print_datasets(c);
+  });
   return 0;
 }
 

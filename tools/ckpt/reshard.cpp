@@ -1,7 +1,9 @@
 // glam-ckpt reshard: one file per rank of a DxM mesh, each holding that rank's
 // shard of every dataset (with its global_shape, offset and shard_checksum), as
-// glam's own sharding (params.cpp) places it. Nothing is written under the final
-// names unless the primary shards' sums reproduce every stored checksum.
+// glam's own sharding (params.cpp) places it. Under mpirun rank file f is created
+// (at a temporary name) by rank f % N, every rank copies its blocks of every
+// shard into place (pieces.cpp), and the files are renamed only when every rank
+// succeeded and the primary shards' sums reproduce every stored checksum.
 #include <cinttypes>
 #include <cstdio>
 #include <filesystem>
@@ -39,7 +41,7 @@ struct ReshardRequest {
   std::string path, dir, mesh_name;
   int D = 0, M = 0;
   bool overwrite = false;
-  int64_t chunk = 0;
+  MemoryOptions memory;
 };
 
 bool parse_reshard(const std::vector<std::string>& args, ReshardRequest& r) {
@@ -52,13 +54,13 @@ bool parse_reshard(const std::vector<std::string>& args, ReshardRequest& r) {
        "writes DIR/rank_R.h5 for R = data_rank * M + model_rank (created when missing)")
       ("overwrite", po::bool_switch(), "replace existing rank files");
   // clang-format on
-  add_chunk_option(opt);
+  add_memory_options(opt);
   po::variables_map vm;
   if (!parse_options(args, "reshard", "CKPT --mesh DxM --output-dir DIR [options]", opt, vm)) return false;
   r.path = vm["checkpoint"].as<std::string>();
   r.dir = vm["output-dir"].as<std::string>();
   r.overwrite = vm["overwrite"].as<bool>();
-  r.chunk = chunk_bytes(vm);
+  r.memory = memory_options(vm);
   parse_mesh(vm["mesh"].as<std::string>(), &r.D, &r.M);
   r.mesh_name = msg(r.D, "x", r.M);
   return true;
@@ -74,37 +76,12 @@ std::vector<CheckpointDataset> rank_tensors(const Checkpoint& c, const ReshardRe
   }
 }
 
-// Shard `t` of rank file `file` (dataspace of the shard) from the checkpoint;
-// returns the shard's part of the dataset checksum.
-uint64_t write_shard(const Checkpoint& c, const CheckpointDataset& t, const Mesh& mesh, hid_t file, hid_t lcpl,
-                     int64_t chunk, const std::string& tpath) {
-  const auto offset = t.desc.shard_offset(mesh);
-  const auto& count = t.desc.shape;
-  const std::string what = msg("cannot write dataset ", t.path, " to '", tpath, "'");
-  const h5::Dataset src(GLAM_REQUIRE_H5(H5Dopen2(c.file.get(), t.path.c_str(), H5P_DEFAULT), what));
-  const h5::Space space = h5::simple_space(count);
-  const h5::Dataset dst(GLAM_REQUIRE_H5(
-      H5Dcreate2(file, t.path.c_str(), H5T_IEEE_F32LE, space.get(), lcpl, H5P_DEFAULT, H5P_DEFAULT), what));
-  attr_written(h5::write_int_array_attr(dst.get(), "global_shape", t.desc.global_shape), "global_shape", tpath);
-  attr_written(h5::write_int_array_attr(dst.get(), "offset", offset), "offset", tpath);
-  uint64_t sum = 0;
-  read_region(src.get(), offset, count, chunk, msg("checkpoint '", c.path, "': cannot read dataset ", t.path),
-              [&](int64_t first, int64_t n, const float* data) {
-                sum += checksum_slab(t.desc.global_shape, offset, count, first, n, data);
-                write_slices(dst.get(), space.get(), count, first, n, H5T_NATIVE_FLOAT, data, what);
-              });
-  // The shard's part of the dataset checksum (sum over global indices of its elements).
-  attr_written(h5::write_u64_attr(dst.get(), "shard_checksum", sum), "shard_checksum", tpath);
-  return sum;
-}
-
-// Rank `rank`'s file at tpath; adds the primary shards' sums to sums[i].
-void write_rank_file(const Checkpoint& c, const ReshardRequest& r, int rank,
-                     const std::vector<CheckpointDataset>& tensors, const std::string& tpath,
-                     std::vector<uint64_t>& sums) {
+// Rank file `rank` at tpath without the shards' bytes, which every rank writes in
+// place (pieces.cpp); at[i]: the byte offset of tensors[i]'s shard in it.
+void create_rank_file(const Checkpoint& c, const ReshardRequest& r, int rank,
+                      const std::vector<CheckpointDataset>& tensors, const std::string& tpath, uint64_t* at) {
   const Mesh mesh = mesh_stand_in(r.D, r.M, rank);
-  h5::File file(H5Fcreate(tpath.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-  GLAM_REQUIRE(file.valid(), "cannot create '", tpath, "'");
+  h5::File file = create_untimed_file(tpath);
   try {
     copy_attrs(c.file.get(), file.get(), {"mesh", "rank"});
   } catch (const UserError& e) {
@@ -112,25 +89,100 @@ void write_rank_file(const Checkpoint& c, const ReshardRequest& r, int rank,
   }
   attr_written(h5::write_string_attr(file.get(), "mesh", r.mesh_name), "mesh", tpath);
   attr_written(h5::write_int_attr(file.get(), "rank", rank), "rank", tpath);
-  const h5::Plist lcpl = h5::intermediate_groups();
   for (size_t i = 0; i < tensors.size(); i++) {
-    const uint64_t sum = write_shard(c, tensors[i], mesh, file.get(), lcpl.get(), r.chunk, tpath);
-    if (is_primary(tensors[i].desc, mesh)) sums[i] += sum;
+    const CheckpointDataset& t = tensors[i];
+    const std::string what = msg("cannot write dataset ", t.path, " to '", tpath, "'");
+    const h5::Dataset dst = create_raw_dataset(file.get(), t.path, H5T_IEEE_F32LE, t.desc.shape, what);
+    attr_written(h5::write_int_array_attr(dst.get(), "global_shape", t.desc.global_shape), "global_shape", tpath);
+    attr_written(h5::write_int_array_attr(dst.get(), "offset", t.desc.shard_offset(mesh)), "offset", tpath);
+    at[i] = static_cast<uint64_t>(raw_offset(dst.get(), what));
   }
   GLAM_REQUIRE(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0 && file.close() >= 0, "cannot write '", tpath, "'");
 }
 
-// The output paths, checked before any work; the directory is created.
-std::vector<std::string> rank_outputs(const ReshardRequest& r) {
-  std::error_code ec;
-  fs::create_directories(r.dir, ec);
-  GLAM_REQUIRE(fs::is_directory(r.dir), "cannot create output directory '", r.dir, "'");
+// Each shard's part of the dataset checksum (the sum over the global indices of
+// its elements: sums[i] for tensors[i]) as its attribute shard_checksum.
+void write_shard_checksums(const std::vector<CheckpointDataset>& tensors, const uint64_t* sums,
+                           const std::string& tpath) {
+  h5::File file(H5Fopen(tpath.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+  GLAM_REQUIRE(file.valid(), "cannot reopen '", tpath, "' to write its checksums");
+  for (size_t i = 0; i < tensors.size(); i++) {
+    const h5::Dataset ds(GLAM_REQUIRE_H5(H5Dopen2(file.get(), tensors[i].path.c_str(), H5P_DEFAULT),
+                                         "cannot open dataset ", tensors[i].path, " of '", tpath, "'"));
+    attr_written(h5::write_u64_attr(ds.get(), "shard_checksum", sums[i]), "shard_checksum", tpath);
+  }
+  GLAM_REQUIRE(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0 && file.close() >= 0, "cannot write '", tpath, "'");
+}
+
+// The output paths, checked before any work; the directory is created (rank 0).
+std::vector<std::string> rank_outputs(const ReshardRequest& r, bool check) {
+  if (check) {
+    std::error_code ec;
+    fs::create_directories(r.dir, ec);
+    GLAM_REQUIRE(fs::is_directory(r.dir), "cannot create output directory '", r.dir, "'");
+  }
   std::vector<std::string> outs;
   for (int rank = 0; rank < r.D * r.M; rank++) {
     outs.push_back((fs::path(r.dir) / msg("rank_", rank, ".h5")).string());
-    require_output(outs.back(), r.overwrite);
+    if (check) require_output(outs.back(), r.overwrite);
   }
   return outs;
+}
+
+// The checkpoint, every rank file's shards and the global datasets, checked on
+// every rank (the outputs on rank 0) before any work.
+struct Plan {
+  Checkpoint c;
+  std::vector<std::vector<CheckpointDataset>> ranks;  // [rank file] its shards
+  std::vector<CheckpointDataset> global;
+  std::vector<std::string> outs;
+};
+
+Plan plan_reshard(const Team& team, const ReshardRequest& r) {
+  Plan p;
+  team.agree([&] {
+    p.c = open_checkpoint(r.path);
+    rank_tensors(p.c, r, 0);  // the mesh must split the model: checked on one rank before any other work
+    // Every rank's shards first: a mesh the model cannot be split on fails before any write.
+    for (int rank = 0; rank < r.D * r.M; rank++) p.ranks.push_back(rank_tensors(p.c, r, rank));
+    p.global = expected_tensors(p.c.cfg, Mesh{});
+    for (const CheckpointDataset& t : p.global) open_tensor(p.c, t, " (run glam-ckpt verify)");
+    p.outs = rank_outputs(r, team.root());
+  });
+  return p;
+}
+
+// Region f * n + i: shard i of rank file f (n datasets per file).
+PieceJob shard_regions(const Plan& p, const ReshardRequest& r) {
+  PieceJob job;
+  job.c = &p.c;
+  job.memory_limit = r.memory.limit;
+  job.chunk = r.memory.chunk;
+  for (size_t f = 0; f < p.ranks.size(); f++) {
+    job.outputs.push_back(p.outs[f] + ".tmp");
+    const Mesh mesh = mesh_stand_in(r.D, r.M, static_cast<int>(f));
+    for (const CheckpointDataset& t : p.ranks[f])
+      job.regions.push_back({t.path, t.desc.global_shape, t.desc.shard_offset(mesh), t.desc.shape,
+                             static_cast<int>(f), 0});
+  }
+  return job;
+}
+
+// The primary shards cover each tensor once: their sums must be the stored checksums.
+void require_checksums(const Plan& p, const ReshardRequest& r, const std::vector<uint64_t>& sums) {
+  const size_t n = p.global.size();
+  std::vector<uint64_t> total(n, 0);
+  for (size_t f = 0; f < p.ranks.size(); f++) {
+    const Mesh mesh = mesh_stand_in(r.D, r.M, static_cast<int>(f));
+    for (size_t i = 0; i < n; i++)
+      if (is_primary(p.ranks[f][i].desc, mesh)) total[i] += sums[f * n + i];
+  }
+  for (size_t i = 0; i < n; i++) {
+    const h5::Dataset ds(H5Dopen2(p.c.file.get(), p.global[i].path.c_str(), H5P_DEFAULT));
+    const auto stored = h5::read_u64_attr(ds.get(), "checksum");
+    GLAM_REQUIRE(stored && *stored == total[i], "checkpoint '", r.path, "': dataset ", p.global[i].path,
+                 stored ? " fails its checksum" : " has no checksum", " (run glam-ckpt verify); no rank file written");
+  }
 }
 
 }  // namespace
@@ -138,31 +190,37 @@ std::vector<std::string> rank_outputs(const ReshardRequest& r) {
 int reshard(const std::vector<std::string>& args) {
   ReshardRequest r;
   if (!parse_reshard(args, r)) return 0;
-  const Checkpoint c = open_checkpoint(r.path);
-  rank_tensors(c, r, 0);  // the mesh must split the model: checked on one rank before any other work
-  // Every rank's shards first: a mesh the model cannot be split on fails before any write.
-  std::vector<std::vector<CheckpointDataset>> ranks;
-  for (int rank = 0; rank < r.D * r.M; rank++) ranks.push_back(rank_tensors(c, r, rank));
-  const auto global = expected_tensors(c.cfg, Mesh{});
-  for (const CheckpointDataset& t : global) open_tensor(c, t, " (run glam-ckpt verify)");
-  const std::vector<std::string> outs = rank_outputs(r);
-
-  std::vector<uint64_t> sums(global.size(), 0);  // over the primary copy of each shard
-  std::vector<std::unique_ptr<TmpFile>> tmps;
-  for (int rank = 0; rank < r.D * r.M; rank++) {
-    tmps.push_back(std::make_unique<TmpFile>(outs[rank] + ".tmp"));
-    write_rank_file(c, r, rank, ranks[rank], tmps.back()->path, sums);
-  }
-  // The primary shards cover each tensor once: their sums are the stored checksums.
-  for (size_t i = 0; i < global.size(); i++) {
-    const h5::Dataset ds(H5Dopen2(c.file.get(), global[i].path.c_str(), H5P_DEFAULT));
-    const auto stored = h5::read_u64_attr(ds.get(), "checksum");
-    GLAM_REQUIRE(stored && *stored == sums[i], "checkpoint '", r.path, "': dataset ", global[i].path,
-                 stored ? " fails its checksum" : " has no checksum", " (run glam-ckpt verify); no rank file written");
-  }
-  for (int rank = 0; rank < r.D * r.M; rank++) tmps[rank]->commit(outs[rank]);
-  std::printf("resharded '%s' to mesh %s: %d files rank_0.h5 .. rank_%d.h5 in '%s', %zu datasets each\n",
-              r.path.c_str(), r.mesh_name.c_str(), r.D * r.M, r.D * r.M - 1, r.dir.c_str(), global.size());
+  const Team& team = Team::world();
+  const Plan p = plan_reshard(team, r);
+  PieceJob job = shard_regions(p, r);
+  const size_t files = p.ranks.size(), n = p.global.size();
+  // Rank file f is created, finished and renamed by rank f % N.
+  auto mine = [&](size_t f) { return static_cast<int>(f % static_cast<size_t>(team.size())) == team.rank(); };
+  std::vector<std::unique_ptr<TmpFile>> tmps(files);
+  std::vector<uint64_t> at(job.regions.size(), 0);
+  team.agree([&] {
+    for (size_t f = 0; f < files; f++) {
+      if (!mine(f)) continue;
+      tmps[f] = std::make_unique<TmpFile>(job.outputs[f]);
+      create_rank_file(p.c, r, static_cast<int>(f), p.ranks[f], tmps[f]->path, &at[f * n]);
+    }
+  });
+  team.sum(at);  // each creator's offsets on every rank
+  for (size_t k = 0; k < at.size(); k++) job.regions[k].at = static_cast<int64_t>(at[k]);
+  const PieceResult res = run_pieces(team, job);
+  team.agree([&] {
+    require_checksums(p, r, res.sums);
+    for (size_t f = 0; f < files; f++)
+      if (mine(f)) write_shard_checksums(p.ranks[f], &res.sums[f * n], tmps[f]->path);
+  });
+  team.agree([&] {
+    for (size_t f = 0; f < files; f++)
+      if (mine(f)) tmps[f]->commit(p.outs[f]);
+  });
+  if (team.root())
+    std::printf("resharded '%s' to mesh %s: %d files rank_0.h5 .. rank_%d.h5 in '%s', %zu datasets each\n",
+                r.path.c_str(), r.mesh_name.c_str(), r.D * r.M, r.D * r.M - 1, r.dir.c_str(), n);
+  report_memory(team, res.peak_buffer, r.memory.limit);
   return 0;
 }
 

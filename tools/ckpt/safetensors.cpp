@@ -1,13 +1,14 @@
 // glam-ckpt export --format safetensors: u64 LE header length N, N bytes of JSON
-// (space-padded to a multiple of 8), then the tensors' bytes in sorted-name order;
-// and the model config as JSON beside it. JSON through nlohmann-json.
+// (space-padded to a multiple of 8), then the tensors' bytes in sorted-name order
+// (written in place by the ranks, pieces.cpp); and the model config as JSON beside
+// it. JSON through nlohmann-json.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 
 #include "ckpt.h"
-#include "glam/layers/cpu/gemm.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "glam-ckpt writes safetensors and bfloat16 from memory and assumes a little-endian host"
@@ -19,75 +20,76 @@ namespace {
 
 using ordered_json = nlohmann::ordered_json;
 
-// A tensor of the file: its safetensors name ("layer_00.attn.wq") and byte range.
+// A tensor of the file: its safetensors name ("layer_00.attn.wq"), its parameter
+// (an index into params) and byte range.
 struct Entry {
   std::string name;
-  const CheckpointDataset* t;
+  size_t param;
   int64_t begin, end;
 };
 
 // The entries in sorted-name order with contiguous byte ranges.
 std::vector<Entry> layout(const std::vector<CheckpointDataset>& params, bool bf16) {
   std::vector<Entry> entries;
-  for (const CheckpointDataset& t : params) {
-    std::string name = t.desc.name;
+  for (size_t i = 0; i < params.size(); i++) {
+    std::string name = params[i].desc.name;
     std::replace(name.begin(), name.end(), '/', '.');
-    entries.push_back({name, &t, 0, 0});
+    entries.push_back({name, i, 0, 0});
   }
   std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.name < b.name; });
   int64_t at = 0;
   for (Entry& e : entries) {
     e.begin = at;
-    at += product(e.t->desc.global_shape) * (bf16 ? 2 : 4);
+    at += product(params[e.param].desc.global_shape) * (bf16 ? 2 : 4);
     e.end = at;
   }
   return entries;
 }
 
 // The header's JSON (compact, in entry order), padded with spaces to a multiple of 8.
-std::string header_text(const std::vector<Entry>& entries, const std::string& config_ini, bool bf16) {
+std::string header_text(const std::vector<Entry>& entries, const std::vector<CheckpointDataset>& params,
+                        const std::string& config_ini, bool bf16) {
   ordered_json header;
   header["__metadata__"] = {{"format", "pt"}, {"glam_config", config_ini}};
   for (const Entry& e : entries)
     header[e.name] = {{"dtype", bf16 ? "BF16" : "F32"},
-                      {"shape", e.t->desc.global_shape},
+                      {"shape", params[e.param].desc.global_shape},
                       {"data_offsets", {e.begin, e.end}}};
   std::string text = header.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
   text.append((8 - text.size() % 8) % 8, ' ');
   return text;
 }
 
-void write_header(std::ofstream& os, const std::string& header) {
-  const uint64_t n = header.size();
-  unsigned char len[8];
-  for (int i = 0; i < 8; i++) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  os.write(reinterpret_cast<const char*>(len), 8);
-  os.write(header.data(), static_cast<std::streamsize>(header.size()));
-}
-
 }  // namespace
 
-int64_t write_safetensors(const Checkpoint& c, const std::vector<CheckpointDataset>& params, bool bf16,
-                          int64_t chunk, const std::string& out) {
+SafetensorsLayout safetensors_layout(const Checkpoint& c, const std::vector<CheckpointDataset>& params, bool bf16) {
   const std::vector<Entry> entries = layout(params, bf16);
-  std::ofstream os(out, std::ios::binary | std::ios::trunc);
-  GLAM_REQUIRE(os, "cannot create '", out, "'");
-  write_header(os, header_text(entries, c.config_ini, bf16));
-  std::vector<uint16_t> half;
+  const std::string header = header_text(entries, params, c.config_ini, bf16);
+  SafetensorsLayout out;
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; i++) out.head.push_back(static_cast<char>(n >> (8 * i)));  // u64 little endian
+  out.head += header;
+  out.at.assign(params.size(), 0);
   for (const Entry& e : entries) {
-    const h5::Dataset src = open_tensor(c, *e.t);
-    const int64_t inner = product(e.t->desc.global_shape) / std::max<int64_t>(e.t->desc.global_shape[0], 1);
-    stream_param(c, *e.t, src.get(), chunk, [&](int64_t, int64_t rows, const float* data) {
-      const size_t count = static_cast<size_t>(rows * inner);
-      if (!bf16) return void(os.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * 4)));
-      half.resize(count);
-      cpu::to_bf16(half.data(), data, static_cast<int64_t>(count));
-      os.write(reinterpret_cast<const char*>(half.data()), static_cast<std::streamsize>(count * 2));
-    });
+    out.at[e.param] = static_cast<int64_t>(out.head.size()) + e.begin;
+    out.order.push_back(e.param);
   }
-  os.flush();
-  GLAM_REQUIRE(os, "cannot write '", out, "'");
-  return entries.empty() ? 0 : entries.back().end;
+  out.bytes = entries.empty() ? 0 : entries.back().end;
+  return out;
+}
+
+void create_safetensors(const SafetensorsLayout& layout, const std::string& out) {
+  {
+    std::ofstream os(out, std::ios::binary | std::ios::trunc);
+    GLAM_REQUIRE(os, "cannot create '", out, "'");
+    os.write(layout.head.data(), static_cast<std::streamsize>(layout.head.size()));
+    os.flush();
+    GLAM_REQUIRE(os, "cannot write '", out, "'");
+  }
+  std::error_code ec;  // the tensors' bytes are written in place by every rank (pieces.cpp)
+  const auto size = static_cast<uintmax_t>(layout.head.size()) + static_cast<uintmax_t>(layout.bytes);
+  std::filesystem::resize_file(out, size, ec);
+  GLAM_REQUIRE(!ec, "cannot write '", out, "': ", ec.message());
 }
 
 std::string config_json(const Config& cfg, const std::optional<int64_t>& step) {

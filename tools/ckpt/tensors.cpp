@@ -1,6 +1,5 @@
-// glam-ckpt: tensors read and written in slabs of whole leading-dim slices, so a
-// tensor larger than memory can be verified, exported and resharded; checksums of
-// slabs; attributes copied from file to file.
+// glam-ckpt: tensors' shapes and types, checksums of blocks, output datasets whose
+// bytes any rank writes at a file offset, and attributes copied from file to file.
 #include <algorithm>
 
 #include "ckpt.h"
@@ -49,67 +48,59 @@ h5::Dataset open_tensor(const Checkpoint& c, const CheckpointDataset& t, const s
   return ds;
 }
 
-void read_region(hid_t ds, const std::vector<int64_t>& offset, const std::vector<int64_t>& count,
-                 int64_t chunk_bytes, const std::string& what, const SlabFn& f) {
-  const size_t nd = count.size();
-  if (nd == 0) {  // a scalar dataset: one element
-    float v = 0.0f;
-    GLAM_REQUIRE_H5(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v), what);
-    f(0, 1, &v);
-    return;
-  }
-  const int64_t inner = product(count) / std::max<int64_t>(count[0], 1);
-  const int64_t per = std::max<int64_t>(1, chunk_bytes / std::max<int64_t>(1, inner * 4));
-  std::vector<float> buf(static_cast<size_t>(std::min(per, count[0]) * inner));
-  const h5::Space fspace(GLAM_REQUIRE_H5(H5Dget_space(ds), what));
-  for (int64_t r = 0; r < count[0]; r += per) {
-    const int64_t n = std::min(per, count[0] - r);
-    std::vector<hsize_t> off = h5::dims_of(offset), cnt = h5::dims_of(count);
-    off[0] += static_cast<hsize_t>(r);
-    cnt[0] = static_cast<hsize_t>(n);
-    GLAM_REQUIRE_H5(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, off.data(), nullptr, cnt.data(), nullptr), what);
-    const h5::Space mspace(GLAM_REQUIRE_H5(H5Screate_simple(static_cast<int>(nd), cnt.data(), nullptr), what));
-    GLAM_REQUIRE_H5(H5Dread(ds, H5T_NATIVE_FLOAT, mspace.get(), fspace.get(), H5P_DEFAULT, buf.data()), what);
-    f(r, n, buf.data());
-  }
-}
-
-void write_slices(hid_t dst, hid_t space, const std::vector<int64_t>& dims, int64_t first, int64_t n,
-                  hid_t mem_type, const void* data, const std::string& what) {
-  std::vector<hsize_t> off(dims.size(), 0), cnt = h5::dims_of(dims);
-  off[0] = static_cast<hsize_t>(first);
-  cnt[0] = static_cast<hsize_t>(n);
-  GLAM_REQUIRE_H5(H5Sselect_hyperslab(space, H5S_SELECT_SET, off.data(), nullptr, cnt.data(), nullptr), what);
-  const h5::Space mem(GLAM_REQUIRE_H5(H5Screate_simple(static_cast<int>(cnt.size()), cnt.data(), nullptr), what));
-  GLAM_REQUIRE_H5(H5Dwrite(dst, mem_type, mem.get(), space, H5P_DEFAULT, data), what);
-}
-
-// Walks contiguous runs of the last dim.
-uint64_t checksum_slab(const std::vector<int64_t>& dims, const std::vector<int64_t>& offset,
-                       const std::vector<int64_t>& count, int64_t first, int64_t n, const float* data) {
+// Walks the block in runs of its last dim.
+uint64_t checksum_block(const std::vector<int64_t>& dims, const std::vector<int64_t>& offset,
+                        const std::vector<int64_t>& count, const float* data) {
   const size_t nd = dims.size();
   if (nd == 0) return checksum_element(0, data[0]);
-  if (nd == 1) {
-    uint64_t sum = 0;
-    for (int64_t j = 0; j < n; j++) sum += checksum_element(static_cast<uint64_t>(offset[0] + first + j), data[j]);
-    return sum;
-  }
-  const int64_t run = count[nd - 1];
-  const int64_t runs = n * (product(count) / std::max<int64_t>(count[0], 1)) / std::max<int64_t>(run, 1);
-  std::vector<int64_t> idx(nd, 0);  // multi-index within the region, last dim always 0
-  idx[0] = first;
+  const int64_t run = count[nd - 1], total = product(count);
+  if (total == 0) return 0;
+  std::vector<int64_t> idx(nd, 0);  // multi-index within the block, last dim always 0
   uint64_t sum = 0;
-  for (int64_t k = 0; k < runs; k++) {
+  for (int64_t k = 0; k < total / run; k++) {
     uint64_t base = 0;
-    for (size_t d = 0; d < nd; d++) base = base * static_cast<uint64_t>(dims[d]) + static_cast<uint64_t>(idx[d] + offset[d]);
+    for (size_t d = 0; d < nd; d++)
+      base = base * static_cast<uint64_t>(dims[d]) + static_cast<uint64_t>(idx[d] + offset[d]);
     const float* p = data + k * run;
     for (int64_t j = 0; j < run; j++) sum += checksum_element(base + static_cast<uint64_t>(j), p[j]);
     for (int64_t d = static_cast<int64_t>(nd) - 2; d >= 0; d--) {
-      if (++idx[d] < (d == 0 ? first + n : count[d])) break;
-      if (d > 0) idx[d] = 0;
+      if (++idx[d] < count[d]) break;
+      idx[d] = 0;
     }
   }
   return sum;
+}
+
+h5::File create_untimed_file(const std::string& path) {
+  const h5::Plist fcpl = h5::untimed(H5P_FILE_CREATE);
+  h5::File file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT));
+  GLAM_REQUIRE(file.valid(), "cannot create '", path, "'");
+  return file;
+}
+
+h5::Dataset create_raw_dataset(hid_t file, const std::string& path, hid_t type, const std::vector<int64_t>& shape,
+                               const std::string& what) {
+  const h5::Plist gcpl = h5::untimed(H5P_GROUP_CREATE);
+  for (size_t slash = path.find('/', 1); slash != std::string::npos; slash = path.find('/', slash + 1)) {
+    const std::string group = path.substr(0, slash);
+    if (GLAM_REQUIRE_H5(H5Lexists(file, group.c_str(), H5P_DEFAULT), what) > 0) continue;
+    const hid_t g = GLAM_REQUIRE_H5(H5Gcreate2(file, group.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), what);
+    GLAM_REQUIRE_H5(H5Gclose(g), what);
+  }
+  const h5::Plist dcpl = h5::untimed(H5P_DATASET_CREATE);
+  GLAM_REQUIRE_H5(H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS), what);
+  GLAM_REQUIRE_H5(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), what);
+  GLAM_REQUIRE_H5(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), what);
+  const h5::Space space = h5::simple_space(shape);
+  return h5::Dataset(
+      GLAM_REQUIRE_H5(H5Dcreate2(file, path.c_str(), type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), what));
+}
+
+int64_t raw_offset(hid_t dataset, const std::string& what) {
+  if (product(h5::dataset_dims(dataset)) == 0) return 0;
+  const haddr_t at = H5Dget_offset(dataset);
+  GLAM_REQUIRE(at != HADDR_UNDEF, what, ": no file offset for its data");
+  return static_cast<int64_t>(at);
 }
 
 namespace {

@@ -1,6 +1,8 @@
 // glam-ckpt verify: recomputes every checksum and checks every dataset against the
 // stored config (present, shape, float32, storage within the file, no extras), and
 // a checkpoint's training state. Prints one line per problem; exit 2 when any.
+// Every rank makes the metadata checks (cheap, the same everywhere); the checksums'
+// reads are split over the ranks in blocks (pieces.cpp) and their sums added up.
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
@@ -31,9 +33,10 @@ std::vector<std::string> train_state_problems(const Checkpoint& c) {
   return problems;
 }
 
-// What is wrong with one dataset the config implies ("" when nothing); with
-// `checksums`, its stored checksum is recomputed (in slabs of `chunk` bytes).
-std::string tensor_problem(const Checkpoint& c, const CheckpointDataset& t, bool checksums, int64_t chunk) {
+// What is wrong with the metadata of one dataset the config implies ("" when
+// nothing): present, shape, float32, storage within the file; with `checksums`,
+// a stored checksum (in *stored).
+std::string tensor_problem(const Checkpoint& c, const CheckpointDataset& t, bool checksums, uint64_t* stored) {
   const hid_t f = c.file.get();
   if (H5Lexists(f, t.path.c_str(), H5P_DEFAULT) <= 0 || H5Oexists_by_name(f, t.path.c_str(), H5P_DEFAULT) <= 0)
     return msg("MISSING: ", t.path, " (", shape_str(t.desc.global_shape), " float32)");
@@ -53,18 +56,65 @@ std::string tensor_problem(const Checkpoint& c, const CheckpointDataset& t, bool
     return msg("CORRUPT: ", t.path, " (", e.what(), ")");
   }
   if (!checksums) return "";
-  const auto stored = h5::read_u64_attr(ds.get(), "checksum");
-  if (!stored) return msg("CORRUPT: ", t.path, " (no checksum attribute)");
-  uint64_t sum = 0;
-  const std::vector<int64_t> zero(shape.size(), 0);
-  try {
-    read_region(ds.get(), zero, shape, chunk, "read", [&](int64_t first, int64_t n, const float* data) {
-      sum += checksum_slab(shape, zero, shape, first, n, data);
-    });
-  } catch (const UserError&) {
-    return msg("CORRUPT: ", t.path, " (unreadable)");
+  const auto sum = h5::read_u64_attr(ds.get(), "checksum");
+  if (!sum) return msg("CORRUPT: ", t.path, " (no checksum attribute)");
+  *stored = *sum;
+  return "";
+}
+
+// What verify found, the same on every rank.
+struct Findings {
+  std::vector<std::string> state;    // training-state problems
+  std::vector<std::string> tensors;  // per dataset the config implies: its problem or ""
+  std::vector<std::string> extra;    // datasets the config does not imply
+  size_t count() const {
+    size_t n = state.size() + extra.size();
+    for (const auto& p : tensors) n += !p.empty();
+    return n;
   }
-  return sum == *stored ? "" : msg("CORRUPT: ", t.path, " (checksum mismatch)");
+};
+
+// Every check but the checksums' sums: the training state, each dataset's
+// metadata, datasets the config does not imply. Adds a region to `job` for
+// each dataset whose checksum is to be recomputed (stored: what it must sum to).
+Findings check_metadata(const Checkpoint& c, const std::vector<CheckpointDataset>& tensors, bool checksums,
+                        PieceJob& job, std::vector<size_t>& region_tensor, std::vector<uint64_t>& stored) {
+  Findings found;
+  if (!c.weights) found.state = train_state_problems(c);
+  for (size_t i = 0; i < tensors.size(); i++) {
+    uint64_t sum = 0;
+    found.tensors.push_back(tensor_problem(c, tensors[i], checksums, &sum));
+    if (!found.tensors.back().empty() || !checksums) continue;
+    const auto& shape = tensors[i].desc.global_shape;
+    job.regions.push_back({tensors[i].path, shape, std::vector<int64_t>(shape.size(), 0), shape, -1, 0});
+    region_tensor.push_back(i);
+    stored.push_back(sum);
+  }
+  // Datasets the config does not imply: a version-1 checkpoint has none.
+  for (const auto& d : list_datasets(c.file.get(), c.path)) {
+    const bool known = std::any_of(tensors.begin(), tensors.end(), [&](const auto& t) { return t.path == d.path; });
+    if (!known) found.extra.push_back(msg("EXTRA: ", d.path, " (not implied by the stored config)"));
+  }
+  return found;
+}
+
+// Prints the findings (rank 0); returns the exit status.
+int report(const Team& team, const Checkpoint& c, const Findings& found, size_t n_tensors, const PieceResult& res,
+           int64_t memory_limit) {
+  const size_t problems = found.count();
+  if (team.root()) {
+    for (const auto* list : {&found.state, &found.tensors, &found.extra})
+      for (const auto& p : *list)
+        if (!p.empty()) std::printf("%s\n", p.c_str());
+    if (problems == 0) std::printf("OK: %zu datasets verified\n", n_tensors);
+  }
+  report_memory(team, res.peak_buffer, memory_limit);
+  if (problems == 0) return 0;
+  const auto ok = std::count(found.tensors.begin(), found.tensors.end(), std::string());
+  if (team.root())
+    std::fprintf(stderr, "glam-ckpt: error: %s '%s' failed verification: %zu problem%s, %td of %zu datasets verified\n",
+                 c.kind(), c.path.c_str(), problems, problems == 1 ? "" : "s", ok, n_tensors);
+  return 2;
 }
 
 }  // namespace
@@ -72,37 +122,37 @@ std::string tensor_problem(const Checkpoint& c, const CheckpointDataset& t, bool
 int verify(const std::vector<std::string>& args) {
   po::options_description opt("verify options");
   add_command_options(opt);
-  add_chunk_option(opt);
+  add_memory_options(opt);
   po::variables_map vm;
-  if (!parse_options(args, "verify", "CKPT [--chunk-bytes N]", opt, vm)) return 0;
+  if (!parse_options(args, "verify", "CKPT [--memory-limit SIZE] [--chunk-bytes N]", opt, vm)) return 0;
   const std::string path = vm["checkpoint"].as<std::string>();
-  const int64_t chunk = chunk_bytes(vm);
-  const Checkpoint c = open_checkpoint(path, true, true);
-  std::vector<std::string> problems = c.weights ? std::vector<std::string>{} : train_state_problems(c);
-  const auto tensors = c.weights ? expected_params(c.cfg) : expected_tensors(c.cfg, Mesh{});
-  const bool checksums = !c.weights || c.version >= 2;
-  if (!checksums) std::printf("note: weights file version %" PRId64 " has no checksums: shapes checked only\n", c.version);
-  int64_t ok = 0;
-  for (const CheckpointDataset& t : tensors) {
-    const std::string problem = tensor_problem(c, t, checksums, chunk);
-    if (problem.empty()) ok++;
-    else problems.push_back(problem);
+  const MemoryOptions memory = memory_options(vm);
+  const Team& team = Team::world();
+  Checkpoint c;
+  std::vector<CheckpointDataset> tensors;
+  Findings found;
+  PieceJob job;
+  std::vector<size_t> region_tensor;  // the dataset of each region
+  std::vector<uint64_t> stored;       // the checksum each region must sum to
+  team.agree([&] {
+    c = open_checkpoint(path, true, true);
+    tensors = c.weights ? expected_params(c.cfg) : expected_tensors(c.cfg, Mesh{});
+    const bool checksums = !c.weights || c.version >= 2;
+    if (!checksums && team.root())
+      std::printf("note: weights file version %" PRId64 " has no checksums: shapes checked only\n", c.version);
+    found = check_metadata(c, tensors, checksums, job, region_tensor, stored);
+  });
+  job.c = &c;
+  job.keep_going = true;
+  job.memory_limit = memory.limit;
+  job.chunk = memory.chunk;
+  const PieceResult res = run_pieces(team, job);
+  for (size_t k = 0; k < job.regions.size(); k++) {
+    std::string& problem = found.tensors[region_tensor[k]];
+    if (res.unreadable[k] > 0) problem = msg("CORRUPT: ", job.regions[k].path, " (unreadable)");
+    else if (res.sums[k] != stored[k]) problem = msg("CORRUPT: ", job.regions[k].path, " (checksum mismatch)");
   }
-  // Datasets the config does not imply: a version-1 checkpoint has none.
-  for (const auto& d : list_datasets(c.file.get(), path)) {
-    const bool known = std::any_of(tensors.begin(), tensors.end(), [&](const auto& t) { return t.path == d.path; });
-    if (!known) problems.push_back(msg("EXTRA: ", d.path, " (not implied by the stored config)"));
-  }
-  for (const auto& p : problems) std::printf("%s\n", p.c_str());
-  if (!problems.empty()) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "glam-ckpt: error: %s '%s' failed verification: %zu problem%s, %" PRId64
-                 " of %zu datasets verified\n", c.kind(), path.c_str(),
-                 problems.size(), problems.size() == 1 ? "" : "s", ok, tensors.size());
-    return 2;
-  }
-  std::printf("OK: %" PRId64 " datasets verified\n", ok);
-  return 0;
+  return report(team, c, found, tensors.size(), res, memory.limit);
 }
 
 }  // namespace glam::ckpt
