@@ -16,7 +16,7 @@ enum class SecondPolicy { all, random };
 
 struct RouterOptions {
   int64_t n_experts = 8;        // E
-  int64_t group_size = 512;     // S: tokens per routing group, fixed in tokens
+  int64_t group_size = 512;     // tokens per routing group, fixed in tokens
   double capacity_factor = 2.0;
   SecondPolicy second = SecondPolicy::all;
   bool no_drop = false;         // inference: one group, capacity = group size, every choice
@@ -26,7 +26,7 @@ struct RouterOptions {
   int64_t token_offset = 0;     // global index of this rank's first token (mesh-independent draws)
 };
 
-// C = int(S * capacity_factor / E), at most S, rounded up to a multiple of 4 (at least 4).
+// C = int(group_size * capacity_factor / E), at most group_size, rounded up to a multiple of 4 (at least 4).
 int64_t expert_capacity(int64_t group_size, double capacity_factor, int64_t n_experts);
 
 // Everything the router decided for T tokens, and what its backward needs.

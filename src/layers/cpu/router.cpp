@@ -1,7 +1,7 @@
 // Top-2 gating, GShard Algorithm 2 as GLaM's public code runs it:
 //   gates = softmax(x Wg) in fp32; i1 = argmax, i2 = argmax with i1 masked;
 //   g1, g2 renormalised to sum 1 BEFORE capacity;
-//   per group of S tokens, in sequence order ALL first choices take slots before
+//   per group of group_size tokens, in sequence order ALL first choices take slots before
 //   ANY second choice; a choice whose expert already holds C tokens is dropped
 //   (its weight becomes 0, the other weight is not renormalised again);
 //   aux = E^2 * mean_{g,e}(f[g,e] * P[g,e]), f counted from first choices before capacity.
@@ -43,11 +43,11 @@ void choose_top2(RoutingPlan& p, int64_t t) {
   p.expert[t * 2 + 1] = i2;
 }
 
-// Slots in one group [t0, t0+S): all first choices in order, then all second choices.
-void assign_slots(RoutingPlan& p, int64_t t0, int64_t S, const RouterOptions& opt) {
+// Slots in one group [t0, t0+group_size): all first choices in order, then all second choices.
+void assign_slots(RoutingPlan& p, int64_t t0, int64_t group_size, const RouterOptions& opt) {
   std::vector<int32_t> fill(p.E, 0);
   for (int k = 0; k < 2; k++)
-    for (int64_t t = t0; t < t0 + S; t++) {
+    for (int64_t t = t0; t < t0 + group_size; t++) {
       int64_t i = t * 2 + k;
       int32_t e = p.expert[i];
       p.load_before[e]++;
@@ -88,13 +88,13 @@ void assign_rows(RoutingPlan& p) {
 }
 
 void aux_statistics(RoutingPlan& p, bool no_drop) {
-  const int64_t G = p.T / p.group_size, S = p.group_size, E = p.E;
+  const int64_t G = p.T / p.group_size, group_size = p.group_size, E = p.E;
   double sum = 0.0;
   for (int64_t g = 0; g < G; g++)
     for (int64_t e = 0; e < E; e++) {
       float P = 0.0f;
-      for (int64_t t = g * S; t < (g + 1) * S; t++) P += p.gates[t * E + e];
-      p.mean_gate[g * E + e] = P / S;
+      for (int64_t t = g * group_size; t < (g + 1) * group_size; t++) P += p.gates[t * E + e];
+      p.mean_gate[g * E + e] = P / group_size;
       sum += static_cast<double>(p.first_frac[g * E + e]) * p.mean_gate[g * E + e];
     }
   // E^2 * mean over (G_global * E) entries = E * sum / G_global; none at inference,
@@ -117,13 +117,15 @@ int64_t expert_capacity(int64_t group_size, double capacity_factor, int64_t n_ex
 void router_forward(RoutingPlan& p, const float* logits, int64_t T, const RouterOptions& opt,
                     const RoutingPlan* frozen) {
   const int64_t E = opt.n_experts;
-  const int64_t S = opt.no_drop ? T : opt.group_size;
-  GLAM_REQUIRE(S > 0 && T % S == 0, "moe: ", T, " tokens do not split into groups of ", S,
+  const int64_t group_size = opt.no_drop ? T : opt.group_size;
+  GLAM_REQUIRE(group_size > 0 && T % group_size == 0, "moe: ", T, " tokens do not split into groups of ", group_size,
                " (model.group_size must divide the tokens of each rank's batch)");
   GLAM_REQUIRE(E >= 2, "moe: top-2 gating needs model.n_experts >= 2, got ", E);
-  const int64_t G = T / S;
-  p.T = T; p.E = E; p.group_size = S;
-  p.capacity = opt.no_drop ? S : expert_capacity(S, opt.capacity_factor, E);
+  const int64_t G = T / group_size;
+  p.T = T;
+  p.E = E;
+  p.group_size = group_size;
+  p.capacity = opt.no_drop ? group_size : expert_capacity(group_size, opt.capacity_factor, E);
   p.n_groups_global = opt.n_groups_global > 0 ? opt.n_groups_global : G;
   p.gates.resize(T * E);
   p.expert.resize(T * 2); p.g.resize(T * 2); p.kept.resize(T * 2);
@@ -150,20 +152,20 @@ void router_forward(RoutingPlan& p, const float* logits, int64_t T, const Router
   }
   if (!frozen) {
     p.first_frac.assign(G * E, 0.0f);
-    for (int64_t t = 0; t < T; t++) p.first_frac[(t / S) * E + p.expert[t * 2]] += 1.0f / S;
-    for (int64_t g = 0; g < G; g++) assign_slots(p, g * S, S, opt);
+    for (int64_t t = 0; t < T; t++) p.first_frac[(t / group_size) * E + p.expert[t * 2]] += 1.0f / group_size;
+    for (int64_t g = 0; g < G; g++) assign_slots(p, g * group_size, group_size, opt);
   }
   assign_rows(p);
   aux_statistics(p, opt.no_drop);
 }
 
 void router_backward(float* dlogits, const float* dweight, double aux_grad, const RoutingPlan& p) {
-  const int64_t E = p.E, S = p.group_size;
-  const double aux_scale = aux_grad * static_cast<double>(E) / (static_cast<double>(S) * p.n_groups_global);
+  const int64_t E = p.E, group_size = p.group_size;
+  const double aux_scale = aux_grad * static_cast<double>(E) / (static_cast<double>(group_size) * p.n_groups_global);
   std::vector<float> dgates(E);
   for (int64_t t = 0; t < p.T; t++) {
-    const int64_t g = t / S;
-    for (int64_t e = 0; e < E; e++)  // d aux / d gates[t,e] = E f[g,e] / (S G)
+    const int64_t g = t / group_size;
+    for (int64_t e = 0; e < E; e++)  // d aux / d gates[t,e] = E f[g,e] / (group_size G)
       dgates[e] = static_cast<float>(aux_scale * p.first_frac[g * E + e]);
     // w_k = kept_k * g_k / s, s = g1 + g2 + eps (raw gates)
     const int32_t i1 = p.expert[t * 2], i2 = p.expert[t * 2 + 1];

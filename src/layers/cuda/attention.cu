@@ -158,7 +158,6 @@ void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, flo
                         const float* k, const float* v, const int32_t* segments, int64_t B,
                         int64_t S, int64_t nh, int64_t dh) {
   if (B == 0 || S == 0) return;
-  const BucketTables& buckets = ctx.buckets(S);
   const dim3 grid(static_cast<unsigned>(S), static_cast<unsigned>(nh), static_cast<unsigned>(B));
   const size_t shared = (S + kThreads) * sizeof(float);
   launch(attention_backward_dA_kernel, grid, kThreads, shared, ctx.stream(), "attention_backward_dA_kernel",
@@ -167,6 +166,7 @@ void attention_backward(const Context& ctx, float* dq, float* dk, float* dv, flo
          dA_scratch, k, S, nh, dh);
   launch(attention_backward_dkv_kernel, grid, kThreads, 0, ctx.stream(), "attention_backward_dkv_kernel", dk, dv,
          dA_scratch, probs, q, dout, S, nh, dh);
+  const BucketTables& buckets = ctx.buckets(S);
   const int64_t tiles = (S + kDrbRows - 1) / kDrbRows;
   float* partial = static_cast<float*>(ctx.scratch(kScratchDrb, B * nh * tiles * cpu::kRelposBuckets * sizeof(float)));
   launch(attention_backward_drb_kernel, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(nh),

@@ -53,8 +53,8 @@ void attention_decode(const Context& ctx, float* out, const float* q, const floa
   if (B == 0 || n == 0) return;
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B), static_cast<unsigned>(nh));
   const size_t shared = static_cast<size_t>(len + n) * sizeof(float);
-  launch(attention_decode_kernel, grid, dim3(kDecodeThreads), shared, ctx.stream(), "attention_decode", out, q, kc,
-         vc, rb, bucket, n, len, cap, nh, dh);
+  launch(attention_decode_kernel, grid, dim3(kDecodeThreads), shared, ctx.stream(), "attention_decode_kernel", out, q,
+         kc, vc, rb, bucket, n, len, cap, nh, dh);
 }
 
 void kv_append(const Context& ctx, float* cache, const float* x, int64_t B, int64_t n, int64_t pos0, int64_t cap,

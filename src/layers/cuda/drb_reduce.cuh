@@ -11,8 +11,8 @@ namespace {
 
 // drb[h, bucket] += the partial sums partial[b, h, tile, bucket] of every (b, tile),
 // added in that order (deterministic, no atomics): grid nh, a thread per bucket.
-__global__ void attention_drb_reduce_kernel(float* drb, const float* partial, const int* lo, const int* hi,
-                                            int64_t B, int64_t nh, int64_t tiles) {
+__global__ void attention_backward_drb_reduce_kernel(float* drb, const float* partial, const int* lo, const int* hi,
+                                                     int64_t B, int64_t nh, int64_t tiles) {
   const int64_t h = blockIdx.x;
   const int bk = threadIdx.x;
   if (bk >= cpu::kRelposBuckets || hi[bk] <= lo[bk]) return;  // no distance of this row length
@@ -24,8 +24,8 @@ __global__ void attention_drb_reduce_kernel(float* drb, const float* partial, co
 
 inline void reduce_drb(const Context& ctx, float* drb, const float* partial, const BucketTables& t, int64_t B,
                        int64_t nh, int64_t tiles) {
-  launch(attention_drb_reduce_kernel, dim3(static_cast<unsigned>(nh)), dim3(cpu::kRelposBuckets), 0, ctx.stream(),
-         "attention_drb_reduce_kernel", drb, partial, t.lo.data(), t.hi.data(), B, nh, tiles);
+  launch(attention_backward_drb_reduce_kernel, dim3(static_cast<unsigned>(nh)), dim3(cpu::kRelposBuckets), 0,
+         ctx.stream(), "attention_backward_drb_reduce_kernel", drb, partial, t.lo.data(), t.hi.data(), B, nh, tiles);
 }
 
 }  // namespace

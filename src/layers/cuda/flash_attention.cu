@@ -18,7 +18,7 @@
 // The bias gradient is a by-product of dq: each dq block sums its dA_ij per
 // bucket (a thread per diagonal of the tile, then a thread per bucket over its
 // diagonals, in order) into partial[b, h, query tile, bucket], which
-// attention_drb_reduce_kernel adds up in a fixed order.
+// attention_backward_drb_reduce_kernel adds up in a fixed order.
 // Deterministic: every output element is summed by one thread in a fixed order.
 #include <stdexcept>
 #include <vector>
@@ -87,6 +87,42 @@ __device__ float dot(const float* a, const float* b) {
   return s;
 }
 
+// Rows [r0, r0 + n) as keys: their k and v rows and segment ids (`past` past the end).
+template <int DH>
+__device__ void load_keys(float* ks, float* vs, int32_t* kseg, const float* k, const float* v, const int32_t* seg,
+                          const Geometry& g, int64_t b, int64_t h, int64_t r0, int n, int32_t past) {
+  load_rows<DH>(ks, k, g, b, h, r0, n);
+  load_rows<DH>(vs, v, g, b, h, r0, n);
+  load_segments(kseg, seg, g, b, r0, n, past);
+}
+
+// Rows [r0, r0 + n) as queries of the backward: their q and dO rows, log-sum-exp,
+// D = dO . O and segment ids (`past` past the end).
+template <int DH>
+__device__ void load_queries(float* qs, float* dos, float* lse_s, float* D_s, int32_t* qseg, const float* q,
+                             const float* dout, const float* lse, const float* D, const int32_t* seg,
+                             const Geometry& g, int64_t b, int64_t h, int64_t r0, int n, int32_t past) {
+  load_rows<DH>(qs, q, g, b, h, r0, n);
+  load_rows<DH>(dos, dout, g, b, h, r0, n);
+  load_row_values(lse_s, lse, g, b, h, r0, n);
+  load_row_values(D_s, D, g, b, h, r0, n);
+  load_segments(qseg, seg, g, b, r0, n, past);
+}
+
+// One visible (query i, key j) pair of the backward: p_ij = exp(q_i . k_j + bias - lse_i)
+// and dA_ij = p_ij (dO_i . v_j - D_i).
+struct PairGradient {
+  float p, dA;
+};
+template <int DH>
+__device__ PairGradient pair_gradient(const float* qi, const float* kj, const float* doi, const float* vj, float bias,
+                                      float lse_i, float D_i) {
+  const float a = dot<DH>(qi, kj) + bias;
+  const float dp = dot<DH>(doi, vj);
+  const float p = expf(a - lse_i);
+  return {p, p * (dp - D_i)};
+}
+
 template <int DH>
 constexpr size_t forward_shared_floats() {
   using C = Cfg<DH>;
@@ -96,8 +132,8 @@ constexpr size_t forward_shared_floats() {
 // grid (S / kRows, nh, B): row r = query i0 + r.
 template <int DH>
 __global__ void __launch_bounds__(Cfg<DH>::kThreads, 2)
-flash_forward_kernel(float* out, float* lse, const float* q, const float* k, const float* v, const float* rb,
-                     const int32_t* seg, const int* bucket, Geometry g) {
+attention_flash_forward_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
+                               const float* rb, const int32_t* seg, const int* bucket, Geometry g) {
   using C = Cfg<DH>;
   GLAM_DYNAMIC_SHARED(float, smem);
   Carve carve{smem};
@@ -120,9 +156,7 @@ flash_forward_kernel(float* out, float* lse, const float* q, const float* k, con
   const int64_t last = std::min<int64_t>(i0 + C::kRows, g.S);  // keys needed: [0, last)
   for (int64_t j0 = 0; j0 < last; j0 += C::kTile) {
     __syncthreads();  // the previous tile is consumed (and the query rows are in)
-    load_rows<DH>(ks, k, g, b, h, j0, C::kTile);
-    load_rows<DH>(vs, v, g, b, h, j0, C::kTile);
-    load_segments(kseg, seg, g, b, j0, C::kTile, -2);
+    load_keys<DH>(ks, vs, kseg, k, v, seg, g, b, h, j0, C::kTile, -2);
     __syncthreads();
     for (int e = 0; e < C::kTile / C::kParts; e++) {
       const int jj = part + C::kParts * e;
@@ -160,7 +194,8 @@ flash_forward_kernel(float* out, float* lse, const float* q, const float* k, con
 
 // D[b, h, i] = dO_i . O_i ; a thread per (b, h, i), striding by the grid.
 template <int DH>
-__global__ void flash_delta_kernel(float* D, const float* dout, const float* out, Geometry g, int64_t n) {
+__global__ void attention_flash_backward_delta_kernel(float* D, const float* dout, const float* out, Geometry g,
+                                                      int64_t n) {
   for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < n; x += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = x % g.S, h = (x / g.S) % g.nh, b = x / (g.S * g.nh);
     D[x] = dot<DH>(dout + g.at(b, i, h), out + g.at(b, i, h));
@@ -178,9 +213,10 @@ constexpr size_t dq_shared_floats() {
 // grid (S / kRows, nh, B), row r = query i0 + r.
 template <int DH>
 __global__ void __launch_bounds__(Cfg<DH>::kThreads, 2)
-flash_dq_kernel(float* dq, float* drb_partial, const float* dout, const float* lse, const float* D, const float* q,
-                const float* k, const float* v, const float* rb, const int32_t* seg, const int* bucket,
-                const int* lo, const int* hi, Geometry g) {
+attention_flash_backward_dq_kernel(float* dq, float* drb_partial, const float* dout, const float* lse,
+                                   const float* D, const float* q, const float* k, const float* v, const float* rb,
+                                   const int32_t* seg, const int* bucket, const int* lo, const int* hi,
+                                   Geometry g) {
   using C = Cfg<DH>;
   GLAM_DYNAMIC_SHARED(float, smem);
   Carve carve{smem};
@@ -198,11 +234,7 @@ flash_dq_kernel(float* dq, float* drb_partial, const float* dout, const float* l
   const int r = threadIdx.x / C::kParts, part = threadIdx.x % C::kParts;
   const int64_t i = i0 + r;
   const float* rbh = rb + h * cpu::kRelposBuckets;
-  load_rows<DH>(qs, q, g, b, h, i0, C::kRows);
-  load_rows<DH>(dos, dout, g, b, h, i0, C::kRows);
-  load_row_values(row_lse, lse, g, b, h, i0, C::kRows);
-  load_row_values(row_D, D, g, b, h, i0, C::kRows);
-  load_segments(qseg, seg, g, b, i0, C::kRows, -1);
+  load_queries<DH>(qs, dos, row_lse, row_D, qseg, q, dout, lse, D, seg, g, b, h, i0, C::kRows, -1);
   // thread `bk` < 32 owns bucket bk's sum, over distances [lo, hi)
   const bool owner = threadIdx.x < cpu::kRelposBuckets;
   const int64_t bucket_lo = owner ? lo[threadIdx.x] : 0, bucket_hi = owner ? hi[threadIdx.x] : 0;
@@ -213,19 +245,15 @@ flash_dq_kernel(float* dq, float* drb_partial, const float* dout, const float* l
   const int64_t last = std::min<int64_t>(i0 + C::kRows, g.S);
   for (int64_t j0 = 0; j0 < last; j0 += C::kTile) {
     __syncthreads();  // the previous tile and its diagonal sums are consumed
-    load_rows<DH>(ks, k, g, b, h, j0, C::kTile);
-    load_rows<DH>(vs, v, g, b, h, j0, C::kTile);
-    load_segments(kseg, seg, g, b, j0, C::kTile, -2);
+    load_keys<DH>(ks, vs, kseg, k, v, seg, g, b, h, j0, C::kTile, -2);
     __syncthreads();
     for (int e = 0; e < C::kTile / C::kParts; e++) {
       const int jj = part + C::kParts * e;
       const int64_t j = j0 + jj;
       float dA = 0.0f;
-      if (i < g.S && j <= i && kseg[jj] == qseg[r]) {
-        const float a = dot<DH>(qs + r * C::kLd, ks + jj * C::kLd) + rbh[bucket[i - j]];
-        const float dp = dot<DH>(dos + r * C::kLd, vs + jj * C::kLd);
-        dA = expf(a - row_lse[r]) * (dp - row_D[r]);
-      }
+      if (i < g.S && j <= i && kseg[jj] == qseg[r])
+        dA = pair_gradient<DH>(qs + r * C::kLd, ks + jj * C::kLd, dos + r * C::kLd, vs + jj * C::kLd,
+                               rbh[bucket[i - j]], row_lse[r], row_D[r]).dA;
       ds[r * C::kTileLd + jj] = dA;
     }
     __syncthreads();
@@ -267,8 +295,9 @@ constexpr size_t dkv_shared_floats() {
 // dk_j += sum_i dA_ij q_i ; dv_j += sum_i p_ij dO_i ; grid (S / kRows, nh, B), row r = key j0 + r.
 template <int DH>
 __global__ void __launch_bounds__(Cfg<DH>::kThreads, 2)
-flash_dkv_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* D, const float* q,
-                 const float* k, const float* v, const float* rb, const int32_t* seg, const int* bucket, Geometry g) {
+attention_flash_backward_dkv_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* D,
+                                    const float* q, const float* k, const float* v, const float* rb,
+                                    const int32_t* seg, const int* bucket, Geometry g) {
   using C = Cfg<DH>;
   GLAM_DYNAMIC_SHARED(float, smem);
   Carve carve{smem};
@@ -286,32 +315,23 @@ flash_dkv_kernel(float* dk, float* dv, const float* dout, const float* lse, cons
   const int r = threadIdx.x / C::kParts, part = threadIdx.x % C::kParts;
   const int64_t j = j0 + r;
   const float* rbh = rb + h * cpu::kRelposBuckets;
-  load_rows<DH>(ks, k, g, b, h, j0, C::kRows);
-  load_rows<DH>(vs, v, g, b, h, j0, C::kRows);
-  load_segments(kseg, seg, g, b, j0, C::kRows, -1);
+  load_keys<DH>(ks, vs, kseg, k, v, seg, g, b, h, j0, C::kRows, -1);
   float dk_acc[C::kSlice], dv_acc[C::kSlice];
   GLAM_UNROLL
   for (int t = 0; t < C::kSlice; t++) dk_acc[t] = dv_acc[t] = 0.0f;
   for (int64_t i0 = j0; i0 < g.S; i0 += C::kTile) {  // queries i >= j
     __syncthreads();
-    load_rows<DH>(qs, q, g, b, h, i0, C::kTile);
-    load_rows<DH>(dos, dout, g, b, h, i0, C::kTile);
-    load_row_values(tile_lse, lse, g, b, h, i0, C::kTile);
-    load_row_values(tile_D, D, g, b, h, i0, C::kTile);
-    load_segments(qseg, seg, g, b, i0, C::kTile, -2);
+    load_queries<DH>(qs, dos, tile_lse, tile_D, qseg, q, dout, lse, D, seg, g, b, h, i0, C::kTile, -2);
     __syncthreads();
     for (int e = 0; e < C::kTile / C::kParts; e++) {
       const int ii = part + C::kParts * e;
       const int64_t i = i0 + ii;
-      float p = 0.0f, dA = 0.0f;
-      if (j < g.S && i < g.S && i >= j && qseg[ii] == kseg[r]) {
-        const float a = dot<DH>(qs + ii * C::kLd, ks + r * C::kLd) + rbh[bucket[i - j]];
-        const float dp = dot<DH>(dos + ii * C::kLd, vs + r * C::kLd);
-        p = expf(a - tile_lse[ii]);
-        dA = p * (dp - tile_D[ii]);
-      }
-      ps[r * C::kTileLd + ii] = p;
-      dss[r * C::kTileLd + ii] = dA;
+      PairGradient pg{0.0f, 0.0f};
+      if (j < g.S && i < g.S && i >= j && qseg[ii] == kseg[r])
+        pg = pair_gradient<DH>(qs + ii * C::kLd, ks + r * C::kLd, dos + ii * C::kLd, vs + r * C::kLd,
+                               rbh[bucket[i - j]], tile_lse[ii], tile_D[ii]);
+      ps[r * C::kTileLd + ii] = pg.p;
+      dss[r * C::kTileLd + ii] = pg.dA;
     }
     __syncthreads();
     for (int ii = 0; ii < C::kTile; ii++) {
@@ -344,9 +364,9 @@ void forward_dh(const Context& ctx, float* out, float* lse, const float* q, cons
                 const float* rb, const int32_t* seg, int64_t B, int64_t S, int64_t nh) {
   const BucketTables& t = ctx.buckets(S);
   const size_t shared = forward_shared_floats<DH>() * sizeof(float);
-  allow_shared(flash_forward_kernel<DH>, shared, "flash_forward_kernel");
-  launch(flash_forward_kernel<DH>, row_grid<DH>(S, nh, B), Cfg<DH>::kThreads, shared, ctx.stream(),
-         "flash_forward_kernel", out, lse, q, k, v, rb, seg, t.of_distance.data(), Geometry{S, nh, nh * DH});
+  allow_shared(attention_flash_forward_kernel<DH>, shared, "attention_flash_forward_kernel");
+  launch(attention_flash_forward_kernel<DH>, row_grid<DH>(S, nh, B), Cfg<DH>::kThreads, shared, ctx.stream(),
+         "attention_flash_forward_kernel", out, lse, q, k, v, rb, seg, t.of_distance.data(), Geometry{S, nh, nh * DH});
 }
 
 template <int DH>
@@ -359,15 +379,16 @@ void backward_dh(const Context& ctx, float* dq, float* dk, float* dv, float* drb
   const int64_t rows = B * nh * S, tiles = (S + C::kRows - 1) / C::kRows;
   float* D = static_cast<float*>(ctx.scratch(kScratchDelta, rows * sizeof(float)));
   float* partial = static_cast<float*>(ctx.scratch(kScratchDrb, B * nh * tiles * cpu::kRelposBuckets * sizeof(float)));
-  launch(flash_delta_kernel<DH>, grid_for(rows, 128), 128, 0, ctx.stream(), "flash_delta_kernel", D, dout, out, g,
-         rows);
+  launch(attention_flash_backward_delta_kernel<DH>, grid_for(rows, 128), 128, 0, ctx.stream(),
+         "attention_flash_backward_delta_kernel", D, dout, out, g, rows);
   const size_t dq_shared = dq_shared_floats<DH>() * sizeof(float), dkv_shared = dkv_shared_floats<DH>() * sizeof(float);
-  allow_shared(flash_dq_kernel<DH>, dq_shared, "flash_dq_kernel");
-  allow_shared(flash_dkv_kernel<DH>, dkv_shared, "flash_dkv_kernel");
-  launch(flash_dq_kernel<DH>, row_grid<DH>(S, nh, B), C::kThreads, dq_shared, ctx.stream(), "flash_dq_kernel", dq,
-         partial, dout, lse, D, q, k, v, rb, seg, t.of_distance.data(), t.lo.data(), t.hi.data(), g);
-  launch(flash_dkv_kernel<DH>, row_grid<DH>(S, nh, B), C::kThreads, dkv_shared, ctx.stream(), "flash_dkv_kernel", dk,
-         dv, dout, lse, D, q, k, v, rb, seg, t.of_distance.data(), g);
+  allow_shared(attention_flash_backward_dq_kernel<DH>, dq_shared, "attention_flash_backward_dq_kernel");
+  allow_shared(attention_flash_backward_dkv_kernel<DH>, dkv_shared, "attention_flash_backward_dkv_kernel");
+  launch(attention_flash_backward_dq_kernel<DH>, row_grid<DH>(S, nh, B), C::kThreads, dq_shared, ctx.stream(),
+         "attention_flash_backward_dq_kernel", dq, partial, dout, lse, D, q, k, v, rb, seg, t.of_distance.data(),
+         t.lo.data(), t.hi.data(), g);
+  launch(attention_flash_backward_dkv_kernel<DH>, row_grid<DH>(S, nh, B), C::kThreads, dkv_shared, ctx.stream(),
+         "attention_flash_backward_dkv_kernel", dk, dv, dout, lse, D, q, k, v, rb, seg, t.of_distance.data(), g);
   reduce_drb(ctx, drb, partial, t, B, nh, tiles);
 }
 

@@ -17,7 +17,7 @@ constexpr int kThreads = 256;
 
 // Per row t (a block per row, striding over the rows by the grid): the row's
 // maximum over this shard.
-__global__ void softmax_xent_max_kernel(float* row_max, const float* logits, int64_t T, int64_t Vl) {
+__global__ void softmax_xent_forward_max_kernel(float* row_max, const float* logits, int64_t T, int64_t Vl) {
   __shared__ float red[kThreads];
   for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
     float m = -INFINITY;
@@ -28,9 +28,9 @@ __global__ void softmax_xent_max_kernel(float* row_max, const float* logits, int
 }
 
 // The shard's sum of exp(logit - max) per row, and the target's logit if it is in the shard.
-__global__ void softmax_xent_sum_kernel(float* row_sum, float* target_logit, const float* logits,
-                                        const float* row_max, const int32_t* targets, int64_t T, int64_t Vl,
-                                        int64_t v0) {
+__global__ void softmax_xent_forward_sum_kernel(float* row_sum, float* target_logit, const float* logits,
+                                                const float* row_max, const int32_t* targets, int64_t T, int64_t Vl,
+                                                int64_t v0) {
   __shared__ float red[kThreads];
   for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
     float s = 0.0f;
@@ -62,8 +62,9 @@ __global__ void softmax_xent_backward_kernel(float* dlogits, const float* logits
 
 // One block: lse[t] = row_max + log(row_sum) and, over valid targets,
 // totals = (sum of lse - target logit, sum of lse^2, count).
-__global__ void softmax_xent_totals_kernel(double* totals, float* lse, const float* row_max, const float* row_sum,
-                                           const float* target_logit, const int32_t* targets, int64_t T) {
+__global__ void softmax_xent_forward_totals_kernel(double* totals, float* lse, const float* row_max,
+                                                   const float* row_sum, const float* target_logit,
+                                                   const int32_t* targets, int64_t T) {
   __shared__ double red[3][kThreads];
   double ce = 0.0, z = 0.0, count = 0.0;
   for (int64_t t = threadIdx.x; t < T; t += blockDim.x) {
@@ -97,17 +98,17 @@ cpu::LossSums softmax_xent_forward(const Context& ctx, float* lse, const float* 
   float* row_sum = static_cast<float*>(ctx.scratch(kScratchLossSum, bytes));
   float* target_logit = static_cast<float*>(ctx.scratch(kScratchLossTarget, bytes));
   double* totals = static_cast<double*>(ctx.scratch(kScratchLossTotals, 3 * sizeof(double)));
-  launch(softmax_xent_max_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_max_kernel", row_max,
-         logits, T, Vl);
+  launch(softmax_xent_forward_max_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_forward_max_kernel",
+         row_max, logits, T, Vl);
   if (reduce_model) reduce_model(row_max, T, /*max=*/true);
-  launch(softmax_xent_sum_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_sum_kernel", row_sum,
-         target_logit, logits, row_max, targets, T, Vl, v0);
+  launch(softmax_xent_forward_sum_kernel, grid_for(T, 1), kThreads, 0, ctx.stream(), "softmax_xent_forward_sum_kernel",
+         row_sum, target_logit, logits, row_max, targets, T, Vl, v0);
   if (reduce_model) {
     reduce_model(row_sum, T, /*max=*/false);
     reduce_model(target_logit, T, /*max=*/false);
   }
-  launch(softmax_xent_totals_kernel, 1, kThreads, 0, ctx.stream(), "softmax_xent_totals_kernel", totals, lse,
-         row_max, row_sum, target_logit, targets, T);
+  launch(softmax_xent_forward_totals_kernel, 1, kThreads, 0, ctx.stream(), "softmax_xent_forward_totals_kernel", totals,
+         lse, row_max, row_sum, target_logit, targets, T);
   double host[3];
   GLAM_CHECK_CUDA(cudaMemcpyAsync(host, totals, sizeof(host), cudaMemcpyDeviceToHost, ctx.stream()));
   ctx.sync();

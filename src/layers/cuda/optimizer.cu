@@ -23,7 +23,8 @@ int grid(int64_t n) {
   return static_cast<int>(b < kBlocks ? (b > 0 ? b : 1) : kBlocks);
 }
 
-__global__ void adafactor_rows_kernel(double* row, const float* g, int64_t lead, int64_t R, int64_t C, double eps) {
+__global__ void adafactor_step_rows_kernel(double* row, const float* g, int64_t lead, int64_t R, int64_t C,
+                                           double eps) {
   for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < lead * R; x += int64_t(gridDim.x) * blockDim.x) {
     const float* gr = g + x * C;
     double s = 0.0;
@@ -32,7 +33,8 @@ __global__ void adafactor_rows_kernel(double* row, const float* g, int64_t lead,
   }
 }
 
-__global__ void adafactor_cols_kernel(double* col, const float* g, int64_t lead, int64_t R, int64_t C, double eps) {
+__global__ void adafactor_step_cols_kernel(double* col, const float* g, int64_t lead, int64_t R, int64_t C,
+                                           double eps) {
   for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < lead * C; x += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = x / C, c = x % C;
     const float* gb = g + b * R * C;
@@ -43,8 +45,8 @@ __global__ void adafactor_cols_kernel(double* col, const float* g, int64_t lead,
 }
 
 // One thread per leading index: vr = rho vr + (1 - rho) row / C_global, and their sum.
-__global__ void adafactor_vr_kernel(float* vr, double* vr_sum, const double* row, int64_t lead, int64_t R, double rho,
-                                    double C_global) {
+__global__ void adafactor_step_vr_kernel(float* vr, double* vr_sum, const double* row, int64_t lead, int64_t R,
+                                         double rho, double C_global) {
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < lead; b += int64_t(gridDim.x) * blockDim.x) {
     double s = 0.0;
     for (int64_t r = 0; r < R; r++) {
@@ -56,12 +58,12 @@ __global__ void adafactor_vr_kernel(float* vr, double* vr_sum, const double* row
   }
 }
 
-__global__ void adafactor_vc_kernel(float* vc, const double* col, int64_t n, double rho, double R_global) {
+__global__ void adafactor_step_vc_kernel(float* vc, const double* col, int64_t n, double rho, double R_global) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     vc[i] = static_cast<float>(rho * vc[i] + (1.0 - rho) * col[i] / R_global);
 }
 
-__global__ void adafactor_v_kernel(float* v, const float* g, int64_t n, double rho, double eps) {
+__global__ void adafactor_step_v_kernel(float* v, const float* g, int64_t n, double rho, double eps) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const double g2 = static_cast<double>(g[i]) * g[i] + eps;
     v[i] = static_cast<float>(rho * v[i] + (1.0 - rho) * g2);
@@ -79,9 +81,9 @@ __device__ float adafactor_u(int64_t i, const float* g, const float* v, const fl
 }
 
 // apply == false: partial[block] = (sum U^2, sum W^2); true: w -= step[0] * U.
-__global__ void adafactor_update_kernel(double* partial, float* w, const float* g, const float* v, const float* vr,
-                                        const float* vc, const double* vr_sum, int64_t n, int64_t R, int64_t C,
-                                        double R_global, bool apply, const float* step) {
+__global__ void adafactor_step_update_kernel(double* partial, float* w, const float* g, const float* v, const float* vr,
+                                             const float* vc, const double* vr_sum, int64_t n, int64_t R, int64_t C,
+                                             double R_global, bool apply, const float* step) {
   __shared__ double red_u[kThreads], red_w[kThreads];
   double su = 0.0, sw = 0.0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -120,7 +122,7 @@ __global__ void sum_partials_kernel(double* out, const double* partial, int bloc
   }
 }
 
-__global__ void sum_squares_kernel(double* partial, const float* x, int64_t n) {
+__global__ void gradient_norm_squares_kernel(double* partial, const float* x, int64_t n) {
   __shared__ double red[kThreads];
   double s = 0.0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -135,8 +137,8 @@ __global__ void sum_squares_kernel(double* partial, const float* x, int64_t n) {
 }
 
 // steps[i] = lr * max(min_scale, RMS(W)) / max(1, RMS(U) / clip), sums [n, 2], count [n].
-__global__ void adafactor_steps_kernel(float* steps, const double* sums, const double* count, int64_t n, double lr,
-                                       double min_scale, double clip) {
+__global__ void adafactor_step_sizes_kernel(float* steps, const double* sums, const double* count, int64_t n, double lr,
+                                            double min_scale, double clip) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const double rms_u = sqrt(sums[2 * i] / count[i]), rms_w = sqrt(sums[2 * i + 1] / count[i]);
     steps[i] = static_cast<float>(lr * fmax(min_scale, rms_w) / fmax(1.0, rms_u / clip));
@@ -218,8 +220,8 @@ void DeviceAdafactor::statistics(const Context& ctx, const Param& p, Slot& s, co
                                  const ReduceModel& reduce_model) {
   const int64_t n = p.size();
   if (!s.factored) {
-    launch(adafactor_v_kernel, dim3(grid(n)), dim3(kThreads), 0, ctx.stream(), "adafactor_v", s.v.f32(), g, n, rho,
-           opt_.eps);
+    launch(adafactor_step_v_kernel, dim3(grid(n)), dim3(kThreads), 0, ctx.stream(), "adafactor_step_v_kernel",
+           s.v.f32(), g, n, rho, opt_.eps);
     return;
   }
   const int64_t L = s.lead, R = s.rows, C = s.cols;
@@ -228,27 +230,27 @@ void DeviceAdafactor::statistics(const Context& ctx, const Param& p, Slot& s, co
   const bool cols_split = p.model_axis == static_cast<int>(nd) - 1;
   const double R_global = s.R_global;
   const double C_global = static_cast<double>(p.global_shape[nd - 1]);
-  launch(adafactor_rows_kernel, dim3(grid(L * R)), dim3(kThreads), 0, ctx.stream(), "adafactor_rows", rows_.f64(), g,
-         L, R, C, opt_.eps);
-  launch(adafactor_cols_kernel, dim3(grid(L * C)), dim3(kThreads), 0, ctx.stream(), "adafactor_cols", cols_.f64(), g,
-         L, R, C, opt_.eps);
+  launch(adafactor_step_rows_kernel, dim3(grid(L * R)), dim3(kThreads), 0, ctx.stream(), "adafactor_step_rows_kernel",
+         rows_.f64(), g, L, R, C, opt_.eps);
+  launch(adafactor_step_cols_kernel, dim3(grid(L * C)), dim3(kThreads), 0, ctx.stream(), "adafactor_step_cols_kernel",
+         cols_.f64(), g, L, R, C, opt_.eps);
   if (cols_split) reduce_model(rows_.f64(), L * R);
   if (rows_split) reduce_model(cols_.f64(), L * C);
-  launch(adafactor_vr_kernel, dim3(grid(L)), dim3(kThreads), 0, ctx.stream(), "adafactor_vr", s.vr.f32(),
-         s.vr_sum.f64(), rows_.f64(), L, R, rho, C_global);
-  launch(adafactor_vc_kernel, dim3(grid(L * C)), dim3(kThreads), 0, ctx.stream(), "adafactor_vc", s.vc.f32(),
-         cols_.f64(), L * C, rho, R_global);
+  launch(adafactor_step_vr_kernel, dim3(grid(L)), dim3(kThreads), 0, ctx.stream(), "adafactor_step_vr_kernel",
+         s.vr.f32(), s.vr_sum.f64(), rows_.f64(), L, R, rho, C_global);
+  launch(adafactor_step_vc_kernel, dim3(grid(L * C)), dim3(kThreads), 0, ctx.stream(), "adafactor_step_vc_kernel",
+         s.vc.f32(), cols_.f64(), L * C, rho, R_global);
   if (rows_split) reduce_model(s.vr_sum.f64(), L);
 }
 
 void DeviceAdafactor::update(const Context& ctx, const Slot& s, const float* g, float* w, int64_t n, size_t i,
                              bool apply, const float* step) {
   const bool f = s.factored;
-  launch(adafactor_update_kernel, dim3(grid(n)), dim3(kThreads), 0, ctx.stream(), "adafactor_update", partial_.f64(),
-         w, g, f ? nullptr : s.v.f32(), f ? s.vr.f32() : nullptr, f ? s.vc.f32() : nullptr,
+  launch(adafactor_step_update_kernel, dim3(grid(n)), dim3(kThreads), 0, ctx.stream(), "adafactor_step_update_kernel",
+         partial_.f64(), w, g, f ? nullptr : s.v.f32(), f ? s.vr.f32() : nullptr, f ? s.vc.f32() : nullptr,
          f ? s.vr_sum.f64() : nullptr, n, s.rows, s.cols, s.R_global, apply, step);
   if (!apply)
-    launch(sum_partials_kernel, dim3(1), dim3(1), 0, ctx.stream(), "adafactor_sums", sums_.f64() + 2 * i,
+    launch(sum_partials_kernel, dim3(1), dim3(1), 0, ctx.stream(), "sum_partials_kernel", sums_.f64() + 2 * i,
            partial_.f64(), grid(n), 2);
 }
 
@@ -262,8 +264,9 @@ void DeviceAdafactor::step(const Context& ctx, const ParamTable& table, const st
     update(ctx, slots_[i], g[i].f32(), w[i].f32(), table.params[i].size(), i, false, nullptr);
   }
   if (mesh.data_size == 1 && mesh.model_size == 1) {  // every tensor whole here: steps on the device
-    launch(adafactor_steps_kernel, dim3(grid(n)), dim3(kThreads), 0, ctx.stream(), "adafactor_steps", steps_.f32(),
-           sums_.f64(), count_.f64(), static_cast<int64_t>(n), lr, opt_.min_param_scale, opt_.clip_threshold);
+    launch(adafactor_step_sizes_kernel, dim3(grid(n)), dim3(kThreads), 0, ctx.stream(), "adafactor_step_sizes_kernel",
+           steps_.f32(), sums_.f64(), count_.f64(), static_cast<int64_t>(n), lr, opt_.min_param_scale,
+           opt_.clip_threshold);
   } else {  // the sums of sharded tensors cross the mesh on the host
     host_sums_.resize(2 * n);
     GLAM_CHECK_CUDA(cudaMemcpyAsync(host_sums_.data(), sums_.ptr, 2 * n * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream()));
@@ -292,9 +295,9 @@ double gradient_norm(const Context& ctx, const ParamTable& table, const std::vec
   GLAM_ASSERT(partial.numel() >= kBlocks && sums.numel() >= static_cast<int64_t>(n));
   for (size_t i = 0; i < n; i++) {
     const int64_t size = table.params[i].size();
-    launch(sum_squares_kernel, dim3(grid(size)), dim3(kThreads), 0, ctx.stream(), "sum_squares", partial.f64(),
-           g[i].f32(), size);
-    launch(sum_partials_kernel, dim3(1), dim3(1), 0, ctx.stream(), "grad_norm_sums", sums.f64() + i, partial.f64(),
+    launch(gradient_norm_squares_kernel, dim3(grid(size)), dim3(kThreads), 0, ctx.stream(),
+           "gradient_norm_squares_kernel", partial.f64(), g[i].f32(), size);
+    launch(sum_partials_kernel, dim3(1), dim3(1), 0, ctx.stream(), "sum_partials_kernel", sums.f64() + i, partial.f64(),
            grid(size), 1);
   }
   host.resize(n);

@@ -25,8 +25,8 @@ namespace {
 __device__ double uniform01(uint64_t seed, uint64_t t) { return unit_interval(splitmix64_at(seed, t)); }
 
 // One thread per token (grid-stride): softmax over E, top-2, renormalised g.
-__global__ void router_gate_kernel(float* gates, int32_t* expert, float* g, const float* logits, int64_t T,
-                                   int64_t E) {
+__global__ void router_decide_gates_kernel(float* gates, int32_t* expert, float* g, const float* logits, int64_t T,
+                                           int64_t E) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < T; t += int64_t(gridDim.x) * blockDim.x) {
     const float* l = logits + t * E;
     float* o = gates + t * E;
@@ -48,15 +48,15 @@ __global__ void router_gate_kernel(float* gates, int32_t* expert, float* g, cons
 }
 
 // grid (G, E / threads rounded up): thread e of block (grp, .) fills expert e's slots.
-__global__ void router_slot_kernel(uint8_t* kept, int32_t* slot, const int32_t* expert, const float* g,
-                            int64_t S, int64_t E, int64_t capacity, bool second_all, uint64_t seed,
-                            int64_t token_offset) {
+__global__ void router_decide_slots_kernel(uint8_t* kept, int32_t* slot, const int32_t* expert, const float* g,
+                                           int64_t group_size, int64_t E, int64_t capacity, bool second_all,
+                                           uint64_t seed, int64_t token_offset) {
   const int64_t e = threadIdx.x + int64_t(blockIdx.y) * blockDim.x;
   if (e >= E) return;
-  const int64_t t0 = blockIdx.x * S;
+  const int64_t t0 = blockIdx.x * group_size;
   int64_t fill = 0;
   for (int k = 0; k < 2; k++)
-    for (int64_t t = t0; t < t0 + S; t++) {
+    for (int64_t t = t0; t < t0 + group_size; t++) {
       const int64_t i = t * 2 + k;
       if (expert[i] != e) continue;
       const bool wanted = k == 0 || second_all ||
@@ -134,15 +134,16 @@ __global__ void combine_backward_kernel(float* dexpert_out, float* dweight, cons
 // then runs on the device too (routing.cu).
 void router_decide(const Context& ctx, RoutingDevice& d, const float* logits, int64_t T, const cpu::RouterOptions& opt) {
   const int64_t E = opt.n_experts;
-  const int64_t S = opt.no_drop ? T : opt.group_size;
-  GLAM_REQUIRE(S > 0 && T % S == 0, "moe: ", T, " tokens do not split into groups of ", S);
-  const int64_t capacity = opt.no_drop ? S : cpu::expert_capacity(S, opt.capacity_factor, E);
-  launch(router_gate_kernel, grid_for(T, 128), 128, 0, ctx.stream(), "router_gate_kernel", d.gates, d.expert, d.g,
-         logits, T, E);
+  const int64_t group_size = opt.no_drop ? T : opt.group_size;
+  GLAM_REQUIRE(group_size > 0 && T % group_size == 0, "moe: ", T, " tokens do not split into groups of ", group_size);
+  const int64_t capacity = opt.no_drop ? group_size : cpu::expert_capacity(group_size, opt.capacity_factor, E);
+  launch(router_decide_gates_kernel, grid_for(T, 128), 128, 0, ctx.stream(), "router_decide_gates_kernel", d.gates,
+         d.expert, d.g, logits, T, E);
   const unsigned threads = static_cast<unsigned>(E < 256 ? E : 256);
-  const dim3 grid(static_cast<unsigned>(T / S), static_cast<unsigned>((E + threads - 1) / threads));
-  launch(router_slot_kernel, grid, threads, 0, ctx.stream(), "router_slot_kernel", d.kept, d.slot, d.expert, d.g, S, E,
-         capacity, opt.second == cpu::SecondPolicy::all || opt.no_drop, opt.seed, opt.token_offset);
+  const dim3 grid(static_cast<unsigned>(T / group_size), static_cast<unsigned>((E + threads - 1) / threads));
+  launch(router_decide_slots_kernel, grid, threads, 0, ctx.stream(), "router_decide_slots_kernel", d.kept, d.slot,
+         d.expert, d.g, group_size, E, capacity, opt.second == cpu::SecondPolicy::all || opt.no_drop, opt.seed,
+         opt.token_offset);
 }
 
 void dispatch_forward(const Context& ctx, bf16* expert_in, const bf16* x, const int32_t* row,

@@ -14,31 +14,36 @@ namespace {
 constexpr int kThreads = 128;
 
 // One thread per (group, expert): kept choices of the group on e, and the
-// fraction of the group's first choices on e (summed as the CPU does: += 1/S).
-__global__ void routing_count_kernel(int32_t* count, int32_t* before, float* first_frac, float* mean_gate,
-                                     const int32_t* expert, const uint8_t* kept, const float* gates, int64_t G,
-                                     int64_t S, int64_t E) {
+// fraction of the group's first choices on e (summed as the CPU does: += 1/group_size).
+__global__ void routing_bookkeeping_count_kernel(int32_t* count, int32_t* before, float* first_frac, float* mean_gate,
+                                                 const int32_t* expert, const uint8_t* kept, const float* gates,
+                                                 int64_t G, int64_t group_size, int64_t E) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < G * E; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t grp = i / E, e = i % E;
     int32_t n = 0, b = 0;
     float f = 0.0f, P = 0.0f;
-    for (int64_t t = grp * S; t < (grp + 1) * S; t++) {
-      if (expert[t * 2] == e) { f += 1.0f / static_cast<float>(S); b++; n += kept[t * 2]; }
+    for (int64_t t = grp * group_size; t < (grp + 1) * group_size; t++) {
+      if (expert[t * 2] == e) {
+        f += 1.0f / static_cast<float>(group_size);
+        b++;
+        n += kept[t * 2];
+      }
       if (expert[t * 2 + 1] == e) { b++; n += kept[t * 2 + 1]; }
       P += gates[t * E + e];
     }
     count[i] = n;
     before[i] = b;
     first_frac[i] = f;
-    mean_gate[i] = P / static_cast<float>(S);
+    mean_gate[i] = P / static_cast<float>(group_size);
   }
 }
 
 // One thread: rows are expert-major, then group, then slot. summary = [offset[E+1],
 // load_before[E], load_after[E], dropped] as int64, then aux as double.
-__global__ void routing_offsets_kernel(int64_t* start, int64_t* summary, const int32_t* count, const int32_t* before,
-                                       const float* first_frac, const float* mean_gate, int64_t T, int64_t G,
-                                       int64_t E, int64_t n_groups_global, bool no_drop) {
+__global__ void routing_bookkeeping_offsets_kernel(int64_t* start, int64_t* summary, const int32_t* count,
+                                                   const int32_t* before, const float* first_frac,
+                                                   const float* mean_gate, int64_t T, int64_t G, int64_t E,
+                                                   int64_t n_groups_global, bool no_drop) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   int64_t* offset = summary;
   int64_t* load_before = summary + E + 1;
@@ -65,20 +70,21 @@ __global__ void routing_offsets_kernel(int64_t* start, int64_t* summary, const i
   *aux = no_drop ? 0.0 : static_cast<double>(E) * sum / static_cast<double>(n_groups_global);
 }
 
-__global__ void routing_rows_kernel(int32_t* row, const int64_t* start, const int32_t* expert, const uint8_t* kept,
-                                    const int32_t* slot, int64_t T, int64_t S, int64_t E) {
+__global__ void routing_bookkeeping_rows_kernel(int32_t* row, const int64_t* start, const int32_t* expert,
+                                                const uint8_t* kept, const int32_t* slot, int64_t T, int64_t group_size,
+                                                int64_t E) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < 2 * T; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / 2;
-    row[i] = kept[i] ? static_cast<int32_t>(start[(t / S) * E + expert[i]] + slot[i]) : -1;
+    row[i] = kept[i] ? static_cast<int32_t>(start[(t / group_size) * E + expert[i]] + slot[i]) : -1;
   }
 }
 
 // One thread per token: cpu::router_backward's arithmetic, in its order.
-__global__ void router_backward_kernel(float* dlogits, const float* dweight, const float* gates,
-                                       const int32_t* expert, const uint8_t* kept, const float* first_frac,
-                                       double aux_scale, int64_t T, int64_t S, int64_t E) {
+__global__ void router_backward_kernel(float* dlogits, const float* dweight, const float* gates, const int32_t* expert,
+                                       const uint8_t* kept, const float* first_frac, double aux_scale, int64_t T,
+                                       int64_t group_size, int64_t E) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < T; t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t grp = t / S;
+    const int64_t grp = t / group_size;
     const int32_t i1 = expert[t * 2], i2 = expert[t * 2 + 1];
     const float* gt = gates + t * E;
     const float r1 = gt[i1], r2 = gt[i2];
@@ -100,7 +106,7 @@ __global__ void router_backward_kernel(float* dlogits, const float* dweight, con
 }
 
 // dispatch with an fp32 destination: expert_in[row[t, k]] = x[t] (bf16 -> fp32).
-__global__ void dispatch_f32_kernel(float* expert_in, const bf16* x, const int32_t* row, int64_t T, int64_t M) {
+__global__ void dispatch_forward_f32_kernel(float* expert_in, const bf16* x, const int32_t* row, int64_t T, int64_t M) {
   for (int64_t i = blockIdx.x; i < 2 * T; i += gridDim.x) {
     const int32_t r = row[i];
     if (r < 0) continue;
@@ -117,30 +123,31 @@ int blocks(int64_t n) {
 
 int64_t routing_summary_bytes(int64_t E) { return (3 * E + 2) * static_cast<int64_t>(sizeof(int64_t)) + 8; }
 
-void routing_bookkeeping(const Context& ctx, RoutingDevice& d, int64_t* host_summary, int64_t T, int64_t S, int64_t E,
-                         int64_t n_groups_global, bool no_drop) {
-  const int64_t G = T / S;
-  launch(routing_count_kernel, dim3(blocks(G * E)), dim3(kThreads), 0, ctx.stream(), "routing_count", d.count,
-         d.before, d.first_frac, d.mean_gate, d.expert, d.kept, d.gates, G, S, E);
-  launch(routing_offsets_kernel, dim3(1), dim3(1), 0, ctx.stream(), "routing_offsets", d.start, d.summary, d.count,
-         d.before, d.first_frac, d.mean_gate, T, G, E, n_groups_global, no_drop);
-  launch(routing_rows_kernel, dim3(blocks(2 * T)), dim3(kThreads), 0, ctx.stream(), "routing_rows", d.row, d.start,
-         d.expert, d.kept, d.slot, T, S, E);
+void routing_bookkeeping(const Context& ctx, RoutingDevice& d, int64_t* host_summary, int64_t T, int64_t group_size,
+                         int64_t E, int64_t n_groups_global, bool no_drop) {
+  const int64_t G = T / group_size;
+  launch(routing_bookkeeping_count_kernel, dim3(blocks(G * E)), dim3(kThreads), 0, ctx.stream(),
+         "routing_bookkeeping_count_kernel", d.count, d.before, d.first_frac, d.mean_gate, d.expert, d.kept, d.gates, G,
+         group_size, E);
+  launch(routing_bookkeeping_offsets_kernel, dim3(1), dim3(1), 0, ctx.stream(), "routing_bookkeeping_offsets_kernel",
+         d.start, d.summary, d.count, d.before, d.first_frac, d.mean_gate, T, G, E, n_groups_global, no_drop);
+  launch(routing_bookkeeping_rows_kernel, dim3(blocks(2 * T)), dim3(kThreads), 0, ctx.stream(),
+         "routing_bookkeeping_rows_kernel", d.row, d.start, d.expert, d.kept, d.slot, T, group_size, E);
   GLAM_CHECK_CUDA(cudaMemcpyAsync(host_summary, d.summary, routing_summary_bytes(E), cudaMemcpyDeviceToHost, ctx.stream()));
 }
 
-void router_backward(const Context& ctx, float* dlogits, const float* dweight, const RoutingDevice& d,
-                     double aux_grad, int64_t T, int64_t S, int64_t E, int64_t n_groups_global) {
-  const double aux_scale = aux_grad * static_cast<double>(E) / (static_cast<double>(S) * n_groups_global);
-  launch(router_backward_kernel, dim3(blocks(T)), dim3(kThreads), 0, ctx.stream(), "router_backward", dlogits,
-         dweight, d.gates, d.expert, d.kept, d.first_frac, aux_scale, T, S, E);
+void router_backward(const Context& ctx, float* dlogits, const float* dweight, const RoutingDevice& d, double aux_grad,
+                     int64_t T, int64_t group_size, int64_t E, int64_t n_groups_global) {
+  const double aux_scale = aux_grad * static_cast<double>(E) / (static_cast<double>(group_size) * n_groups_global);
+  launch(router_backward_kernel, dim3(blocks(T)), dim3(kThreads), 0, ctx.stream(), "router_backward_kernel", dlogits,
+         dweight, d.gates, d.expert, d.kept, d.first_frac, aux_scale, T, group_size, E);
 }
 
 void dispatch_forward_f32(const Context& ctx, float* expert_in, const bf16* x, const int32_t* row, int64_t T,
                           int64_t M) {
   const int64_t b = 2 * T < 65535 ? 2 * T : 65535;
-  launch(dispatch_f32_kernel, dim3(static_cast<unsigned>(b)), dim3(128), 0, ctx.stream(), "dispatch_forward", expert_in,
-         x, row, T, M);
+  launch(dispatch_forward_f32_kernel, dim3(static_cast<unsigned>(b)), dim3(128), 0, ctx.stream(),
+         "dispatch_forward_f32_kernel", expert_in, x, row, T, M);
 }
 
 }  // namespace glam::cuda

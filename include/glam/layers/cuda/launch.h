@@ -2,6 +2,11 @@
 // stream, "name", args...) queues kernel<<<grid, block, shared_bytes, stream>>>(args...)
 // and turns a launch error into an exception naming the kernel. The CPU
 // emulation of the CUDA subset glam uses (tests, no GPU) provides the same call.
+// Names (llm.c's): a launcher is <layer>_<pass> (rmsnorm_forward, router_decide,
+// adafactor_step), its kernel <layer>_<pass>_kernel, or <layer>_<pass>_<part>_kernel
+// where it runs several (attention_backward_dq_kernel); "name" is the kernel's
+// name. Helpers that are no layer's pass say what they do (to_bf16_kernel,
+// sum_partials_kernel).
 #pragma once
 #include <cuda_runtime.h>
 

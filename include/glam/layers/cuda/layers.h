@@ -47,7 +47,7 @@ enum ScratchSlot : int { kScratchDelta, kScratchDrb, kScratchLossMax, kScratchLo
 
 // The stream and cuBLAS handle every layer runs on, and what the layers reuse:
 // after the first call with a shape, the attention layers, the loss and
-// sum_squares allocate nothing (and the attention layers do not synchronise).
+// gradient_norm allocate nothing (and the attention layers do not synchronise).
 class Context {
  public:
   Context();

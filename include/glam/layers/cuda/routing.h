@@ -8,7 +8,7 @@
 
 namespace glam::cuda {
 
-// Device buffers of one MoE layer's routing for T tokens in G = T / S groups.
+// Device buffers of one MoE layer's routing for T tokens in G = T / group_size groups.
 struct RoutingDevice {
   float* gates = nullptr;       // [T, E] softmax of the router logits
   int32_t* expert = nullptr;    // [T, 2] first and second choice
@@ -35,13 +35,13 @@ int64_t routing_summary_bytes(int64_t E);
 
 // Fills row, first_frac and the summary, and queues the summary's copy into
 // host_summary (pinned; valid after the stream is synchronised).
-void routing_bookkeeping(const Context& ctx, RoutingDevice& d, int64_t* host_summary, int64_t T, int64_t S, int64_t E,
-                         int64_t n_groups_global, bool no_drop);
+void routing_bookkeeping(const Context& ctx, RoutingDevice& d, int64_t* host_summary, int64_t T, int64_t group_size,
+                         int64_t E, int64_t n_groups_global, bool no_drop);
 
 // dlogits [T, E] += d loss / d logits through the combine weights (dweight [T, 2])
 // and the aux loss (aux_grad = its weight in the loss).
 void router_backward(const Context& ctx, float* dlogits, const float* dweight, const RoutingDevice& d, double aux_grad,
-                     int64_t T, int64_t S, int64_t E, int64_t n_groups_global);
+                     int64_t T, int64_t group_size, int64_t E, int64_t n_groups_global);
 
 // expert_in [rows, M] fp32: row[t, k] <- x[t] (bf16), dropped choices skipped.
 void dispatch_forward_f32(const Context& ctx, float* expert_in, const bf16* x, const int32_t* row, int64_t T,
