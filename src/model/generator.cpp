@@ -98,6 +98,158 @@ void check_cache_fits(const SamplingOptions& opt, const ModelConfig& c, int64_t 
                have >> 20, " MiB; lower --beam");
 }
 
+// The W best of every beam's next tokens, by score (at the first step the beams
+// are identical: only beam 0's): [W] parent beam, [W] token; -1 = none.
+void best_candidates(std::vector<int32_t>& choice, const std::vector<Beam>& beams,
+                     const std::vector<std::vector<double>>& lp, int64_t n_beams, int64_t n_valid) {
+  const int64_t W = static_cast<int64_t>(choice.size()) / 2;
+  std::vector<std::tuple<double, int32_t, int32_t>> cand;  // (score, beam, token)
+  for (int32_t b = 0; b < n_beams; b++)
+    for (int32_t v = 0; v < n_valid; v++) cand.emplace_back(beams[b].score + lp[b][v], b, v);
+  const size_t k = std::min<size_t>(cand.size(), static_cast<size_t>(W));
+  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(),
+                    [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+  for (size_t i = 0; i < k; i++) {
+    choice[i] = std::get<1>(cand[i]);
+    choice[W + i] = std::get<2>(cand[i]);
+  }
+}
+
+// The decoding of one prompt (Generator::generate): W beams (one when sampling),
+// their rows of the KV cache, and the hypotheses that ended (eod or a stop string).
+// The choices are made on world rank 0 and broadcast.
+class Decoding {
+ public:
+  Decoding(Model& model, const Mesh& mesh, const Tokenizer& tok, const SamplingOptions& opt,
+           const std::vector<int32_t>& prompt, uint64_t seed, KVCache& cache)
+      : model_(model), mesh_(mesh), tok_(tok), opt_(opt), prompt_(prompt), cache_(cache), W_(opt.beam),
+        max_positions_(model.config().seq_len),
+        n_valid_(std::min<int64_t>(model.config().vocab_size, tok.vocab_size())),
+        width_(model.config().n_heads / mesh.model_size * model.config().d_head), rng_(seed), beams_(W_) {}
+
+  Generation run() {
+    prefill(max_positions_);
+    for (int64_t step = 0; step < opt_.max_tokens; step++) {
+      const std::vector<int64_t> parent = advance(choose(step));
+      if (parent.empty() || step + 1 == opt_.max_tokens) break;
+      decode_next(parent);
+    }
+    return best();
+  }
+
+ private:
+  // (Re)fills the cache with the last `keep` tokens of every beam's context.
+  void prefill(int64_t keep) {
+    cache_.reset(W_, max_positions_, model_.config().n_layers, width_);
+    std::vector<int32_t> ids;
+    int64_t n = 0;
+    for (const Beam& b : beams_) {
+      std::vector<int32_t> ctx = prompt_;
+      ctx.insert(ctx.end(), b.tokens.begin(), b.tokens.end());
+      n = std::min<int64_t>(keep, static_cast<int64_t>(ctx.size()));
+      ids.insert(ids.end(), ctx.end() - n, ctx.end());
+    }
+    model_.forward_cached(cache_, ids, n);
+    lp_ = last_logprobs(model_, mesh_, W_, n);
+  }
+
+  // Rank 0's choice on every rank: [W] parent beam, [W] token; -1 = none.
+  std::vector<int32_t> choose(int64_t step) {
+    std::vector<int32_t> choice(2 * W_, -1);
+    if (mesh_.is_root()) {
+      if (W_ == 1) {
+        choice[0] = 0;
+        choice[1] = sample(lp_[0], n_valid_, opt_, rng_);
+      } else {
+        best_candidates(choice, beams_, lp_, step == 0 ? 1 : static_cast<int64_t>(beams_.size()), n_valid_);
+      }
+    }
+    mesh_.broadcast_world(choice.data(), 2 * W_);
+    return choice;
+  }
+
+  // Extends the chosen beams, setting aside those that end; returns each new
+  // beam's parent, or nothing when the search is over.
+  std::vector<int64_t> advance(const std::vector<int32_t>& choice) {
+    std::vector<Beam> next;
+    std::vector<int64_t> parent;
+    for (int64_t i = 0; i < W_ && choice[i] >= 0; i++) {
+      Beam b = beams_[choice[i]];
+      const int32_t tok = choice[W_ + i];
+      b.score += lp_[choice[i]][tok];
+      if (tok == tok_.eod_id()) {
+        finished_.emplace_back(b, "eod");
+        continue;
+      }
+      b.tokens.push_back(tok);
+      if (find_stop(continuation_text(tok_, prompt_, b.tokens), opt_.stop) != std::string::npos) {
+        finished_.emplace_back(b, "stop");
+        continue;
+      }
+      next.push_back(b);
+      parent.push_back(choice[i]);
+    }
+    if (static_cast<int64_t>(finished_.size()) >= W_ || next.empty()) {
+      beams_.clear();
+      return {};
+    }
+    // keep W rows in the cache: pad with copies of the first survivor that can never win
+    while (static_cast<int64_t>(next.size()) < W_) {
+      next.push_back(next[0]);
+      next.back().score = -std::numeric_limits<double>::infinity();
+      parent.push_back(parent[0]);
+    }
+    beams_ = next;
+    return parent;
+  }
+
+  // The log-probabilities of each beam's next token, after its last one.
+  void decode_next(const std::vector<int64_t>& parent) {
+    if (cache_.len + 1 > max_positions_) {
+      prefill(max_positions_ / 2);  // slide: keep the last half of the context
+      return;
+    }
+    std::vector<int32_t> ids(W_);
+    for (int64_t b = 0; b < W_; b++) ids[b] = beams_[b].tokens.back();
+    cache_.reorder(parent);
+    model_.forward_cached(cache_, ids, 1);
+    lp_ = last_logprobs(model_, mesh_, W_, 1);
+  }
+
+  // The best hypothesis: the finished ones compete with what is still open.
+  Generation best() const {
+    std::vector<std::pair<Beam, std::string>> all = finished_;
+    for (const Beam& b : beams_)
+      if (std::isfinite(b.score)) all.emplace_back(b, "length");
+    GLAM_ASSERT(!all.empty());
+    const auto best = std::max_element(all.begin(), all.end(),
+                                       [](const auto& a, const auto& b) { return a.first.score < b.first.score; });
+    Generation g;
+    g.tokens = best->first.tokens;
+    g.logprob = best->first.score;
+    g.finish = best->second;
+    g.text = continuation_text(tok_, prompt_, g.tokens);
+    const size_t at = find_stop(g.text, opt_.stop);
+    if (at != std::string::npos) {
+      g.text = g.text.substr(0, at);
+      g.finish = "stop";
+    }
+    return g;
+  }
+
+  Model& model_;
+  const Mesh& mesh_;
+  const Tokenizer& tok_;
+  const SamplingOptions& opt_;
+  const std::vector<int32_t>& prompt_;
+  KVCache& cache_;
+  const int64_t W_, max_positions_, n_valid_, width_;  // beams, cache positions, tokens to choose from, cache row width
+  std::mt19937_64 rng_;
+  std::vector<Beam> beams_;                              // [W] the open hypotheses
+  std::vector<std::pair<Beam, std::string>> finished_;  // ended ones and why: "eod" or "stop"
+  std::vector<std::vector<double>> lp_;                  // [W][V] log P of each beam's next token
+};
+
 }  // namespace
 
 void check_sampling_options(const SamplingOptions& opt) {
@@ -116,98 +268,13 @@ Generator::Generator(Model& model, const Tokenizer& tokenizer, const Mesh& mesh)
 std::vector<Generation> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
                                             const SamplingOptions& opt) {
   const ModelConfig& c = model_.config();
-  const int64_t cap = c.seq_len, W = opt.beam, n_valid = std::min<int64_t>(c.vocab_size, tok_.vocab_size());
-  const int64_t width = c.n_heads / mesh_.model_size * c.d_head;
   check_sampling_options(opt);
-  check_cache_fits(opt, c, width);
+  check_cache_fits(opt, c, c.n_heads / mesh_.model_size * c.d_head);
   std::vector<Generation> out;
   KVCache cache;
   for (size_t pi = 0; pi < prompts.size(); pi++) {
     GLAM_REQUIRE(!prompts[pi].empty(), "prompt ", pi, " encodes to no tokens");
-    std::mt19937_64 rng(opt.seed + pi);
-    std::vector<Beam> beams(W), finished;
-    std::vector<std::string> finish(W, "length");
-    // (re)fill the cache with the last tokens of every beam's context
-    auto prefill = [&](int64_t keep) {
-      cache.reset(W, cap, c.n_layers, width);
-      std::vector<int32_t> ids;
-      int64_t n = 0;
-      for (const Beam& b : beams) {
-        std::vector<int32_t> ctx = prompts[pi];
-        ctx.insert(ctx.end(), b.tokens.begin(), b.tokens.end());
-        n = std::min<int64_t>(keep, static_cast<int64_t>(ctx.size()));
-        ids.insert(ids.end(), ctx.end() - n, ctx.end());
-      }
-      model_.forward_cached(cache, ids, n);
-      return last_logprobs(model_, mesh_, W, n);
-    };
-    std::vector<std::vector<double>> lp = prefill(cap);
-    for (int64_t step = 0; step < opt.max_tokens && !beams.empty(); step++) {
-      // candidates: (score, beam, token); at the first step the beams are identical
-      std::vector<int32_t> choice(2 * W, -1);  // [W] parent beam, [W] token; -1 = none
-      if (mesh_.is_root()) {
-        if (W == 1) {
-          choice[0] = 0;
-          choice[1] = sample(lp[0], n_valid, opt, rng);
-        } else {
-          std::vector<std::tuple<double, int32_t, int32_t>> cand;
-          for (int64_t b = 0; b < (step == 0 ? 1 : static_cast<int64_t>(beams.size())); b++)
-            for (int32_t v = 0; v < n_valid; v++) cand.emplace_back(beams[b].score + lp[b][v], b, v);
-          const size_t k = std::min<size_t>(cand.size(), static_cast<size_t>(W));
-          std::partial_sort(cand.begin(), cand.begin() + k, cand.end(),
-                            [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
-          for (size_t i = 0; i < k; i++) { choice[i] = std::get<1>(cand[i]); choice[W + i] = std::get<2>(cand[i]); }
-        }
-      }
-      mesh_.broadcast_world(choice.data(), 2 * W);
-      std::vector<Beam> next;
-      std::vector<int64_t> parent;
-      for (int64_t i = 0; i < W && choice[i] >= 0; i++) {
-        Beam b = beams[choice[i]];
-        const int32_t tok = choice[W + i];
-        b.score += lp[choice[i]][tok];
-        if (tok == tok_.eod_id()) { finished.push_back(b); finish.push_back("eod"); continue; }
-        b.tokens.push_back(tok);
-        const std::string text = continuation_text(tok_, prompts[pi], b.tokens);
-        if (find_stop(text, opt.stop) != std::string::npos) { finished.push_back(b); finish.push_back("stop"); continue; }
-        next.push_back(b);
-        parent.push_back(choice[i]);
-      }
-      if (static_cast<int64_t>(finished.size()) >= W || next.empty()) { beams.clear(); break; }
-      // keep W rows in the cache: pad with copies of the first survivor that can never win
-      while (static_cast<int64_t>(next.size()) < W) {
-        next.push_back(next[0]);
-        next.back().score = -std::numeric_limits<double>::infinity();
-        parent.push_back(parent[0]);
-      }
-      beams = next;
-      if (step + 1 == opt.max_tokens) break;
-      std::vector<int32_t> ids(W);
-      for (int64_t b = 0; b < W; b++) ids[b] = beams[b].tokens.back();
-      if (cache.len + 1 > cap) {
-        lp = prefill(cap / 2);  // slide: keep the last half of the context
-      } else {
-        cache.reorder(parent);
-        model_.forward_cached(cache, ids, 1);
-        lp = last_logprobs(model_, mesh_, W, 1);
-      }
-    }
-    // the best hypothesis: finished ones compete with what is still open
-    std::vector<std::pair<Beam, std::string>> all;
-    for (size_t i = 0; i < finished.size(); i++) all.emplace_back(finished[i], finish[W + i]);
-    for (const Beam& b : beams)
-      if (std::isfinite(b.score)) all.emplace_back(b, "length");
-    GLAM_ASSERT(!all.empty());
-    const auto best = std::max_element(all.begin(), all.end(),
-                                       [](const auto& a, const auto& b) { return a.first.score < b.first.score; });
-    Generation g;
-    g.tokens = best->first.tokens;
-    g.logprob = best->first.score;
-    g.finish = best->second;
-    g.text = continuation_text(tok_, prompts[pi], g.tokens);
-    const size_t at = find_stop(g.text, opt.stop);
-    if (at != std::string::npos) { g.text = g.text.substr(0, at); g.finish = "stop"; }
-    out.push_back(std::move(g));
+    out.push_back(Decoding(model_, mesh_, tok_, opt, prompts[pi], opt.seed + pi, cache).run());
   }
   return out;
 }
