@@ -55,7 +55,8 @@ int run_reporting(const Tool& tool, const MpiSession& mpi, int argc, char** argv
     if (!tool.filesystem_errors_are_input) throw;
     return input_error(tool, mpi, e.what());
   } catch (const std::bad_alloc&) {
-    const int status = (tool.out_of_memory ? tool.out_of_memory : reading_file_out_of_memory)(tool, mpi.rank(), command);
+    const auto& say = tool.out_of_memory ? tool.out_of_memory : reading_file_out_of_memory;
+    const int status = say(tool, mpi.rank(), command);
     if (!alone) mpi.abort(status);
     return status;
   }

@@ -44,6 +44,16 @@ void Corpus::append_shard(const std::string& path, int64_t expected_vocab) {
   tokens_.insert(tokens_.end(), file.tokens.begin(), file.tokens.end());
 }
 
+Batch batch_of_shape(int64_t rows, int64_t seq_len) {
+  Batch b;
+  b.rows = rows;
+  b.seq_len = seq_len;
+  b.ids.resize(rows * seq_len);
+  b.targets.resize(rows * seq_len);
+  b.segments.resize(rows * seq_len);
+  return b;
+}
+
 Batch Corpus::rows(int64_t first_row, int64_t n_rows, int64_t seq_len) const {
   GLAM_REQUIRE(first_row >= 0 && n_rows >= 0 && seq_len > 0,
                "Corpus::rows: bad arguments first_row=", first_row, " n_rows=", n_rows,
@@ -51,12 +61,7 @@ Batch Corpus::rows(int64_t first_row, int64_t n_rows, int64_t seq_len) const {
   GLAM_REQUIRE(first_row + n_rows <= std::numeric_limits<int64_t>::max() / seq_len,
                "Corpus::rows: row ", first_row + n_rows, " of length ", seq_len,
                " overflows the stream position");
-  Batch b;
-  b.rows = n_rows;
-  b.seq_len = seq_len;
-  b.ids.resize(n_rows * seq_len);
-  b.targets.resize(n_rows * seq_len);
-  b.segments.resize(n_rows * seq_len);
+  Batch b = batch_of_shape(n_rows, seq_len);
   for (int64_t r = 0; r < n_rows; ++r) {
     const int64_t k = r * seq_len;
     pack_row(first_row + r, seq_len, &b.ids[k], &b.targets[k], &b.segments[k]);

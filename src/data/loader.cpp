@@ -55,12 +55,8 @@ LoadedBatch pack_step(const Mixture& mixture, RowPlan& plan, const LoaderOptions
   plan.next(refs);
   out.rows_drawn = plan.rows_drawn();
   const int64_t rows = opt.batch_rows / opt.data_size, S = opt.seq_len;
+  out.batch = batch_of_shape(rows, S);
   Batch& b = out.batch;
-  b.rows = rows;
-  b.seq_len = S;
-  b.ids.resize(rows * S);
-  b.targets.resize(rows * S);
-  b.segments.resize(rows * S);
   for (int64_t r = 0; r < rows; ++r) {
     const RowPlan::RowRef& ref = refs[opt.data_rank * rows + r];
     mixture.source(ref.source).train->pack_row(ref.row, S, &b.ids[r * S], &b.targets[r * S],

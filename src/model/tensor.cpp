@@ -34,26 +34,22 @@ int64_t Tensor::numel() const {
   return n;
 }
 
-float* Tensor::f32() const {
-  GLAM_ASSERT(dtype == DType::f32);
-  return static_cast<float*>(ptr);
+namespace {
+// The tensor's data as T, which must be what its dtype holds.
+template <typename T>
+T* data_as(const Tensor& t, DType want) {
+  if (t.dtype != want)
+    fatal(msg("internal check failed: a ", dtype_name(t.dtype), " tensor read as ", dtype_name(want)), __FILE__,
+          __LINE__);
+  return static_cast<T*>(t.ptr);
 }
-uint16_t* Tensor::bf16() const {
-  GLAM_ASSERT(dtype == DType::bf16);
-  return static_cast<uint16_t*>(ptr);
-}
-int32_t* Tensor::i32() const {
-  GLAM_ASSERT(dtype == DType::i32);
-  return static_cast<int32_t*>(ptr);
-}
-double* Tensor::f64() const {
-  GLAM_ASSERT(dtype == DType::f64);
-  return static_cast<double*>(ptr);
-}
-uint8_t* Tensor::u8() const {
-  GLAM_ASSERT(dtype == DType::u8);
-  return static_cast<uint8_t*>(ptr);
-}
+}  // namespace
+
+float* Tensor::f32() const { return data_as<float>(*this, DType::f32); }
+uint16_t* Tensor::bf16() const { return data_as<uint16_t>(*this, DType::bf16); }
+int32_t* Tensor::i32() const { return data_as<int32_t>(*this, DType::i32); }
+double* Tensor::f64() const { return data_as<double>(*this, DType::f64); }
+uint8_t* Tensor::u8() const { return data_as<uint8_t>(*this, DType::u8); }
 
 Tensor Tensor::rows(int64_t r0, int64_t n) const {
   GLAM_ASSERT(ndim >= 1 && r0 >= 0 && n >= 0 && r0 + n <= shape[0]);

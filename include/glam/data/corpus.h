@@ -67,6 +67,9 @@ class Corpus {
   std::vector<uint64_t> doc_offsets_;
 };
 
+// B rows of S positions, sized (values unset) for Corpus::pack_row to fill.
+Batch batch_of_shape(int64_t rows, int64_t seq_len);
+
 // One corpus file read whole and validated (the file format, corpus_file.cpp):
 // throws UserError naming the file when it is missing, not HDF5, lacks a dataset
 // or attribute, has inconsistent offsets, or holds ids >= its vocab_size or
