@@ -87,26 +87,43 @@ __device__ float dot(const float* a, const float* b) {
   return s;
 }
 
-// Rows [r0, r0 + n) as keys: their k and v rows and segment ids (`past` past the end).
+// A block's shared copies of n rows as keys: their k and v rows and segment ids.
+struct KeyRows {
+  float *k, *v;
+  int32_t* seg;
+};
+// ... and as queries of the backward: q and dO rows, log-sum-exp, D = dO . O, segment ids.
+struct QueryRows {
+  float *q, *dout, *lse, *D;
+  int32_t* seg;
+};
+
 template <int DH>
-__device__ void load_keys(float* ks, float* vs, int32_t* kseg, const float* k, const float* v, const int32_t* seg,
-                          const Geometry& g, int64_t b, int64_t h, int64_t r0, int n, int32_t past) {
-  load_rows<DH>(ks, k, g, b, h, r0, n);
-  load_rows<DH>(vs, v, g, b, h, r0, n);
-  load_segments(kseg, seg, g, b, r0, n, past);
+__device__ KeyRows take_key_rows(Carve& carve, int n) {
+  return {carve.take(n * (DH + 1)), carve.take(n * (DH + 1)), carve.take_int(n)};
+}
+template <int DH>
+__device__ QueryRows take_query_rows(Carve& carve, int n) {
+  return {carve.take(n * (DH + 1)), carve.take(n * (DH + 1)), carve.take(n), carve.take(n), carve.take_int(n)};
 }
 
-// Rows [r0, r0 + n) as queries of the backward: their q and dO rows, log-sum-exp,
-// D = dO . O and segment ids (`past` past the end).
+// Rows [r0, r0 + n) of (b, h) into dst (`past` as the segment id past the end).
 template <int DH>
-__device__ void load_queries(float* qs, float* dos, float* lse_s, float* D_s, int32_t* qseg, const float* q,
-                             const float* dout, const float* lse, const float* D, const int32_t* seg,
-                             const Geometry& g, int64_t b, int64_t h, int64_t r0, int n, int32_t past) {
-  load_rows<DH>(qs, q, g, b, h, r0, n);
-  load_rows<DH>(dos, dout, g, b, h, r0, n);
-  load_row_values(lse_s, lse, g, b, h, r0, n);
-  load_row_values(D_s, D, g, b, h, r0, n);
-  load_segments(qseg, seg, g, b, r0, n, past);
+__device__ void load_keys(const KeyRows& dst, const float* k, const float* v, const int32_t* seg, const Geometry& g,
+                          int64_t b, int64_t h, int64_t r0, int n, int32_t past) {
+  load_rows<DH>(dst.k, k, g, b, h, r0, n);
+  load_rows<DH>(dst.v, v, g, b, h, r0, n);
+  load_segments(dst.seg, seg, g, b, r0, n, past);
+}
+template <int DH>
+__device__ void load_queries(const QueryRows& dst, const float* q, const float* dout, const float* lse,
+                             const float* D, const int32_t* seg, const Geometry& g, int64_t b, int64_t h, int64_t r0,
+                             int n, int32_t past) {
+  load_rows<DH>(dst.q, q, g, b, h, r0, n);
+  load_rows<DH>(dst.dout, dout, g, b, h, r0, n);
+  load_row_values(dst.lse, lse, g, b, h, r0, n);
+  load_row_values(dst.D, D, g, b, h, r0, n);
+  load_segments(dst.seg, seg, g, b, r0, n, past);
 }
 
 // One visible (query i, key j) pair of the backward: p_ij = exp(q_i . k_j + bias - lse_i)
@@ -138,11 +155,9 @@ attention_flash_forward_kernel(float* out, float* lse, const float* q, const flo
   GLAM_DYNAMIC_SHARED(float, smem);
   Carve carve{smem};
   float* qs = carve.take(C::kRows * C::kLd);
-  float* ks = carve.take(C::kTile * C::kLd);
-  float* vs = carve.take(C::kTile * C::kLd);
-  float* sc = carve.take(C::kRows * C::kTileLd);  // the tile's logits, -inf where masked
   int32_t* qseg = carve.take_int(C::kRows);
-  int32_t* kseg = carve.take_int(C::kTile);
+  const KeyRows K = take_key_rows<DH>(carve, C::kTile);  // the tile's keys
+  float* sc = carve.take(C::kRows * C::kTileLd);          // the tile's logits, -inf where masked
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = int64_t(blockIdx.x) * C::kRows;
   const int r = threadIdx.x / C::kParts, part = threadIdx.x % C::kParts;
   const int64_t i = i0 + r;
@@ -156,14 +171,14 @@ attention_flash_forward_kernel(float* out, float* lse, const float* q, const flo
   const int64_t last = std::min<int64_t>(i0 + C::kRows, g.S);  // keys needed: [0, last)
   for (int64_t j0 = 0; j0 < last; j0 += C::kTile) {
     __syncthreads();  // the previous tile is consumed (and the query rows are in)
-    load_keys<DH>(ks, vs, kseg, k, v, seg, g, b, h, j0, C::kTile, -2);
+    load_keys<DH>(K, k, v, seg, g, b, h, j0, C::kTile, -2);
     __syncthreads();
     for (int e = 0; e < C::kTile / C::kParts; e++) {
       const int jj = part + C::kParts * e;
       const int64_t j = j0 + jj;
       float a = -INFINITY;
-      if (i < g.S && j <= i && kseg[jj] == qseg[r])
-        a = dot<DH>(qs + r * C::kLd, ks + jj * C::kLd) + rbh[bucket[i - j]];
+      if (i < g.S && j <= i && K.seg[jj] == qseg[r])
+        a = dot<DH>(qs + r * C::kLd, K.k + jj * C::kLd) + rbh[bucket[i - j]];
       sc[r * C::kTileLd + jj] = a;
     }
     __syncthreads();
@@ -179,7 +194,7 @@ attention_flash_forward_kernel(float* out, float* lse, const float* q, const flo
       if (row[jj] == -INFINITY) continue;
       const float p = expf(row[jj] - mt);
       l += p;
-      const float* vj = vs + jj * C::kLd + part;
+      const float* vj = K.v + jj * C::kLd + part;
       GLAM_UNROLL
       for (int t = 0; t < C::kSlice; t++) acc[t] += p * vj[C::kParts * t];
     }
@@ -220,21 +235,15 @@ attention_flash_backward_dq_kernel(float* dq, float* drb_partial, const float* d
   using C = Cfg<DH>;
   GLAM_DYNAMIC_SHARED(float, smem);
   Carve carve{smem};
-  float* qs = carve.take(C::kRows * C::kLd);
-  float* dos = carve.take(C::kRows * C::kLd);
-  float* ks = carve.take(C::kTile * C::kLd);
-  float* vs = carve.take(C::kTile * C::kLd);
+  const QueryRows Q = take_query_rows<DH>(carve, C::kRows);  // the block's queries
+  const KeyRows K = take_key_rows<DH>(carve, C::kTile);       // the tile's keys
   float* ds = carve.take(C::kRows * C::kTileLd);  // the tile's dA, 0 where masked
   float* diag = carve.take(C::kDiagonals);         // its sums along each diagonal r - jj
-  float* row_lse = carve.take(C::kRows);
-  float* row_D = carve.take(C::kRows);
-  int32_t* qseg = carve.take_int(C::kRows);
-  int32_t* kseg = carve.take_int(C::kTile);
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = int64_t(blockIdx.x) * C::kRows;
   const int r = threadIdx.x / C::kParts, part = threadIdx.x % C::kParts;
   const int64_t i = i0 + r;
   const float* rbh = rb + h * cpu::kRelposBuckets;
-  load_queries<DH>(qs, dos, row_lse, row_D, qseg, q, dout, lse, D, seg, g, b, h, i0, C::kRows, -1);
+  load_queries<DH>(Q, q, dout, lse, D, seg, g, b, h, i0, C::kRows, -1);
   // thread `bk` < 32 owns bucket bk's sum, over distances [lo, hi)
   const bool owner = threadIdx.x < cpu::kRelposBuckets;
   const int64_t bucket_lo = owner ? lo[threadIdx.x] : 0, bucket_hi = owner ? hi[threadIdx.x] : 0;
@@ -245,21 +254,21 @@ attention_flash_backward_dq_kernel(float* dq, float* drb_partial, const float* d
   const int64_t last = std::min<int64_t>(i0 + C::kRows, g.S);
   for (int64_t j0 = 0; j0 < last; j0 += C::kTile) {
     __syncthreads();  // the previous tile and its diagonal sums are consumed
-    load_keys<DH>(ks, vs, kseg, k, v, seg, g, b, h, j0, C::kTile, -2);
+    load_keys<DH>(K, k, v, seg, g, b, h, j0, C::kTile, -2);
     __syncthreads();
     for (int e = 0; e < C::kTile / C::kParts; e++) {
       const int jj = part + C::kParts * e;
       const int64_t j = j0 + jj;
       float dA = 0.0f;
-      if (i < g.S && j <= i && kseg[jj] == qseg[r])
-        dA = pair_gradient<DH>(qs + r * C::kLd, ks + jj * C::kLd, dos + r * C::kLd, vs + jj * C::kLd,
-                               rbh[bucket[i - j]], row_lse[r], row_D[r]).dA;
+      if (i < g.S && j <= i && K.seg[jj] == Q.seg[r])
+        dA = pair_gradient<DH>(Q.q + r * C::kLd, K.k + jj * C::kLd, Q.dout + r * C::kLd, K.v + jj * C::kLd,
+                               rbh[bucket[i - j]], Q.lse[r], Q.D[r]).dA;
       ds[r * C::kTileLd + jj] = dA;
     }
     __syncthreads();
     const float* row = ds + r * C::kTileLd;
     for (int jj = 0; jj < C::kTile; jj++) {
-      const float* kj = ks + jj * C::kLd + part;
+      const float* kj = K.k + jj * C::kLd + part;
       GLAM_UNROLL
       for (int t = 0; t < C::kSlice; t++) acc[t] += row[jj] * kj[C::kParts * t];
     }
@@ -301,42 +310,36 @@ attention_flash_backward_dkv_kernel(float* dk, float* dv, const float* dout, con
   using C = Cfg<DH>;
   GLAM_DYNAMIC_SHARED(float, smem);
   Carve carve{smem};
-  float* ks = carve.take(C::kRows * C::kLd);
-  float* vs = carve.take(C::kRows * C::kLd);
-  float* qs = carve.take(C::kTile * C::kLd);
-  float* dos = carve.take(C::kTile * C::kLd);
+  const KeyRows K = take_key_rows<DH>(carve, C::kRows);       // the block's keys
+  const QueryRows Q = take_query_rows<DH>(carve, C::kTile);  // the tile's queries
   float* ps = carve.take(C::kRows * C::kTileLd);   // the tile's p_ij, 0 where masked
   float* dss = carve.take(C::kRows * C::kTileLd);  // and dA_ij
-  float* tile_lse = carve.take(C::kTile);
-  float* tile_D = carve.take(C::kTile);
-  int32_t* kseg = carve.take_int(C::kRows);
-  int32_t* qseg = carve.take_int(C::kTile);
   const int64_t b = blockIdx.z, h = blockIdx.y, j0 = int64_t(blockIdx.x) * C::kRows;
   const int r = threadIdx.x / C::kParts, part = threadIdx.x % C::kParts;
   const int64_t j = j0 + r;
   const float* rbh = rb + h * cpu::kRelposBuckets;
-  load_keys<DH>(ks, vs, kseg, k, v, seg, g, b, h, j0, C::kRows, -1);
+  load_keys<DH>(K, k, v, seg, g, b, h, j0, C::kRows, -1);
   float dk_acc[C::kSlice], dv_acc[C::kSlice];
   GLAM_UNROLL
   for (int t = 0; t < C::kSlice; t++) dk_acc[t] = dv_acc[t] = 0.0f;
   for (int64_t i0 = j0; i0 < g.S; i0 += C::kTile) {  // queries i >= j
     __syncthreads();
-    load_queries<DH>(qs, dos, tile_lse, tile_D, qseg, q, dout, lse, D, seg, g, b, h, i0, C::kTile, -2);
+    load_queries<DH>(Q, q, dout, lse, D, seg, g, b, h, i0, C::kTile, -2);
     __syncthreads();
     for (int e = 0; e < C::kTile / C::kParts; e++) {
       const int ii = part + C::kParts * e;
       const int64_t i = i0 + ii;
       PairGradient pg{0.0f, 0.0f};
-      if (j < g.S && i < g.S && i >= j && qseg[ii] == kseg[r])
-        pg = pair_gradient<DH>(qs + ii * C::kLd, ks + r * C::kLd, dos + ii * C::kLd, vs + r * C::kLd,
-                               rbh[bucket[i - j]], tile_lse[ii], tile_D[ii]);
+      if (j < g.S && i < g.S && i >= j && Q.seg[ii] == K.seg[r])
+        pg = pair_gradient<DH>(Q.q + ii * C::kLd, K.k + r * C::kLd, Q.dout + ii * C::kLd, K.v + r * C::kLd,
+                               rbh[bucket[i - j]], Q.lse[ii], Q.D[ii]);
       ps[r * C::kTileLd + ii] = pg.p;
       dss[r * C::kTileLd + ii] = pg.dA;
     }
     __syncthreads();
     for (int ii = 0; ii < C::kTile; ii++) {
       const float p = ps[r * C::kTileLd + ii], dA = dss[r * C::kTileLd + ii];
-      const float *doi = dos + ii * C::kLd + part, *qi = qs + ii * C::kLd + part;
+      const float *doi = Q.dout + ii * C::kLd + part, *qi = Q.q + ii * C::kLd + part;
       GLAM_UNROLL
       for (int t = 0; t < C::kSlice; t++) {
         dv_acc[t] += p * doi[C::kParts * t];
