@@ -22,6 +22,25 @@ namespace glam {
 
 namespace {
 
+po::options_description generate_options() {
+  po::options_description cli("glam generate --run-dir DIR --prompt TEXT [options]");
+  cli.add_options()
+    ("help,h", "show this help")
+    ("run-dir", po::value<std::string>(), "a run dir written by glam train")
+    ("prompt", po::value<std::vector<std::string>>(), "text to continue (repeatable)")
+    ("prompts", po::value<std::string>(), "file with one prompt per line")
+    ("max-tokens", po::value<int64_t>()->default_value(64), "tokens to generate")
+    ("temperature", po::value<double>()->default_value(0.0), "sampling temperature (0 = greedy)")
+    ("top-k", po::value<int64_t>()->default_value(0), "sample among the k most likely tokens (0 = all)")
+    ("top-p", po::value<double>()->default_value(1.0), "nucleus sampling: smallest set with this probability")
+    ("beam", po::value<int64_t>()->default_value(1), "beam width (GLaM used 4); > 1 ignores sampling")
+    ("stop", po::value<std::vector<std::string>>(), "stop string (repeatable)")
+    ("seed", po::value<Seed>()->default_value(Seed(1)), "sampling seed (0 to 2^64-1)")
+    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
+    ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)");
+  return cli;
+}
+
 std::vector<std::string> read_prompts(const po::variables_map& vm) {
   std::vector<std::string> prompts;
   if (vm.count("prompt")) prompts = vm["prompt"].as<std::vector<std::string>>();
@@ -48,25 +67,6 @@ SamplingOptions sampling_options(const po::variables_map& vm) {
   if (vm.count("stop")) opt.stop = vm["stop"].as<std::vector<std::string>>();
   check_sampling_options(opt);
   return opt;
-}
-
-po::options_description generate_options() {
-  po::options_description cli("glam generate --run-dir DIR --prompt TEXT [options]");
-  cli.add_options()
-    ("help,h", "show this help")
-    ("run-dir", po::value<std::string>(), "a run dir written by glam train")
-    ("prompt", po::value<std::vector<std::string>>(), "text to continue (repeatable)")
-    ("prompts", po::value<std::string>(), "file with one prompt per line")
-    ("max-tokens", po::value<int64_t>()->default_value(64), "tokens to generate")
-    ("temperature", po::value<double>()->default_value(0.0), "sampling temperature (0 = greedy)")
-    ("top-k", po::value<int64_t>()->default_value(0), "sample among the k most likely tokens (0 = all)")
-    ("top-p", po::value<double>()->default_value(1.0), "nucleus sampling: smallest set with this probability")
-    ("beam", po::value<int64_t>()->default_value(1), "beam width (GLaM used 4); > 1 ignores sampling")
-    ("stop", po::value<std::vector<std::string>>(), "stop string (repeatable)")
-    ("seed", po::value<Seed>()->default_value(Seed(1)), "sampling seed (0 to 2^64-1)")
-    ("mesh", po::value<std::string>()->default_value(""), "device mesh DxM (default: every rank on data)")
-    ("device", po::value<std::string>()->default_value("auto"), "auto | cpu | cuda (auto: cuda when a GPU is visible)");
-  return cli;
 }
 
 }  // namespace
