@@ -107,7 +107,11 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
   if (c.reduce_scatter > 0) {
     std::printf("  %-26s %12s  (train.shard_state, every micro-step)\n", "reduce-scatter over data",
                 format_bytes(double(c.reduce_scatter)).c_str());
-    std::printf("  %-26s %12s\n", "all-gather over data", format_bytes(double(c.allgather)).c_str());
+    if (c.allgather_first > 0)
+      std::printf("  %-26s %12s  (train.shard_weights, every layer before use)\n", "all-gather over data",
+                  format_bytes(double(c.allgather)).c_str());
+    else
+      std::printf("  %-26s %12s\n", "all-gather over data", format_bytes(double(c.allgather)).c_str());
   }
   const Cluster& k = r.cluster;
   std::printf("\npredicted step on %s (%s): %lld devices, %.4g TFLOP/s peak x %.2f, %.4g GB/s memory, "
@@ -119,8 +123,8 @@ void print_report(const Plan& p, const StepPrediction& s, const PlanRequest& r, 
               "latency %.4g s\n",
               s.matmul_s, s.elementwise_s, s.alltoall_s, s.allreduce_data_s, s.allreduce_model_s, s.latency_s);
   if (s.hidden_s > 0)
-    std::printf("  overlap %.4g s of the reduce-scatters run behind the backward (train.shard_state), taken off\n",
-                s.hidden_s);
+    std::printf("  overlap %.4g s of the reduce-scatters%s run behind the layers (train.shard_state), taken off\n",
+                s.hidden_s, c.allgather_first > 0 ? " and all-gathers" : "");
   if (p.exchange_chunks > 1)
     std::printf("  all-to-all in %lld chunks (train.exchange_chunks): %.4g s of %.4g s exposed, %.4g s behind the "
                 "experts, taken off\n",
@@ -156,7 +160,7 @@ void print_json(const Plan& p, const StepPrediction& s, const PlanRequest& r, in
                {"allreduce_model_bytes", c.allreduce_model},
                {"allreduce_replica_bytes", c.allreduce_replicas},
                {"reduce_scatter_bytes", c.reduce_scatter},
-               {"allgather_bytes", c.allgather}};
+               {"allgather_bytes", c.allgather}, {"allgather_first_bytes", c.allgather_first}};
   j["predicted"] = {{"cluster", r.cluster.name},       {"share", s.share},
                     {"matmul_s", s.matmul_s},          {"elementwise_s", s.elementwise_s},
                     {"hidden_s", s.hidden_s},

@@ -52,7 +52,8 @@ void Adafactor::step(ParamTable& table, double lr, int64_t t, const Mesh& mesh) 
     Param& p = table.params[i];
     if (p.zero_sharded() && !slots_[i].on_shard) keep_shard_rows(p, slots_[i]);
     update(p, slots_[i], rho, lr, mesh);
-    if (p.zero_sharded()) mesh.allgather_data(p.w.data(), zero_counts(p, mesh.data_size));
+    if (p.zero_weights) keep_weight_rows(p);  // train.shard_weights: the layers gather them when used
+    else if (p.zero_sharded()) mesh.allgather_data(p.w.data(), zero_counts(p, mesh.data_size));
   }
 }
 
@@ -147,7 +148,7 @@ void Adafactor::update(Param& p, AdafactorSlot& s, double rho, double lr, const 
   const int64_t first = p.zero_sharded() ? p.zero_row0 * p.row_size() : 0;
   const int64_t n = p.zero_sharded() ? p.zero_rows * p.row_size() : p.size();
   const float* g = p.g.data();  // sharded: g holds only this rank's rows
-  float* w = p.w.data() + first;
+  float* w = p.w.data() + (p.w_on_shard ? 0 : first);  // train.shard_weights: w holds those rows only
   std::vector<float>& u = u_;  // [n] the update U, before clipping
   u.resize(n);
   if (s.factored) {

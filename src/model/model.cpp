@@ -98,6 +98,13 @@ LossParts Model::forward(const Batch& batch, bool no_drop, bool frozen) {
   return parts_;
 }
 
+// Once in the first forward; then, while the windows still hold layers 0 and 1
+// (after a backward) or L-2 and L-1 (after a forward), each later micro-step's
+// forward gathers layers 2.. and each backward layers ..L-3.
+int64_t layer_weight_gathers(int64_t l, int64_t L, int64_t micro_steps) {
+  return 1 + (l >= 2 ? micro_steps - 1 : 0) + (l <= L - 3 ? micro_steps : 0);
+}
+
 // train.shard_weights: layer l's weights (waited for at their first use) and the
 // next layer's, gathered while layer l computes. No-ops without it.
 void Model::gather_layer_weights(int64_t l, int64_t next) {

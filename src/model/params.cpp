@@ -224,6 +224,31 @@ int64_t shard_state_over_data(ParamTable& table, const Mesh& mesh) {
   return marked;
 }
 
+int64_t shard_weights_over_data(ParamTable& table) {
+  int64_t marked = 0;
+  for (Param& p : table.params) {
+    p.zero_weights = p.zero_sharded();
+    marked += p.zero_weights;
+  }
+  return marked;
+}
+
+void keep_weight_rows(Param& p) {
+  if (!p.zero_weights || p.w_on_shard) return;
+  const int64_t first = p.zero_row0 * p.row_size(), n = p.zero_rows * p.row_size();
+  std::vector<float>(p.w.begin() + first, p.w.begin() + first + n).swap(p.w);  // frees the other rows
+  p.w_on_shard = true;
+}
+
+void gather_weight_rows(Param& p, const Mesh& mesh) {
+  if (!p.w_on_shard) return;
+  std::vector<float> whole(p.size());  // [shape]
+  std::copy(p.w.begin(), p.w.end(), whole.begin() + p.zero_row0 * p.row_size());
+  mesh.allgather_data(whole.data(), zero_counts(p, mesh.data_size));
+  p.w.swap(whole);
+  p.w_on_shard = false;
+}
+
 void sum_over_shards(const Param& p, const Mesh& mesh, double* v, int64_t n) {
   if (p.zero_sharded()) mesh.allreduce_sum_data(v, n);  // each data rank summed its rows
   if (p.model_axis >= 0) mesh.allreduce_sum_model(v, n);

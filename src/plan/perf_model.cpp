@@ -144,6 +144,21 @@ static void chunked_alltoall(StepPrediction& s, const Plan& p, double flops) {
   s.alltoall_hidden_s = s.alltoall_s - s.alltoall_exposed_s;
 }
 
+// train.shard_state: the reduce-scatters of layers L-1..1 run behind the backward
+// (2/3 of the model FLOPs, plus what remat recomputes in it). train.shard_weights:
+// every layer's all-gather but the step's first (the embedding's and layer 0's,
+// allgather_first) runs behind the layer before it. Both share the data axis'
+// links with the all-to-all, so together they hide behind at most the compute the
+// chunked all-to-all has not used. docs/PLAN.md, assumption 1.
+static void data_axis_overlap(StepPrediction& s, const Plan& p, double flops, double scatter_s, double gather_s) {
+  if (scatter_s <= 0.0) return;
+  const double backward_s = (2.0 / 3.0 * p.train_flops_per_rank + p.recompute_flops_per_rank) / flops * s.share;
+  double hidden = std::min(scatter_s * double(p.n_layers - 1) / double(std::max<int64_t>(1, p.n_layers)), backward_s);
+  if (p.comm.allgather_first > 0 && p.comm.allgather > 0)
+    hidden += gather_s * double(p.comm.allgather - p.comm.allgather_first) / double(p.comm.allgather);
+  s.hidden_s = std::min(hidden, std::max(0.0, s.matmul_s - s.alltoall_hidden_s));
+}
+
 StepPrediction predict_step(const Plan& p, const Cluster& c) {
   StepPrediction s;
   const int64_t ranks = int64_t(p.data) * p.model;
@@ -167,13 +182,11 @@ StepPrediction predict_step(const Plan& p, const Cluster& c) {
   s.allreduce_data_s = ring(double(p.comm.allreduce_data + p.comm.allreduce_replicas), p.data) / data_bw * s.share;
   // train.shard_state: a ring reduce-scatter sends (n-1)/n of the tensor, a ring
   // all-gather n-1 times this rank's part
+  double scatter_s = 0.0, gather_s = 0.0;
   if (p.data > 1 && p.comm.reduce_scatter > 0) {
-    const double scatter_s = double(p.data - 1) / p.data * double(p.comm.reduce_scatter) / data_bw * s.share;
-    s.allreduce_data_s += scatter_s + double(p.data - 1) * double(p.comm.allgather) / data_bw * s.share;
-    // the backward is 2/3 of the model FLOPs, plus what remat recomputes in it
-    const double backward_s = (2.0 / 3.0 * p.train_flops_per_rank + p.recompute_flops_per_rank) /
-                              (c.peak_tflops * 1e12 * c.achievable) * s.share;
-    s.hidden_s = std::min(scatter_s * double(p.n_layers - 1) / double(std::max<int64_t>(1, p.n_layers)), backward_s);
+    scatter_s = double(p.data - 1) / p.data * double(p.comm.reduce_scatter) / data_bw * s.share;
+    gather_s = double(p.data - 1) * double(p.comm.allgather) / data_bw * s.share;
+    s.allreduce_data_s += scatter_s + gather_s;
   }
   if (p.data > 1) {
     const double local = double(data_in_node - 1) / double(p.data - 1);  // peers in this node
@@ -181,6 +194,7 @@ StepPrediction predict_step(const Plan& p, const Cluster& c) {
                    s.share;
   }
   chunked_alltoall(s, p, flops);
+  data_axis_overlap(s, p, flops, scatter_s, gather_s);
   // an all-to-all is three calls (counts, the max of the row counts, the rows); in k
   // chunks k calls of rows after the counts (alltoall_calls counts the chunks)
   const int64_t k = std::max<int64_t>(1, p.exchange_chunks);

@@ -4,12 +4,14 @@
 // expert_exchange.cpp, on a mesh that exists only as its two sizes.
 #include "glam/plan/plan.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <numeric>
 
 #include "glam/model/adafactor.h"
+#include "glam/model/model.h"
 #include "glam/base/check.h"
 #include "glam/base/cli.h"
 #include "glam/mesh/mesh.h"
@@ -100,21 +102,34 @@ int64_t activation_elements(const ModelConfig& c, int64_t T, int64_t routed, int
 // train.shard_state splits them over D data ranks (D = 1: not split). Elements:
 struct ShardedState {
   bool sharded = false;
-  int64_t gradients = 0;   // Param::g of every tensor, plus open_grads' two whole-tensor windows
+  int64_t weights = 0;     // Param::w; train.shard_weights: the split ones' rows, plus the three windows
+  int64_t gradients = 0;   // Param::g of every tensor, plus open_grads' three whole-tensor windows
   int64_t state = 0;       // Adafactor statistics
   int64_t allreduced = 0;  // gradients all-reduced over data (not split)
   int64_t scattered = 0;   // gradients reduce-scattered over data, per micro-step
-  int64_t gathered = 0;    // this rank's rows of the weights all-gathered (data rank 0's, the most)
+  int64_t gathered = 0;    // this rank's rows of the weights all-gathered per step (data rank 0's, the most)
+  int64_t gathered_first = 0;  // ... of them, the embedding's, final norm's and layer 0's first (exposed)
+  int64_t gather_calls = 0;    // all-gathers per step
 };
 
-ShardedState sharded_state(const ModelConfig& c, const ParamTable& table, int64_t D, const AdafactorOptions& ada) {
+// The windows of one kind: [0] the embedding and final norm, [1] and [2] the
+// layers of even and odd index in turn, each as large as its largest layer.
+int64_t three_windows(const std::vector<int64_t>& layer, int64_t outer) {
+  int64_t even = 0, odd = 0;
+  for (size_t l = 0; l < layer.size(); l++) (l % 2 ? odd : even) = std::max(l % 2 ? odd : even, layer[l]);
+  return outer + even + odd;
+}
+
+ShardedState sharded_state(const ModelConfig& c, const ParamTable& table, int64_t D, bool weights,
+                           int64_t micro_steps, const AdafactorOptions& ada) {
   ShardedState s;
   s.sharded = D > 1;
-  int64_t layer_window = 0, outer_window = 0;
-  std::vector<int64_t> window(c.n_layers, 0);
+  int64_t outer_window = 0, outer_rows = 0, outer_tensors = 0;
+  std::vector<int64_t> window(c.n_layers, 0), rows_of(c.n_layers, 0), tensors(c.n_layers, 0);
   for (const Param& q : table.params) {
     const bool split = D > 1 && q.data_axis < 0 && q.shape.size() <= 2;
     if (!split) {
+      s.weights += q.size();
       s.gradients += q.size();
       s.state += adafactor_state_size(q, ada);
       if (q.data_axis < 0) s.allreduced += q.size();
@@ -122,16 +137,36 @@ ShardedState sharded_state(const ModelConfig& c, const ParamTable& table, int64_
     }
     int64_t first = 0, rows = 0;
     zero_rows_of(q.shape[0], static_cast<int>(D), 0, first, rows);  // rank 0 has the most rows
+    s.weights += weights ? rows * q.row_size() : q.size();
     s.gradients += rows * q.row_size();
     s.scattered += q.size();
-    s.gathered += rows * q.row_size();
     s.state += adafactor_factored(q, ada) ? rows + q.shape[1] : rows * q.row_size();
     long long l = -1;
-    if (std::sscanf(q.name.c_str(), "layer_%lld/", &l) == 1) window[l] += q.size();
-    else outer_window += q.size();
+    if (std::sscanf(q.name.c_str(), "layer_%lld/", &l) == 1) {
+      window[l] += q.size();
+      rows_of[l] += rows * q.row_size();
+      tensors[l]++;
+    } else {
+      outer_window += q.size();
+      outer_rows += rows * q.row_size();
+      outer_tensors++;
+    }
   }
-  for (int64_t w : window) layer_window = std::max(layer_window, w);
-  s.gradients += layer_window + outer_window;
+  s.gradients += three_windows(window, outer_window);
+  if (!weights) {  // all-gathered once, after the update
+    for (int64_t l = 0; l < c.n_layers; l++) { s.gathered += rows_of[l]; s.gather_calls += tensors[l]; }
+    s.gathered += outer_rows;
+    s.gather_calls += outer_tensors;
+    return s;
+  }
+  s.weights += three_windows(window, outer_window);
+  s.gathered = s.gathered_first = outer_rows + (c.n_layers > 0 ? rows_of[0] : 0);
+  s.gather_calls = outer_tensors;
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    const int64_t n = layer_weight_gathers(l, c.n_layers, micro_steps);
+    s.gathered += (l == 0 ? n - 1 : n) * rows_of[l];
+    s.gather_calls += n * tensors[l];
+  }
   return s;
 }
 
@@ -185,13 +220,14 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
 
   // memory
   const AdafactorOptions ada = AdafactorOptions::from(cfg.train);
-  const ShardedState sh = sharded_state(c, table, cfg.train.shard_state ? D : 1, ada);
+  const ShardedState sh = sharded_state(c, table, cfg.train.shard_state ? D : 1, cfg.train.shard_weights,
+                                        p.micro_steps, ada);
   int64_t repl_experts = 0;
   for (const Param& q : table.params) {
     p.local_params += q.size();
     if (q.data_axis >= 0 && q.data_replicas > 1) repl_experts += q.size();
   }
-  p.memory.weights = 4 * p.local_params;
+  p.memory.weights = 4 * sh.weights;
   p.memory.gradients = 4 * sh.gradients;
   p.memory.optimizer = 4 * sh.state;
   const bool remat = cfg.train.remat;
@@ -224,6 +260,7 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
     p.comm.allreduce_replicas = f * repl_experts;
     p.comm.reduce_scatter = f * sh.scattered * p.micro_steps;  // every micro-step's backward reduce-scatters
     p.comm.allgather = f * sh.gathered;
+    p.comm.allgather_first = f * sh.gathered_first;
   }
   if (Mm > 1) {
     // embedding and d xnf; attention out and d xn per layer; FFN out and d xn per
@@ -246,13 +283,15 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   for (const Param& q : table.params) {
     if (q.model_axis >= 0) model_calls += 2;
     if (sh.sharded && q.data_axis < 0) {
-      // reduce-scatter per micro-step, all-gather, and the statistics' sums over data
-      // (sums of squares for the norm and the update, column sums and mean of vr)
-      data_calls += p.micro_steps + 1 + 2 + (adafactor_factored(q, ada) ? 2 : 0);
+      // reduce-scatter per micro-step, and the statistics' sums over data (sums of
+      // squares for the norm and the update, column sums and mean of vr); the
+      // all-gathers are counted below
+      data_calls += p.micro_steps + 2 + (adafactor_factored(q, ada) ? 2 : 0);
       continue;
     }
     data_calls += q.data_axis < 0 ? 1 : 2;
   }
+  if (sh.sharded) data_calls += sh.gather_calls;
   p.comm.allreduce_model_calls = Mm > 1 ? model_calls : 0;
   p.comm.allreduce_data_calls = D > 1 ? data_calls : 0;
   return p;

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 
@@ -236,4 +237,117 @@ TEST_CASE("bf16 exchanges halve the all-to-all and stay within 1% of the fp32 lo
     ref.optimizer_step(ref_opt, lr, step);
     model.optimizer_step(opt, lr, step);
   }
+}
+
+namespace {
+
+// The whole shard of p, whether its weights are kept as this rank's rows or not.
+std::vector<float> whole_weights(const Param& p, const Mesh& mesh) {
+  Param copy = p;
+  gather_weight_rows(copy, mesh);
+  return copy.w;
+}
+
+// All-gather bytes of one step of train.shard_weights, by replaying the model's
+// schedule: two layer windows (layer l in window l % 2), the next layer gathered
+// behind each, the embedding and final norm once; every window empty after an update.
+int64_t expected_gather_bytes(const Model& m, const std::vector<std::vector<size_t>>& layers, int64_t micro_steps) {
+  const int64_t L = static_cast<int64_t>(layers.size());
+  auto bytes = [&](const std::vector<size_t>& ids) {
+    int64_t b = 0;
+    for (size_t i : ids) {
+      const Param& p = m.params().params[i];
+      if (p.zero_weights) b += 4 * p.zero_rows * p.row_size();
+    }
+    return b;
+  };
+  int64_t held[2] = {-1, -1}, total = 0;
+  auto gather = [&](int64_t l) {
+    if (l < 0 || l >= L || held[l % 2] == l) return;
+    held[l % 2] = l;
+    total += bytes(layers[l]);
+  };
+  for (int64_t k = 0; k < micro_steps; k++) {
+    for (int64_t l = 0; l < L; l++) { gather(l); gather(l + 1); }
+    for (int64_t l = L - 1; l >= 0; l--) { gather(l); gather(l - 1); }
+  }
+  std::vector<size_t> outer_ids;
+  for (size_t i = 0; i < m.params().params.size(); i++) {
+    const std::string& n = m.params().params[i].name;
+    if (n == "embedding" || n == "final_norm_scale") outer_ids.push_back(i);
+  }
+  return total + bytes(outer_ids);
+}
+
+std::vector<std::vector<size_t>> layer_ids(const Model& m, int64_t L) {
+  std::vector<std::vector<size_t>> out(L);
+  for (int64_t l = 0; l < L; l++) {
+    char prefix[32];
+    std::snprintf(prefix, sizeof prefix, "layer_%02lld/", static_cast<long long>(l));
+    for (size_t i = 0; i < m.params().params.size(); i++)
+      if (m.params().params[i].name.rfind(prefix, 0) == 0) out[l].push_back(i);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("shard_weights: the weights kept as each data rank's rows and gathered per layer give the plain run",
+          "[savings]") {
+  const Mesh& mesh = test_mesh();
+  const Config cfg = savings_config();
+  const std::pair<int64_t, bool> modes[] = {{0, false}, {2, true}};
+  for (const auto& [micro, remat] : modes) {
+    INFO("mesh " << mesh.data_size << "x" << mesh.model_size << ", micro_rows " << micro << ", remat " << remat);
+    Config with = cfg;
+    with.train.shard_state = with.train.shard_weights = true;
+    with.train.remat = remat;
+    with.train.micro_rows = micro;
+    Model ref(cfg, mesh), model(with, mesh);
+    model.sync_to_device();  // as glam train does: the other rows' weights go
+    Adafactor ref_opt(ref.params(), AdafactorOptions::from(cfg.train));
+    Adafactor opt(model.params(), AdafactorOptions::from(cfg.train));
+    const std::vector<std::vector<size_t>> layers = layer_ids(model, cfg.model.n_layers);
+    const int64_t rows = cfg.train.batch_rows / mesh.data_size;
+    const int64_t micro_steps = micro > 0 ? rows / micro : 1;
+    for (int64_t step = 0; step < 5; step++) {
+      INFO("step " << step);
+      const Batch batch = rank_rows(cfg, mesh, step);
+      ref.set_step(step);
+      model.set_step(step);
+      const LossParts rp = forward_backward(ref, batch, 0, mesh);
+      const int64_t g0 = mesh.stats.allgather_bytes;
+      const LossParts mp = forward_backward(model, batch, micro, mesh);
+      CHECK(mp.loss == Approx(rp.loss).epsilon(1e-6));
+      CHECK(mp.ce == Approx(rp.ce).epsilon(1e-6));
+      CHECK(mp.dropped == rp.dropped);
+      CHECK(model.grad_norm() == Approx(ref.grad_norm()).epsilon(1e-6));
+      const double lr = learning_rate(cfg.train, step + 1);
+      ref.optimizer_step(ref_opt, lr, step);
+      model.optimizer_step(opt, lr, step);  // updates this rank's rows; nothing is all-gathered
+      const int64_t gathered = mesh.stats.allgather_bytes - g0;
+      CHECK(gathered == (mesh.data_size > 1 ? expected_gather_bytes(model, layers, micro_steps) : 0));
+      for (size_t i = 0; i < ref.params().params.size(); i++) {
+        INFO(ref.params().params[i].name);
+        CHECK(close(whole_weights(model.params().params[i], mesh), ref.params().params[i].w, 1e-5));
+      }
+      if (step == 2) {  // a checkpoint's view: whole weights on the host, then on with the rows again
+        model.sync_to_host(&opt);
+        for (const Param& p : model.params().params) CHECK(!p.w_on_shard);
+      }
+    }
+    int64_t kept = 0, ref_kept = 0;  // weight floats held between steps
+    for (size_t i = 0; i < ref.params().params.size(); i++) {
+      kept += static_cast<int64_t>(model.params().params[i].w.size());
+      ref_kept += static_cast<int64_t>(ref.params().params[i].w.size());
+    }
+    if (mesh.data_size > 1) CHECK(kept < ref_kept);
+    else CHECK(kept == ref_kept);
+  }
+}
+
+TEST_CASE("shard_weights needs shard_state", "[savings]") {
+  Config c = savings_config();
+  c.train.shard_weights = true;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("train.shard_weights needs train.shard_state true"));
 }

@@ -75,7 +75,8 @@ def main():
         small_model = without(without(SMALL, "--train.batch_rows"), "--model.n_experts")
         small_model += ["--train.batch_rows", str(np_), "--model.n_experts", str(np_)]
     small = cfg
-    for flag in ("--train.micro_rows", "--train.remat", "--train.shard_state", "--model.group_size"):
+    for flag in ("--train.micro_rows", "--train.remat", "--train.shard_state", "--train.shard_weights",
+                 "--model.group_size"):
         small = without(small, flag)
     small += small_model
     base = run_and_measure(train + ["--run-dir", run_dir + "_small"] + small, env)

@@ -116,6 +116,10 @@ struct KVCache {
   void reorder(const std::vector<int64_t>& parent);
 };
 
+// train.shard_weights: how often per step layer l of L is all-gathered with
+// micro_steps micro-steps (Model's two alternating windows; the plan counts it).
+int64_t layer_weight_gathers(int64_t l, int64_t L, int64_t micro_steps);
+
 class Model {
  public:
   // The backend runs every operation: Device::cpu the CPU kernels, Device::cuda

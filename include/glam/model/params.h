@@ -31,6 +31,9 @@ struct Param {
   // Adafactor statistics cover only them and the weights are all-gathered after
   // the update. zero_rows < 0: the tensor's state is not sharded over data.
   int64_t zero_row0 = 0, zero_rows = -1;
+  // train.shard_weights: between uses w keeps those rows only (w_on_shard) and the
+  // backend gathers the whole shard into a window per layer just before use.
+  bool zero_weights = false, w_on_shard = false;
 
   bool zero_sharded() const { return zero_rows >= 0; }
   int64_t row_size() const;       // elements per row of dim 0 of the shard
@@ -72,6 +75,13 @@ std::vector<float> gather_global(const Param& p, const std::vector<float>& local
 // two dims) as sharded over it, rows of dim 0 split as evenly as they go (the
 // first n % D ranks one more). Returns the tensors marked (none on a data axis of 1).
 int64_t shard_state_over_data(ParamTable& table, const Mesh& mesh);
+// train.shard_weights: marks the tensors shard_state_over_data marked as keeping
+// their weights sharded too (the backend's params_to_device drops the other rows).
+int64_t shard_weights_over_data(ParamTable& table);
+// w [shape] -> w [zero_rows, ...] (this rank's rows), and back (an all-gather over
+// data): the layout between steps, and the whole shard a checkpoint writes.
+void keep_weight_rows(Param& p);
+void gather_weight_rows(Param& p, const Mesh& mesh);
 // Rows of dim 0 that data rank r of D updates: [first, first + count).
 void zero_rows_of(int64_t rows, int D, int r, int64_t& first, int64_t& count);
 // Elements of p's shard updated by each data rank (the counts of the reduce-scatter).

@@ -40,7 +40,8 @@ struct StepPrediction {
   double matmul_s = 0.0, elementwise_s = 0.0;
   double alltoall_s = 0.0, allreduce_data_s = 0.0, allreduce_model_s = 0.0, latency_s = 0.0;
   // train.shard_state: the reduce-scatters of layers L-1..1 run behind the backward
-  // of the layer below (the code's non-blocking windows); at most that backward's time
+  // of the layer below (the code's non-blocking windows), at most that backward's
+  // time; train.shard_weights: each layer's all-gather behind the layer before it
   double hidden_s = 0.0;
   // train.exchange_chunks: the part of alltoall_s that stays exposed (all of it for
   // one chunk) and the rest, behind the expert compute (docs/PLAN.md)

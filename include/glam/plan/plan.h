@@ -40,7 +40,9 @@ struct CommPlan {
   int64_t allreduce_model = 0;    // tensor-parallel activations and softmax statistics
   int64_t allreduce_replicas = 0; // expert gradients summed over replicas (E < D)
   int64_t reduce_scatter = 0;     // train.shard_state: gradients of the tensors sharded over data
-  int64_t allgather = 0;          // ... and this rank's rows of their updated weights
+  int64_t allgather = 0;          // ... and this rank's rows of their updated weights (train.shard_weights:
+                                  // of each layer's, every time the layer is gathered)
+  int64_t allgather_first = 0;    // train.shard_weights: of them, the step's first (embedding, layer 0): exposed
   int64_t alltoall_calls = 0, allreduce_model_calls = 0, allreduce_data_calls = 0;
 };
 

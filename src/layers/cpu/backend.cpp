@@ -106,6 +106,10 @@ class CpuBackend final : public Backend {
     WeightWindow& win = weight_windows_[slot];
     if (win.ids == ids) return;  // gathered since the last update
     release(win);
+    for (size_t i : ids) {  // whole since params_to_host (a checkpoint): this rank's rows again
+      Param& p = table_->params.at(i);
+      if (p.zero_weights && !p.w_on_shard) keep_weight_rows(p);
+    }
     int64_t n = 0;
     for (size_t i : ids) n += table.params[i].w_on_shard ? table.params[i].size() : 0;
     win.buf.resize(n);  // [sum of the sharded tensors' sizes] (the capacity stays)

@@ -142,6 +142,7 @@ class CudaBackend final : public Backend {
   }
   // train.shard_state runs on the CPU backend only (Model refuses it here): nothing is sharded.
   void open_grads(const ParamTable&, const std::vector<size_t>&, int) override {}
+  void gather_weights(const ParamTable&, const std::vector<size_t>&, int) override {}
   void close_grads(ParamTable&, const std::vector<size_t>&) override {}
   double grad_norm(const ParamTable& table) override {
     stats_.syncs++;
@@ -304,11 +305,11 @@ class CudaBackend final : public Backend {
   void route(Routing& r, const Tensor& logits, int64_t T, const cpu::RouterOptions& opt,
              const Routing* frozen) override {
     GLAM_REQUIRE(frozen == nullptr, "frozen routing (finite-difference tests) runs on the CPU only");
-    const int64_t E = opt.n_experts, S = opt.no_drop ? T : opt.group_size, G = T / S;
+    const int64_t E = opt.n_experts, group_size = opt.no_drop ? T : opt.group_size, G = T / group_size;
     cpu::RoutingPlan& p = r.plan;
     p = cpu::RoutingPlan{};
-    p.T = T; p.E = E; p.group_size = S;
-    p.capacity = opt.no_drop ? S : cpu::expert_capacity(S, opt.capacity_factor, E);
+    p.T = T; p.E = E; p.group_size = group_size;
+    p.capacity = opt.no_drop ? group_size : cpu::expert_capacity(group_size, opt.capacity_factor, E);
     p.n_groups_global = opt.n_groups_global > 0 ? opt.n_groups_global : G;
     scratch_.reset();
     cuda::RoutingDevice d = routing_view(r);
@@ -319,7 +320,7 @@ class CudaBackend final : public Backend {
     d.summary = reinterpret_cast<int64_t*>(scratch_.take(DType::f64, 3 * E + 3).ptr);
     cuda::router_decide(ctx_, d, logits.f32(), T, opt);
     int64_t* host = pinned_summary(E);
-    cuda::routing_bookkeeping(ctx_, d, host, T, S, E, p.n_groups_global, opt.no_drop);
+    cuda::routing_bookkeeping(ctx_, d, host, T, group_size, E, p.n_groups_global, opt.no_drop);
     sync();
     p.expert_offset.assign(host, host + E + 1);
     p.load_before.assign(host + E + 1, host + 2 * E + 1);
