@@ -23,6 +23,10 @@
 #   GLAM_SITE          a file sourced first, for the site's module loads and variables
 #                      (default: $GLAM_ROOT/jobs/site.sh when it exists)
 #   GLAM_MESH          DxM; the job script's default is its plan's mesh
+#   GLAM_SETTINGS      glam train options of the plan's memory savings, e.g.
+#                      "--train.remat true --train.micro_rows 8" (the job script's
+#                      default: its plan's, jobs/README.md); an option that "$@" also
+#                      gives is dropped here, so the command line wins
 #   GLAM_DEVICE        auto | cpu | cuda (default: auto: cuda when every rank sees a GPU).
 #                      The scripts request no GPUs (they run on CPU-only nodes); on GPU
 #                      nodes submit with SBATCH_GPUS_PER_TASK=1 or --gpus-per-task=1.
@@ -81,6 +85,16 @@ fi
 for arg in "$@"; do
   case "$arg" in --checkpoint.every_minutes | --checkpoint.every_minutes=*) ckpt_args=() ;; esac
 done
+# The plan's settings, less those the command line gives (glam refuses an option twice).
+settings_args=()
+read -r -a settings <<< "${GLAM_SETTINGS:-}"
+for ((i = 0; i < ${#settings[@]}; i += 2)); do
+  given=0
+  for arg in "$@"; do
+    [[ "$arg" == "${settings[i]}" || "$arg" == "${settings[i]}="* ]] && given=1
+  done
+  [[ $given -eq 1 ]] || settings_args+=("${settings[i]}" "${settings[i + 1]:-}")
+done
 srun_flags=()
 if [[ -n "${GLAM_SRUN_FLAGS:-}" ]]; then
   read -r -a srun_flags <<< "$GLAM_SRUN_FLAGS"
@@ -93,7 +107,8 @@ else
   start="starting in $RUN_DIR"
 fi
 echo "glam job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $GLAM_MODEL on ${SLURM_NNODES:-?} nodes," \
-     "${SLURM_NTASKS:-?} tasks, mesh $GLAM_MESH, $OMP_NUM_THREADS threads per task; $start; $(date)"
+     "${SLURM_NTASKS:-?} tasks, mesh $GLAM_MESH, settings '${settings_args[*]+"${settings_args[*]}"}'," \
+     "$OMP_NUM_THREADS threads per task; $start; $(date)"
 
 # Signals: SIGTERM reaches this shell and the step on scancel and on preemption; the
 # time-limit notice reaches the step (--signal=USR1@N) or only this shell (B:USR1@N,
@@ -116,7 +131,7 @@ trap 'glam_forward USR1' USR1
 set +e
 srun --kill-on-bad-exit=1 ${srun_flags[@]+"${srun_flags[@]}"} \
   "$GLAM_BIN" train --config "$GLAM_CONFIG" --run-dir "$RUN_DIR" --mesh "$GLAM_MESH" --device "$GLAM_DEVICE" \
-  ${ckpt_args[@]+"${ckpt_args[@]}"} "$@" &
+  ${settings_args[@]+"${settings_args[@]}"} ${ckpt_args[@]+"${ckpt_args[@]}"} "$@" &
 srun_pid=$!
 # Polled, not `wait`ed: a trap interrupts `wait`, and bash 5.2 then sometimes records
 # the status of a child reaped meanwhile as -1 (255). The traps run between sleeps.
