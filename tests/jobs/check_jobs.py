@@ -1,49 +1,45 @@
 #!/usr/bin/env python3
 """Checks the SLURM job scripts jobs/*.sbatch against their configs input/*.cfg.
 
-    check_jobs.py [--root DIR]            check every job script; exit 1 on a problem
-    check_jobs.py [--root DIR] --table    also print the mesh and the memory estimate per job
-    check_jobs.py [--root DIR] --plan MODEL [--gpu-gb 80]
-                                          every valid mesh of input/MODEL.cfg on 1..256
-                                          nodes of 8 and its memory per rank
-    check_jobs.py [--root DIR] --self-test
-                                          the checks reject broken job scripts
+    check_jobs.py [--root DIR] [--glam BIN]          check every job script; exit 1 on a problem
+    check_jobs.py [--root DIR] [--glam BIN] --table  also print each job's layout and its plan
+    check_jobs.py [--root DIR] [--glam BIN] --self-test
+                                                     the checks reject broken job scripts
 
 Per job script: the #SBATCH lines (job name = file name, nodes, --ntasks-per-node,
 --cpus-per-task, --time, --requeue, --signal=USR1@N or B:USR1@N (jobs/common.sh
 forwards a signal to the batch shell to the step), --open-mode=append, --output; no
 --gpus-per-task or --gres, so that the job runs on CPU-only nodes: GPUs come from
 the environment, SBATCH_GPUS_PER_TASK=1), the GLAM_MODEL line, the
-GLAM_MESH="${GLAM_MESH:-DxM}" line (the default mesh; the environment may replace it)
-and the `source .../jobs/common.sh` line; then the default mesh DxM against the
-config, as glam checks it at start (src/commands/train.cpp, src/model/params.cpp):
+GLAM_MESH="${GLAM_MESH:-DxM}" line (the default mesh; the environment may replace it),
+the optional GLAM_SETTINGS="${GLAM_SETTINGS:-...}" line (glam train options of the
+plan's memory savings: train.micro_rows, remat, shard_state, shard_weights,
+exchange_dtype, exchange_chunks) and the `source .../jobs/common.sh` line; then the
+default mesh DxM against the config, as glam checks it at start
+(src/commands/train.cpp, src/model/params.cpp):
   D * M = nodes * ntasks-per-node; M divides ntasks-per-node (a model group lies
   inside one node: srun places consecutive ranks on one node);
   M divides n_heads, d_ff and vocab_size;
   E = n_experts: 0, or E % D == 0 or D % E == 0;
   D divides train.batch_rows; an MoE model's group_size divides the tokens of a data
-  rank (batch_rows / D * seq_len).
+  rank (batch_rows / D * seq_len); train.micro_rows divides the rows of a data rank;
+  train.shard_weights only with train.shard_state.
+Then the plan: `glam plan --json` (--glam, default ROOT/build/glam) of the job's
+config, mesh and settings on its nodes of 8 H100 80 GiB (input/clusters/h100-8.ini
+for one node, h100-1024.ini for more) must fit with 10% to spare: memory.total <=
+72 GiB per rank. tools/plan-table --jobs chooses the layouts (jobs/README.md).
 Every paper config input/glam-*.cfg (all but glam-tiny) must have its job script.
-
-The memory estimate per rank is that of the CPU reference path, which keeps
-everything in fp32 (measured peak RSS of `glam train` is within 10% above it, plus
-~60 MB of libraries):
-  parameters held by the rank * 8 bytes (weights and gradients)
-  + Adafactor state * 4 bytes (factored: row + column statistics per matrix whose
-    two last dims are >= 128, per expert for [E, M, H]; full for the rest)
-  + activations kept for the backward pass, per token of the rank and per layer:
-    residual and norms 4*d_model, q k v and attention output 4*heads*d_head/M,
-    attention probabilities heads/M*seq_len; a dense layer 3*d_ff/M (GEGLU), an MoE
-    layer n_experts + 8*d_model + 4*d_ff/M (dispatched rows at capacity factor 2);
-    then 2*vocab/M for the logits and their gradient.
 """
 import argparse
+import concurrent.futures
 import configparser
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -52,7 +48,14 @@ REQUIRED_JOBS = [
     "glam-1.7b-128e", "glam-1.7b-256e", "glam-8b", "glam-8b-64e", "glam-137b",
     "glam-64b-64e",
 ]
-GB = 1e9
+GIB = 2**30
+GPU_GIB, SPARE = 80, 0.10  # nodes of 8 x 80 GiB, 10% of it kept free (tools/plan-table --jobs)
+# GLAM_SETTINGS keys and the values each takes.
+SETTINGS = {
+    "--train.micro_rows": r"\d+", "--train.remat": "true|false", "--train.shard_state": "true|false",
+    "--train.shard_weights": "true|false", "--train.exchange_dtype": "fp32|bf16",
+    "--train.exchange_chunks": r"[1-9]\d*",
+}
 
 
 def load_config(path):
@@ -87,7 +90,7 @@ def parse_job(path):
             if not s or s.startswith("#"):
                 continue
             body_started = True
-            m = re.fullmatch(r"(\w+)=(\S+)(?:\s+#.*)?", s)
+            m = re.fullmatch(r"(\w+)=(\"[^\"]*\"|'[^']*'|\S+)(?:\s+#.*)?", s)
             if m:
                 value = m.group(2).strip("'\"")
                 default = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", value)  # ${GLAM_MESH:-2x2}: its default
@@ -125,39 +128,51 @@ def mesh_problems(cfg, D, M, ranks_per_node):
     return out
 
 
-def memory(cfg, D, M):
-    """(parameters per rank, bytes of weights+gradients+Adafactor, bytes of activations)."""
-    m, t = cfg
-    V, dm, L, nh, dh, H, E, S = (m[k] for k in ("vocab_size", "d_model", "n_layers", "n_heads",
-                                               "d_head", "d_ff", "n_experts", "seq_len"))
-    A = nh * dh
-    e_local = 0 if E == 0 else (E // D if E >= D else 1)
-
-    def fac(rows, cols):  # Adafactor floats of one [rows, cols] matrix
-        return rows + cols if rows >= 128 and cols >= 128 else rows * cols
-
-    w = V * dm / M + dm
-    opt = fac(V / M, dm) + dm
-    act = 2 + 2 * dm + 2 * V / M
-    for layer in range(L):
-        w += 4 * dm * A / M + nh * 32 + 2 * dm
-        opt += 3 * fac(dm, A / M) + fac(A / M, dm) + nh * 32 + 2 * dm
-        act += 4 * dm + 2 + 4 * A / M + nh / M * S
-        if E and layer % 2 == 0:
-            w += dm * E + 2 * e_local * dm * H / M
-            opt += fac(dm, E) + e_local * (fac(dm, H / M) + fac(H / M, dm))
-            act += E + 8 * dm + 4 * H / M
+def parse_settings(text):
+    """'--train.remat true --train.micro_rows 8' -> ({key: value}, [problems])."""
+    words, out, problems = text.split(), {}, []
+    if len(words) % 2:
+        problems.append(f"GLAM_SETTINGS {text!r}: want pairs of --train.key value")
+    for key, value in zip(words[::2], words[1::2]):
+        if key not in SETTINGS:
+            problems.append(f"GLAM_SETTINGS: {key} is not one of {', '.join(SETTINGS)}")
+        elif not re.fullmatch(SETTINGS[key], value):
+            problems.append(f"GLAM_SETTINGS: {key} {value}: want {SETTINGS[key]}")
+        elif key in out:
+            problems.append(f"GLAM_SETTINGS: {key} twice")
         else:
-            w += 3 * dm * H / M
-            opt += 2 * fac(dm, H / M) + fac(H / M, dm)
-            act += 3 * H / M
-    tokens = t["batch_rows"] // D * S
-    return w, 8 * w + 4 * opt, 4 * act * tokens
+            out[key] = value
+    return out, problems
 
 
-def check(root, table):
+def settings_problems(cfg, D, settings):
+    rank_rows = cfg[1]["batch_rows"] // D
+    out = []
+    micro = int(settings.get("--train.micro_rows", 0))
+    if micro and rank_rows % micro:
+        out.append(f"train.micro_rows={micro} does not divide the {rank_rows} rows of a data rank")
+    if settings.get("--train.shard_weights") == "true" and settings.get("--train.shard_state") != "true":
+        out.append("train.shard_weights needs train.shard_state")
+    return out
+
+
+def plan(root, glam, model_name, mesh, nodes, settings):
+    """(glam plan --json of the job, None) or (None, why it failed)."""
+    cluster = os.path.join(root, "input", "clusters", "h100-8.ini" if nodes == 1 else "h100-1024.ini")
+    cmd = [glam, "plan", "--config", os.path.join(root, "input", model_name + ".cfg"), "--mesh", mesh,
+           "--cluster", cluster, "--device-memory", f"{GPU_GIB}GiB", "--json"]
+    for key, value in settings.items():
+        cmd += [key, value]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, f"glam plan failed (status {r.returncode}): {r.stderr.strip()}"
+    return json.loads(r.stdout), None
+
+
+def check(root, table, glam):
     jobs_dir = os.path.join(root, "jobs")
-    problems, rows = [], []
+    problems, rows, pending = [], [], []
+    pool = concurrent.futures.ThreadPoolExecutor(8)
     names = sorted(f[:-len(".sbatch")] for f in os.listdir(jobs_dir) if f.endswith(".sbatch"))
     for name in REQUIRED_JOBS:
         if name not in names:
@@ -214,16 +229,31 @@ def check(root, table):
         if D * M != nodes * per_node:
             bad(f"mesh {D}x{M} has {D * M} cells but the job has {nodes} nodes x {per_node} tasks = "
                 f"{nodes * per_node}")
-        for p in mesh_problems(cfg, D, M, per_node):
-            bad(f"mesh {D}x{M}: {p}")
-        w, state, act = memory(cfg, D, M)
-        rows.append((name, nodes, per_node, f"{D}x{M}", cfg[0]["n_experts"], w, state, act))
+        layout = [f"mesh {D}x{M}: {p}" for p in mesh_problems(cfg, D, M, per_node)]
+        settings, settings_bad = parse_settings(vars_.get("GLAM_SETTINGS", ""))
+        layout += settings_bad + settings_problems(cfg, D, settings)
+        for p in layout:
+            bad(p)
+        if layout:
+            continue
+        pending.append((where, name, nodes, per_node, f"{D}x{M}", vars_.get("GLAM_SETTINGS", ""),
+                        pool.submit(plan, root, glam, model_name, f"{D}x{M}", nodes, settings)))
+    for where, name, nodes, per_node, mesh, settings, future in pending:  # the plans, run 8 at a time
+        j, why = future.result()
+        if j is None:
+            problems.append(f"{where}: {why}")
+            continue
+        total, limit = j["memory"]["total"], (1 - SPARE) * GPU_GIB * GIB
+        if total > limit:
+            problems.append(f"{where}: mesh {mesh} with settings {settings!r}: glam plan counts "
+                            f"{total / GIB:.1f} GiB per rank, more than {limit / GIB:.0f} GiB ({GPU_GIB} GiB "
+                            f"less {SPARE:.0%} to spare): does not fit (tools/plan-table --jobs chooses one that does)")
+        rows.append((name, nodes, per_node, mesh, settings or "-", total, j["predicted"]["mfu"]))
+    pool.shutdown()
     if table:
-        print(f"{'job':16} {'nodes':>5} {'ranks':>5} {'mesh':>7} {'E':>4} {'params/rank':>12} "
-              f"{'w+g+opt GB':>10} {'act GB':>8} {'total GB':>8}")
-        for name, nodes, per_node, mesh, E, w, state, act in sorted(rows, key=lambda r: (r[1] * r[2], r[0])):
-            print(f"{name:16} {nodes:5} {nodes * per_node:5} {mesh:>7} {E:4} {w / 1e9:11.3f}B "
-                  f"{state / GB:10.1f} {act / GB:8.1f} {(state + act) / GB:8.1f}")
+        print(f"{'job':16} {'nodes':>5} {'ranks':>5} {'mesh':>6} {'GiB/rank':>8} {'MFU':>6}  settings")
+        for name, nodes, per_node, mesh, settings, total, mfu in sorted(rows, key=lambda r: (r[1] * r[2], r[0])):
+            print(f"{name:16} {nodes:5} {nodes * per_node:5} {mesh:>6} {total / GIB:8.1f} {mfu:6.1%}  {settings}")
     for p in problems:
         print("check_jobs: " + p, file=sys.stderr)
     if not problems:
@@ -231,43 +261,37 @@ def check(root, table):
     return 1 if problems else 0
 
 
-def plan(root, model_name, gpu_gb, per_node):
-    cfg = load_config(os.path.join(root, "input", model_name + ".cfg"))
-    print(f"{model_name}: meshes on nodes of {per_node} ranks; memory per rank (GB), '*' fits {gpu_gb} GB")
-    nodes = 1
-    while nodes <= 256:
-        cells = []
-        for M in (m for m in range(1, per_node + 1) if per_node % m == 0):
-            D = nodes * per_node // M
-            if not mesh_problems(cfg, D, M, per_node):
-                _, state, act = memory(cfg, D, M)
-                total = (state + act) / GB
-                cells.append(f"{D}x{M}: {total:.0f}{'*' if total <= gpu_gb else ''}")
-        print(f"  {nodes:3} nodes  " + "  ".join(cells))
-        nodes *= 2
-    return 0
-
-
-def self_test(root):
+def self_test(root, glam):
     """Copies input/ and the real job scripts to a temporary root, breaks one job script
-    at a time and expects the check to name the problem."""
+    (glam-1.7b-64e: 1 node, mesh 8x1, micro_rows 4) at a time and expects the check to
+    name the problem."""
     good = open(os.path.join(root, "jobs", "glam-1.7b-64e.sbatch")).read()
+    settings = 'GLAM_SETTINGS="${GLAM_SETTINGS:-'
     cases = [
-        ("mesh cells", lambda t: t.replace("GLAM_MESH:-128x2", "GLAM_MESH:-64x2"),
-         "mesh 64x2 has 128 cells but the job has 32 nodes x 8 tasks = 256"),
-        ("model axis beyond a node", lambda t: t.replace("GLAM_MESH:-128x2", "GLAM_MESH:-16x16"),
+        ("mesh cells", lambda t: t.replace("GLAM_MESH:-8x1", "GLAM_MESH:-4x1"),
+         "mesh 4x1 has 4 cells but the job has 1 nodes x 8 tasks = 8"),
+        ("model axis beyond a node", lambda t: t.replace("--nodes=1", "--nodes=2")
+                                              .replace("GLAM_MESH:-8x1", "GLAM_MESH:-1x16"),
          "model axis M=16 does not divide the 8 ranks of a node"),
         ("heads", lambda t: t.replace("--ntasks-per-node=8", "--ntasks-per-node=6")
-                             .replace("GLAM_MESH:-128x2", "GLAM_MESH:-64x3"),
+                             .replace("GLAM_MESH:-8x1", "GLAM_MESH:-2x3"),
          "M=3 does not divide model.n_heads=16"),
         ("experts", lambda t: t.replace("--ntasks-per-node=8", "--ntasks-per-node=6")
-                               .replace("GLAM_MESH:-128x2", "GLAM_MESH:-96x2"),
-         "n_experts=64 is neither a multiple nor a divisor of D=96"),
+                               .replace("GLAM_MESH:-8x1", "GLAM_MESH:-6x1"),
+         "n_experts=64 is neither a multiple nor a divisor of D=6"),
+        ("micro-steps", lambda t: t.replace("--train.micro_rows 4", "--train.micro_rows 3"),
+         "train.micro_rows=3 does not divide the 128 rows of a data rank"),
+        ("shard_weights alone", lambda t: t.replace(settings, settings + "--train.shard_weights true "),
+         "train.shard_weights needs train.shard_state"),
+        ("unknown setting", lambda t: t.replace(settings, settings + "--train.lr 0.1 "),
+         "--train.lr is not one of"),
+        ("does not fit", lambda t: t.replace("--train.micro_rows 4 ", ""),
+         "per rank, more than 72 GiB (80 GiB less 10% to spare): does not fit"),
         ("another signal", lambda t: t.replace("USR1@300", "TERM@300"), "want USR1@<seconds> or B:USR1@<seconds>"),
         ("GPUs in the script", lambda t: t.replace("#SBATCH --requeue\n", "#SBATCH --requeue\n#SBATCH --gpus-per-task=1\n"),
          "must run on CPU-only nodes"),
         ("no requeue", lambda t: t.replace("#SBATCH --requeue\n", ""), "no #SBATCH --requeue"),
-        ("no mesh", lambda t: t.replace("GLAM_MESH:-128x2", "GLAM_MESH=$MESH"), "no GLAM_MESH=DxM line"),
+        ("no mesh", lambda t: t.replace("GLAM_MESH:-8x1", "GLAM_MESH=$MESH"), "no GLAM_MESH=DxM line"),
         ("directive after a command", lambda t: t + "#SBATCH --nodes=2\n", "after the first command"),
     ]
     failures = 0
@@ -275,11 +299,16 @@ def self_test(root):
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copytree(os.path.join(root, "input"), os.path.join(tmp, "input"))
             shutil.copytree(os.path.join(root, "jobs"), os.path.join(tmp, "jobs"))
+            broken = edit(good)
+            if broken == good:
+                print(f"self-test {what}: FAILED: the edit does not apply to jobs/glam-1.7b-64e.sbatch")
+                failures += 1
+                continue
             with open(os.path.join(tmp, "jobs", "glam-1.7b-64e.sbatch"), "w") as f:
-                f.write(edit(good))
+                f.write(broken)
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                rc = check(tmp, False)
+                rc = check(tmp, False, glam)
             ok = rc == 1 and expect in err.getvalue()
             print(f"self-test {what}: {'ok' if ok else 'FAILED'}")
             if not ok:
@@ -291,7 +320,7 @@ def self_test(root):
         os.remove(os.path.join(tmp, "jobs", "glam-8b.sbatch"))
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = check(tmp, False)
+            rc = check(tmp, False, glam)
         ok = rc == 1 and "jobs/glam-8b.sbatch is missing" in err.getvalue()
         print(f"self-test missing job script: {'ok' if ok else 'FAILED'}")
         failures += not ok
@@ -301,17 +330,18 @@ def self_test(root):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    ap.add_argument("--glam", help="the glam executable for the plan check (default: ROOT/build/glam)")
     ap.add_argument("--table", action="store_true")
-    ap.add_argument("--plan", metavar="MODEL")
-    ap.add_argument("--gpu-gb", type=float, default=80.0)
-    ap.add_argument("--ranks-per-node", type=int, default=8)
     ap.add_argument("--self-test", action="store_true")
     a = ap.parse_args()
+    glam = a.glam or os.path.join(a.root, "build", "glam")
+    if not os.access(glam, os.X_OK):
+        print(f"check_jobs: no glam executable at {glam} for the plan check (build it, or --glam BIN)",
+              file=sys.stderr)
+        return 1
     if a.self_test:
-        return self_test(a.root)
-    if a.plan:
-        return plan(a.root, a.plan, a.gpu_gb, a.ranks_per_node)
-    return check(a.root, a.table)
+        return self_test(a.root, glam)
+    return check(a.root, a.table, glam)
 
 
 if __name__ == "__main__":
