@@ -207,7 +207,7 @@ case "$mode" in
     [[ $seq_steps == "$(seq -s ' ' 1 $steps) " ]] || fail "metrics.jsonl steps are '$seq_steps', expected 1..$steps once each"
     ;;
 
-  env_mesh)  # GLAM_MESH and GLAM_DEVICE from the environment replace the script's defaults
+  env_mesh)  # GLAM_MESH, GLAM_SETTINGS and GLAM_DEVICE from the environment replace the script's defaults
     SLURM_NTASKS=2 GLAM_MESH=2x1 GLAM_DEVICE=cpu run_job "$work/out1" "${tiny[@]}" --train.steps 2
     expect_rc 0
     expect_in "$work/out1" "mesh 2x1"
@@ -216,6 +216,15 @@ case "$mode" in
     GLAM_DEVICE=gpu run_job "$work/out2" "${tiny[@]}"
     expect_rc 2
     expect_in "$work/out2" "GLAM_DEVICE 'gpu' is not auto, cpu or cuda"
+    note "GLAM_SETTINGS reaches glam train, less the option the command line gives too (glam refuses it twice)"
+    rm -f "$work/log/srun.args"
+    RUN_DIR=$work/run_settings SLURM_NTASKS=2 GLAM_MESH=2x1 GLAM_SETTINGS="--train.remat true --train.micro_rows 1" \
+      run_job "$work/out3" "${tiny[@]}" --train.steps 2 --train.micro_rows 2
+    expect_rc 0
+    args=$(cat "$work/log/srun.args")
+    [[ $args == *" --train.remat true "* && $args != *"--train.micro_rows 1"* && $args == *" --train.micro_rows 2"* ]] ||
+      fail "srun args: $args"
+    expect_in "$work/out3" "settings '--train.remat true'"
     ;;
 
   *) fail "unknown mode" ;;
