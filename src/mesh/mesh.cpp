@@ -107,18 +107,18 @@ void Mesh::allreduce_sum_model(float* buf, int64_t n) const {
   if (model_size > 1) allreduce_sum(buf, n, model_comm);
 }
 
-void Mesh::allreduce_sum_model(double* buf, int64_t n) const {
-  if (model_size == 1) return;
+void Mesh::allreduce_small(void* buf, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm) const {
   CommTimer timer(stats);
   stats.allreduce_calls++;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_DOUBLE, MPI_SUM, model_comm));
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), type, op, comm));
+}
+
+void Mesh::allreduce_sum_model(double* buf, int64_t n) const {
+  if (model_size > 1) allreduce_small(buf, n, MPI_DOUBLE, MPI_SUM, model_comm);
 }
 
 void Mesh::allreduce_max_model(float* buf, int64_t n) const {
-  if (model_size == 1) return;
-  CommTimer timer(stats);
-  stats.allreduce_calls++;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_FLOAT, MPI_MAX, model_comm));
+  if (model_size > 1) allreduce_small(buf, n, MPI_FLOAT, MPI_MAX, model_comm);
 }
 
 void Mesh::allreduce_sum_data(float* buf, int64_t n) const {
@@ -126,17 +126,11 @@ void Mesh::allreduce_sum_data(float* buf, int64_t n) const {
 }
 
 void Mesh::allreduce_sum_data(double* buf, int64_t n) const {
-  if (data_size == 1) return;
-  CommTimer timer(stats);
-  stats.allreduce_calls++;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_DOUBLE, MPI_SUM, data_comm));
+  if (data_size > 1) allreduce_small(buf, n, MPI_DOUBLE, MPI_SUM, data_comm);
 }
 
 void Mesh::allreduce_sum_world(double* buf, int64_t n) const {
-  if (world_size == 1) return;
-  CommTimer timer(stats);
-  stats.allreduce_calls++;
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, to_int(n), MPI_DOUBLE, MPI_SUM, world));
+  if (world_size > 1) allreduce_small(buf, n, MPI_DOUBLE, MPI_SUM, world);
 }
 
 void Mesh::allgather_model(const float* in, int64_t n, float* out) const {

@@ -75,6 +75,8 @@ void Model::rebind(std::unique_ptr<Backend> backend) {
   acts_arena_.reset();  // the old backend's memory goes back to it first
   expert_arenas_.clear();
   expert_grads_.reset();
+  expert_out_.reset();
+  expert_out_rows_ = 0;
   if (backend) be_ = std::move(backend);
   be_->set_bf16_exchanges(bf16_exchanges_);
   be_->bind_params(params_);
@@ -153,7 +155,8 @@ void Model::plan_buffers(int64_t B, int64_t S, bool no_drop, bool decode) {
       ar.add(a.route.slot, lname(l, "slot"), DType::i32, {T, 2});
       ar.add(a.route.row, lname(l, "row"), DType::i32, {T, 2});
       ar.add(a.route.first_frac, lname(l, "first_frac"), f32, {G, E});
-      ar.add(a.ein, lname(l, "ein"), f32, {rows_max_, M});
+      // ein lives only until the layer has sent it: one for every MoE layer
+      if (l == 0) ar.add(a.ein, "ein", f32, {rows_max_, M});
       ar.add(a.eout, lname(l, "eout"), f32, {rows_max_, M});
     } else {
       ar.add(a.a0, lname(l, "a0"), f32, {T, H});
@@ -190,6 +193,8 @@ void Model::plan_buffers(int64_t B, int64_t S, bool no_drop, bool decode) {
   }
   ar.commit();
   if (shared_acts_) share_layer_views();
+  for (int64_t l = 1; l < cfg_.n_layers; l++)
+    if (cfg_.is_moe_layer(l)) acts_[l].ein = acts_[0].ein;
   for (int64_t l = 0; l < cfg_.n_layers; l++) {
     if (gd == f32) acts_[l].xn2_f32 = acts_[l].xn2;            // the router reads xn2 itself
     else if (!cfg_.is_moe_layer(l)) acts_[l].xn2_f32 = Tensor{};  // no router
@@ -220,13 +225,16 @@ void Model::share_layer_views() {
 // (their sizes may differ, e.g. in evaluation): the expert buffers of a layer have
 // their own arena, sized for the bound above and grown when an exchange plan
 // asks for more, before anything is written to them.
+// xout, the experts' outputs, lives only until they are sent back: one buffer for
+// every MoE layer, as large as the most rows any layer received.
 void Model::size_expert_rows(int64_t layer, int64_t n) {
+  size_expert_out(layer, n);
   const int64_t l = shared_acts_ ? 0 : layer;  // remat: one set of expert rows for every MoE layer
   LayerActs& a = acts_[l];
   if (expert_arenas_.size() != acts_.size()) expert_arenas_.resize(acts_.size());
   std::unique_ptr<Arena>& ar = expert_arenas_[l];
   if (ar && a.xin.ndim > 0 && a.xin.shape[0] >= n) {
-    if (shared_acts_) acts_[layer].xin = a.xin, acts_[layer].pre = a.pre, acts_[layer].eh = a.eh, acts_[layer].xout = a.xout;
+    if (shared_acts_) acts_[layer].xin = a.xin, acts_[layer].pre = a.pre, acts_[layer].eh = a.eh;
     return;
   }
   if (!ar) ar = std::make_unique<Arena>(*be_);
@@ -235,13 +243,23 @@ void Model::size_expert_rows(int64_t layer, int64_t n) {
   ar->add(a.xin, lname(l, "xin"), DType::f32, {n, M});
   ar->add(a.pre, lname(l, "pre"), DType::f32, {n, H});
   ar->add(a.eh, lname(l, "eh"), be_->gemm_dtype(), {n, H});
-  ar->add(a.xout, lname(l, "xout"), DType::f32, {n, M});
   ar->commit();
   if (!shared_acts_) return;
   for (int64_t k = 1; k < cfg_.n_layers; k++)
     if (cfg_.is_moe_layer(k)) {
-      acts_[k].xin = a.xin; acts_[k].pre = a.pre; acts_[k].eh = a.eh; acts_[k].xout = a.xout;
+      acts_[k].xin = a.xin; acts_[k].pre = a.pre; acts_[k].eh = a.eh;
     }
+}
+
+void Model::size_expert_out(int64_t layer, int64_t n) {
+  if (!expert_out_ || expert_out_rows_ < n) {
+    if (!expert_out_) expert_out_ = std::make_unique<Arena>(*be_);
+    expert_out_->clear();
+    expert_out_->add(xout_, "xout", DType::f32, {n, cfg_.d_model});
+    expert_out_->commit();
+    expert_out_rows_ = n;
+  }
+  acts_[layer].xout = xout_;
 }
 
 void Model::size_expert_grads(int64_t n) {
@@ -284,6 +302,7 @@ const std::vector<float>& Model::logits() const {
 size_t Model::activation_bytes() const {
   size_t n = acts_arena_->bytes() + (expert_grads_ ? expert_grads_->bytes() : 0);
   for (const auto& a : expert_arenas_) n += a ? a->bytes() : 0;
+  if (expert_out_) n += expert_out_->bytes();
   return n;
 }
 

@@ -232,8 +232,10 @@ Plan make_plan(const Config& cfg, const PlanOptions& opt) {
   p.memory.optimizer = 4 * sh.state;
   const bool remat = cfg.train.remat;
   p.memory.activations = opt.act_bytes * activation_elements(c, Tm, routed_micro, A, nh, H, V, remat);
-  // ein, eout, xin, xout [rows, M] per MoE layer (remat: one set)
-  p.memory.dispatch = opt.act_bytes * (remat ? std::min<int64_t>(1, n_moe) : n_moe) * 4 * routed_micro * M;
+  // eout and xin [rows, M] per MoE layer, ein and xout (alive only inside a layer)
+  // once for all of them (remat: one set of the four)
+  const int64_t dispatch_rows = n_moe == 0 ? 0 : remat ? 4 : 2 * n_moe + 2;
+  p.memory.dispatch = opt.act_bytes * dispatch_rows * routed_micro * M;
   // train.exchange_chunks: the dispatched rows in flight, packed chunk-major (one buffer)
   if (cfg.train.exchange_chunks > 1 && n_moe > 0) p.memory.dispatch += opt.act_bytes * routed_micro * M;
   // remat recomputes the forward of every layer but the last inside the backward

@@ -215,6 +215,8 @@ struct Mesh {
   // The communicators: only this module calls MPI on them; everything else asks
   // for a collective above. They inherit MPI_COMM_WORLD's MPI_ERRORS_RETURN
   // (base/mpi_session.h), so GLAM_CHECK_MPI sees every failure on them.
+  // One in-place all-reduce of n values small enough for an int count (statistics).
+  void allreduce_small(void* buf, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm) const;
   MPI_Comm world = MPI_COMM_NULL;      // all ranks of the mesh
   MPI_Comm data_comm = MPI_COMM_NULL;  // ranks that share model_rank (the data axis)
   MPI_Comm model_comm = MPI_COMM_NULL; // ranks that share data_rank (the model axis)

@@ -197,6 +197,7 @@ class Model {
   void dense_backward(int64_t l, const Tensor& dout);
   void layer_forward(int64_t l, Tensor ffn_out, bool no_drop, bool frozen, bool recompute);
   void gather_layer_weights(int64_t l, int64_t next);
+  void size_expert_out(int64_t layer, int64_t n);
   void moe_forward(int64_t l, Tensor out, bool no_drop, bool frozen, bool recompute);
   void share_layer_views();
   void moe_backward(int64_t l, const Tensor& dout);
@@ -228,6 +229,9 @@ class Model {
   std::unique_ptr<Arena> acts_arena_;
   std::vector<std::unique_ptr<Arena>> expert_arenas_;  // [L] each MoE layer's expert rows
   std::unique_ptr<Arena> expert_grads_;                // the experts' backward rows
+  std::unique_ptr<Arena> expert_out_;                  // xout, shared by the MoE layers
+  Tensor xout_;                                        // [expert_out_rows_, M]
+  int64_t expert_out_rows_ = 0;
   ExpertPlacement place_;
   int64_t nh_, H_, V_, v0_;        // local heads, local hidden, local vocab, first vocab id
   size_t p_emb_ = 0, p_final_ = 0;  // indices of the embedding and the final norm scale
