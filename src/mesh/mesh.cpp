@@ -167,13 +167,16 @@ uint64_t Mesh::sum_world(uint64_t v) const {
   return v;
 }
 
-bool Mesh::all(bool flag) const {
+// One flag over the mesh: MPI_MIN asks whether every rank says true, MPI_MAX any.
+bool Mesh::reduce_flag(bool flag, MPI_Op op) const {
   if (world_size == 1) return flag;
   int v = flag ? 1 : 0;
   CommTimer timer(stats);
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, world));
+  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, op, world));
   return v != 0;
 }
+
+bool Mesh::all(bool flag) const { return reduce_flag(flag, MPI_MIN); }
 
 void Mesh::barrier() const {
   if (world_size == 1) return;
@@ -192,13 +195,7 @@ Mesh::NodeRanks Mesh::node_ranks() const {
   return node;
 }
 
-bool Mesh::any(bool flag) const {
-  if (world_size == 1) return flag;
-  int v = flag ? 1 : 0;
-  CommTimer timer(stats);
-  GLAM_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MAX, world));
-  return v != 0;
-}
+bool Mesh::any(bool flag) const { return reduce_flag(flag, MPI_MAX); }
 
 ExpertPlacement Mesh::place_experts(int64_t E) const {
   ExpertPlacement p;

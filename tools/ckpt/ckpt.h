@@ -241,5 +241,9 @@ std::string mb(int64_t bytes);  // "1.234" (megabytes, 10^6)
 // The status of a writer of glam/io/h5.h on output file `file`: a failure is a
 // UserError naming the attribute and the file.
 void attr_written(herr_t rc, const char* name, const std::string& file);
+// Reopens the finished output `file` and writes sums[i] as the uint64 attribute
+// `name` of datasets[i] (the checksums, once every rank has written its blocks).
+void write_checksum_attrs(const std::vector<CheckpointDataset>& datasets, const uint64_t* sums, const char* name,
+                          const std::string& file);
 
 }  // namespace glam::ckpt

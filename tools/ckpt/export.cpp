@@ -79,20 +79,6 @@ std::vector<uint64_t> create_weights_file(const Checkpoint& c, const std::vector
   return at;
 }
 
-// The checksums of the f32 weights file: the same sums over the same float32
-// values as the checkpoint's (bf16: other tools only, no checksum).
-void write_checksums(const std::vector<CheckpointDataset>& params, const std::vector<uint64_t>& sums,
-                     const std::string& tmp) {
-  h5::File file(H5Fopen(tmp.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
-  GLAM_REQUIRE(file.valid(), "cannot reopen '", tmp, "' to write its checksums");
-  for (size_t i = 0; i < params.size(); i++) {
-    const h5::Dataset ds(GLAM_REQUIRE_H5(H5Dopen2(file.get(), params[i].path.c_str(), H5P_DEFAULT),
-                                         "cannot open dataset ", params[i].path, " of '", tmp, "'"));
-    attr_written(h5::write_u64_attr(ds.get(), "checksum", sums[i]), "checksum", tmp);
-  }
-  GLAM_REQUIRE(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0 && file.close() >= 0, "cannot write '", tmp, "'");
-}
-
 // Each parameter's elements (sums, in params order) against its stored checksum,
 // in the order they are written: the first that fails stops the export.
 void require_checksums(const Checkpoint& c, const std::vector<CheckpointDataset>& params,
@@ -177,7 +163,7 @@ int export_weights(const std::vector<std::string>& args) {
   team.agree([&] {
     require_checksums(s.c, s.params, order, res.sums);
     if (!team.root()) return;
-    if (r.format == "hdf5" && !r.bf16) write_checksums(s.params, res.sums, tmp->path);
+    if (r.format == "hdf5" && !r.bf16) write_checksum_attrs(s.params, res.sums.data(), "checksum", tmp->path);
     tmp->commit(r.out);
     const std::string of_step = s.step ? msg(" of step ", *s.step) : std::string();
     std::printf("exported %zu tensors (%s MB, %s)%s from '%s' to '%s' (%s)\n", s.params.size(), mb(bytes).c_str(),

@@ -134,4 +134,16 @@ void attr_written(herr_t rc, const char* name, const std::string& file) {
   GLAM_REQUIRE(rc >= 0, "cannot write attribute ", name, " to '", file, "'");
 }
 
+void write_checksum_attrs(const std::vector<CheckpointDataset>& datasets, const uint64_t* sums, const char* name,
+                          const std::string& file) {
+  h5::File f(H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+  GLAM_REQUIRE(f.valid(), "cannot reopen '", file, "' to write its checksums");
+  for (size_t i = 0; i < datasets.size(); i++) {
+    const h5::Dataset ds(GLAM_REQUIRE_H5(H5Dopen2(f.get(), datasets[i].path.c_str(), H5P_DEFAULT),
+                                         "cannot open dataset ", datasets[i].path, " of '", file, "'"));
+    attr_written(h5::write_u64_attr(ds.get(), name, sums[i]), name, file);
+  }
+  GLAM_REQUIRE(H5Fflush(f.get(), H5F_SCOPE_GLOBAL) >= 0 && f.close() >= 0, "cannot write '", file, "'");
+}
+
 }  // namespace glam::ckpt

@@ -100,20 +100,6 @@ void create_rank_file(const Checkpoint& c, const ReshardRequest& r, int rank,
   GLAM_REQUIRE(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0 && file.close() >= 0, "cannot write '", tpath, "'");
 }
 
-// Each shard's part of the dataset checksum (the sum over the global indices of
-// its elements: sums[i] for tensors[i]) as its attribute shard_checksum.
-void write_shard_checksums(const std::vector<CheckpointDataset>& tensors, const uint64_t* sums,
-                           const std::string& tpath) {
-  h5::File file(H5Fopen(tpath.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
-  GLAM_REQUIRE(file.valid(), "cannot reopen '", tpath, "' to write its checksums");
-  for (size_t i = 0; i < tensors.size(); i++) {
-    const h5::Dataset ds(GLAM_REQUIRE_H5(H5Dopen2(file.get(), tensors[i].path.c_str(), H5P_DEFAULT),
-                                         "cannot open dataset ", tensors[i].path, " of '", tpath, "'"));
-    attr_written(h5::write_u64_attr(ds.get(), "shard_checksum", sums[i]), "shard_checksum", tpath);
-  }
-  GLAM_REQUIRE(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0 && file.close() >= 0, "cannot write '", tpath, "'");
-}
-
 // The output paths, checked before any work; the directory is created (rank 0).
 std::vector<std::string> rank_outputs(const ReshardRequest& r, bool check) {
   if (check) {
@@ -211,7 +197,7 @@ int reshard(const std::vector<std::string>& args) {
   team.agree([&] {
     require_checksums(p, r, res.sums);
     for (size_t f = 0; f < files; f++)
-      if (mine(f)) write_shard_checksums(p.ranks[f], &res.sums[f * n], tmps[f]->path);
+      if (mine(f)) write_checksum_attrs(p.ranks[f], &res.sums[f * n], "shard_checksum", tmps[f]->path);
   });
   team.agree([&] {
     for (size_t f = 0; f < files; f++)

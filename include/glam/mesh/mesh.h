@@ -217,6 +217,7 @@ struct Mesh {
   // (base/mpi_session.h), so GLAM_CHECK_MPI sees every failure on them.
   // One in-place all-reduce of n values small enough for an int count (statistics).
   void allreduce_small(void* buf, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm) const;
+  bool reduce_flag(bool flag, MPI_Op op) const;
   MPI_Comm world = MPI_COMM_NULL;      // all ranks of the mesh
   MPI_Comm data_comm = MPI_COMM_NULL;  // ranks that share model_rank (the data axis)
   MPI_Comm model_comm = MPI_COMM_NULL; // ranks that share data_rank (the model axis)
