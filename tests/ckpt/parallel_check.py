@@ -30,6 +30,7 @@ import time
 import h5py
 
 BUFFER_RE = re.compile(r"^# peak tensor buffer per rank: .*\(limit .*; (\d+) of (\d+) bytes\)$", re.M)
+SANITIZED = "ASAN_OPTIONS" in os.environ
 RESIDENT_RE = re.compile(r"^# peak resident memory per rank \(VmHWM\): .*\((\d+) bytes\)$", re.M)
 MIB = 1 << 20
 
@@ -129,7 +130,10 @@ def main():
                 problems.append(f"-np {n}: reports a limit of {got['limit']} bytes for {limit}")
             if not 0 < got["peak"] <= got["limit"]:
                 problems.append(f"-np {n} --memory-limit {limit}: peak tensor buffer {got['peak']} bytes")
-            if growth > allowance:
+            # Under AddressSanitizer (make test-asan sets ASAN_OPTIONS) freed memory waits in
+            # its quarantine and every allocation carries shadow and redzones, so the
+            # resident size does not measure the tool; the reported peak buffer still does.
+            if growth > allowance and not SANITIZED:
                 problems.append(f"-np {n} --memory-limit {limit}: VmHWM {growth} bytes over the baseline")
     for p in problems:
         print("PROBLEM:", p)
