@@ -13,6 +13,8 @@
 // differs (micro_steps.h says which). No REQUIRE after the first collective.
 #include <catch2/catch.hpp>
 
+#include "rank_batch.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -58,34 +60,11 @@ Config micro_config() {
   return c;
 }
 
-// This data rank's rows of step `step`'s batch: random ids, some targets masked.
 Batch rank_rows(const Config& c, const Mesh& mesh, int64_t step) {
-  const int64_t rows = c.train.batch_rows / mesh.data_size, S = c.model.seq_len;
-  std::mt19937_64 rng(100 + step);
-  Batch b;
-  b.rows = rows;
-  b.seq_len = S;
-  for (int64_t r = 0; r < c.train.batch_rows; r++)
-    for (int64_t s = 0; s < S; s++) {
-      const int32_t id = static_cast<int32_t>(rng() % c.model.vocab_size);
-      const int32_t target = (r * S + s) % 5 == 4 ? -1 : static_cast<int32_t>(rng() % c.model.vocab_size);
-      if (r / rows != mesh.data_rank) continue;
-      b.ids.push_back(id);
-      b.targets.push_back(target);
-      b.segments.push_back(static_cast<int32_t>(s >= 3 + r % 3));
-    }
-  return b;
+  return test::random_rank_rows(c, mesh, 100 + step, 5, 3, 3);
 }
 
-// max |a - b| <= rel * max |b| + 1e-8
-bool close(const std::vector<float>& a, const std::vector<float>& b, double rel) {
-  double err = 0.0, scale = 0.0;
-  for (size_t i = 0; i < b.size(); i++) {
-    err = std::max(err, std::fabs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
-  }
-  return err <= rel * scale + 1e-8;
-}
+using test::close;
 
 void compare_parts(const LossParts& m, const LossParts& r) {
   CHECK(m.loss == Approx(r.loss).epsilon(1e-6));

@@ -13,6 +13,8 @@
 // losses stay within 1% of fp32's. No REQUIRE after the first collective.
 #include <catch2/catch.hpp>
 
+#include "rank_batch.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -62,34 +64,10 @@ Config savings_config() {
 }
 
 Batch rank_rows(const Config& c, const Mesh& mesh, int64_t step) {
-  const int64_t rows = c.train.batch_rows / mesh.data_size, S = c.model.seq_len;
-  std::mt19937_64 rng(300 + step);
-  Batch b;
-  b.rows = rows;
-  b.seq_len = S;
-  for (int64_t r = 0; r < c.train.batch_rows; r++)
-    for (int64_t s = 0; s < S; s++) {
-      const int32_t id = static_cast<int32_t>(rng() % c.model.vocab_size);
-      const int32_t target = (r * S + s) % 7 == 6 ? -1 : static_cast<int32_t>(rng() % c.model.vocab_size);
-      if (r / rows != mesh.data_rank) continue;
-      b.ids.push_back(id);
-      b.targets.push_back(target);
-      b.segments.push_back(static_cast<int32_t>(s >= 2 + r % 4));
-    }
-  return b;
+  return test::random_rank_rows(c, mesh, 300 + step, 7, 2, 4);
 }
 
-// max |a - b| <= rel * max |b| + 1e-8, printing the largest difference
-bool close(const std::vector<float>& a, const std::vector<float>& b, double rel) {
-  if (a.size() != b.size()) return false;
-  double err = 0.0, scale = 0.0;
-  for (size_t i = 0; i < b.size(); i++) {
-    err = std::max(err, std::fabs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
-  }
-  if (err > rel * scale + 1e-8) UNSCOPED_INFO("largest difference " << err << " of " << scale << ", tolerance " << rel);
-  return err <= rel * scale + 1e-8;
-}
+using test::close;
 
 int64_t state_floats(const Adafactor& opt) {
   int64_t n = 0;
